@@ -1,0 +1,174 @@
+"""Profiles and parameters.
+
+A *profile* is one YAML file under ``params/`` (``smoke``, ``tiny``, ``pythia``). Its top-level keys
+are the notebooks' parameters: papermill injects them into every notebook, whose ``parameters``
+cell holds the same names with the ``tiny`` values as plain literals. ``build`` validates them into
+a :class:`Config`; unknown profiles, sections or keys raise :class:`ConfigError` naming the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cache import stable_hash
+
+REPO = Path(__file__).resolve().parent.parent
+PARAMS_DIR = REPO / "params"
+SECTIONS = ("profile", "models", "data", "layers", "sae", "matching", "similarity", "subspaces")
+
+# Allowed keys per section (value = default, None = required).
+SCHEMA: dict[str, dict[str, Any]] = {
+    "data": {
+        "source": None,  # "sotu" | "text_file" | "hf_dataset"
+        "path": "",  # text_file: a UTF-8 file; hf_dataset: the dataset name
+        "split": "analysis",  # sotu: which split of the addresses (see featlib.corpus)
+        "text_field": "text",
+        "n_docs": 0,  # hf_dataset: how many documents (0 = as many as needed)
+        "seq_len": 128,
+        "n_train_tokens": 65536,  # tokens of activations to train SAEs on
+        "n_eval_tokens": 16384,  # tokens of activations to match features on
+        "batch_size": 16,
+        "prepend_bos": True,
+        "seed": 0,
+    },
+    "sae": {
+        "source": "train",  # "train" | "pretrained"
+        "architecture": "topk",  # "topk" | "standard" (ReLU + L1)
+        "expansion": 8,
+        "k": 16,
+        "l1_coefficient": 5.0,
+        "lr": 0.0003,
+        "batch_size": 1024,
+        "epochs": 4,
+        "seed": 0,
+        "min_explained_variance": 0.5,
+        "ce_batches": 4,
+        "release": {},  # pretrained: per model, sae-lens release or hub repo
+        "sae_id": {},  # pretrained: per model, id with "{layer}" placeholder
+        "format": "sae_lens",  # pretrained: "sae_lens" (registry) | "sparsify" (EleutherAI layout)
+    },
+    "matching": {
+        "layer_pair": None,
+        "min_r": 0.1,
+        "one_to_one": True,
+        "top_k_tokens": 5,
+        "require_shared_token": True,
+        "chunk_tokens": 4096,
+    },
+    "similarity": {"variance": 0.99, "n_shuffles": 1000, "seed": 0, "layerwise_shuffles": 200},
+    "subspaces": {"groups": "default", "min_features": 4, "n_random_sets": 200, "seed": 0},
+}
+MODEL_KEYS = {"source": None, "name": "", "path": "", "dtype": "float32"}
+
+
+class ConfigError(ValueError):
+    """A profile or parameter is wrong; the message names the problem and the fix."""
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """The raw parameters of profile ``name`` (``params/<name>.yaml``)."""
+    path = PARAMS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(
+            f"unknown profile {name!r}. Available: {', '.join(available_profiles())}. "
+            f"Fix: pick one of those, or add params/{name}.yaml."
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"params/{name}.yaml has unknown parameter(s) {sorted(unknown)}; known: {list(SECTIONS)}. "
+            "Fix: check the spelling."
+        )
+    return raw
+
+
+def _fill(section: str, given: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(given, dict):
+        raise ConfigError(f"parameter {section!r} must be a mapping, got {type(given).__name__}")
+    unknown = set(given) - set(schema)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {sorted(unknown)} in parameter {section!r}; known keys: {sorted(schema)}. "
+            "Fix: check the spelling in the profile YAML or the notebook's parameters cell."
+        )
+    out = {}
+    for key, default in schema.items():
+        if key in given:
+            out[key] = copy.deepcopy(given[key])
+        elif default is None:
+            raise ConfigError(f"parameter {section}.{key} is required. Fix: set it in the profile YAML.")
+        else:
+            out[key] = copy.deepcopy(default)
+    return out
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated parameters of one run (all sections filled with defaults)."""
+
+    profile: str
+    models: dict[str, dict[str, Any]]
+    data: dict[str, Any]
+    layers: dict[str, list[int]]
+    sae: dict[str, Any]
+    matching: dict[str, Any]
+    similarity: dict[str, Any]
+    subspaces: dict[str, Any]
+
+    @property
+    def model_ids(self) -> list[str]:
+        return list(self.models)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {s: copy.deepcopy(getattr(self, s)) for s in SECTIONS}
+
+    @property
+    def params_hash(self) -> str:
+        return stable_hash(self.as_dict())
+
+
+def build(profile: str, **sections: Any) -> Config:
+    """Validate notebook parameters into a :class:`Config`.
+
+    Sections not given are taken from ``params/<profile>.yaml``.
+    """
+    raw = load_profile(profile)
+    raw.update({k: v for k, v in sections.items() if v is not None})
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {sorted(unknown)}; known: {list(SECTIONS)}.")
+    models = raw.get("models") or {}
+    if len(models) < 2:
+        raise ConfigError("parameter 'models' must name at least two models (e.g. A and B).")
+    models = {mid: _fill(f"models.{mid}", spec, MODEL_KEYS) for mid, spec in models.items()}
+    layers = raw.get("layers") or {}
+    if set(layers) != set(models):
+        raise ConfigError(
+            f"parameter 'layers' has keys {sorted(layers)} but the models are {sorted(models)}. "
+            "Fix: give a list of layers for every model."
+        )
+    for mid, ls in layers.items():
+        if not ls or not all(isinstance(x, int) and x >= 0 for x in ls):
+            raise ConfigError(f"layers[{mid!r}] must be a non-empty list of non-negative integers, got {ls!r}")
+    sec = {s: _fill(s, raw.get(s) or {}, SCHEMA[s]) for s in ("data", "sae", "matching", "similarity", "subspaces")}
+    pair = sec["matching"]["layer_pair"]
+    ids = list(models)
+    if not (isinstance(pair, list) and len(pair) == 2):
+        raise ConfigError(f"matching.layer_pair must be [layer of {ids[0]}, layer of {ids[1]}], got {pair!r}")
+    for mid, layer in zip(ids, pair):
+        if layer not in layers[mid]:
+            raise ConfigError(
+                f"matching.layer_pair names layer {layer} of model {mid}, which is not among its "
+                f"extracted layers {layers[mid]}. Fix: add it to 'layers' or pick another pair."
+            )
+    return Config(profile=profile, models=models, layers={k: list(v) for k, v in layers.items()}, **sec)
