@@ -1,0 +1,186 @@
+"""Sparse autoencoders per model and layer: trained with sae-lens on cached activations, or loaded.
+
+* ``sae.source: train``: a TopK (``architecture: topk``, ``k`` latents active per token) or ReLU/L1
+  (``architecture: standard``, ``l1_coefficient``) SAE of width ``expansion * d_model`` trained with
+  sae-lens's ``SAETrainer`` on the ``train`` activations (shuffled mini-batches, ``epochs`` passes,
+  activations scaled to unit mean squared norm during training, scale folded back afterwards so the
+  saved SAE reads raw activations). Cached under a key of the activations and every SAE parameter.
+* ``sae.source: pretrained``: ``SAE.from_pretrained(release, sae_id)`` from the sae-lens registry
+  (``format: sae_lens``) or an EleutherAI ``sparsify`` repository (``format: sparsify``, e.g.
+  ``EleutherAI/sae-pythia-70m-32k`` with ``sae_id: layers.{layer}``); needs the hub. A local folder
+  path as ``release`` loads from disk with the same converters.
+
+Metrics on the ``eval`` tokens: explained variance ``1 - sum|x - x_hat|^2 / sum|x - mean(x)|^2``, MSE
+per element, L0 (mean active latents per token), dead fraction (latents that never fire on the eval
+tokens), and next-token loss clean / with the SAE's reconstruction spliced into
+``blocks.L.hook_resid_post`` / with that activation zero-ablated (non-BOS positions), giving
+``ce_recovered = (ce_zero - ce_sae) / (ce_zero - ce_clean)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import cache
+from .activations import Activations
+from .config import Config
+from .models import LoadedModel, hook_name
+
+CODE_VERSION = 1
+TRAIN_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "epochs", "seed")
+
+
+def check_width(sae: Any, lm: LoadedModel, layer: int) -> None:
+    """Raise ValueError if the SAE's input width differs from the model's d_model."""
+    d_in = int(sae.cfg.d_in)
+    if d_in != lm.d_model:
+        raise ValueError(
+            f"the SAE for {lm.id} layer {layer} reads vectors of width {d_in}, but the model's d_model is "
+            f"{lm.d_model}. Fix: use the SAE release trained on this model (sae.release / sae.sae_id), "
+            "or check the model name."
+        )
+
+
+def _batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled (batch_size, d) float32 batches of a (n, d) array, one permutation per epoch."""
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(len(acts))
+        for i in range(0, len(perm) - batch_size + 1, batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(acts[np.sort(perm[i : i + batch_size])]))
+
+
+def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int) -> Any:
+    """Train one SAE with sae-lens on (n_tokens, d_in) activations; returns the inference SAE."""
+    from sae_lens import SAETrainer
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    d_in = acts.shape[1]
+    common = dict(d_in=d_in, d_sae=params["expansion"] * d_in, normalize_activations="expected_average_only_in")
+    torch.manual_seed(seed)
+    if params["architecture"] == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=params["k"], **common))
+    elif params["architecture"] == "standard":
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=params["l1_coefficient"], **common))
+    else:
+        raise ValueError(f"sae.architecture must be 'topk' or 'standard', got {params['architecture']!r}")
+    bs = params["batch_size"]
+    steps = params["epochs"] * (len(acts) // bs)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * bs, train_batch_size_samples=bs, lr=params["lr"],
+        lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, lr_end=params["lr"] / 10,
+        dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2),
+        n_batches_for_norm_estimate=min(50, max(1, len(acts) // bs)),
+    )
+    import sae_lens.training.sae_trainer as trainer_module
+
+    trainer_module.tqdm = tqdm  # a plain text progress bar: the same in notebooks, terminals and logs
+    return SAETrainer(trainer_cfg, sae, _batches(acts, bs, seed)).fit()
+
+
+def train_spec(cfg: Config, acts: Activations, layer: int) -> dict[str, Any]:
+    return {"activations": acts.path.name, "layer": layer, "sae": {k: cfg.sae[k] for k in TRAIN_KEYS}, "version": CODE_VERSION}
+
+
+def sae_seed(cfg: Config, model_id: str, layer: int) -> int:
+    """The seed of one SAE: derived from sae.seed, the model id and the layer."""
+    return int(cache.stable_hash([cfg.sae["seed"], model_id, layer], 8), 16)
+
+
+def load_pretrained(cfg: Config, model_id: str, layer: int, device: str = "cpu") -> Any:
+    """A published SAE: from the sae-lens registry, a sparsify hub repo, or a local folder of either."""
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_sae_loaders import sparsify_disk_loader, sparsify_huggingface_loader
+
+    try:
+        release = cfg.sae["release"][model_id]
+        sae_id = cfg.sae["sae_id"][model_id].format(layer=layer)
+    except KeyError as e:
+        raise ValueError(f"sae.release and sae.sae_id need an entry for model {model_id}") from e
+    sparsify = cfg.sae["format"] == "sparsify"
+    local = Path(release).expanduser()
+    if local.exists():
+        if sparsify:
+            return SAE.load_from_disk(local / sae_id, device=device, converter=sparsify_disk_loader)
+        return SAE.load_from_disk(local / sae_id, device=device)
+    converter = sparsify_huggingface_loader if sparsify else None
+    return SAE.from_pretrained(release, sae_id, device=device, converter=converter)
+
+
+def get_sae(cfg: Config, lm: LoadedModel, layer: int, acts: dict[str, Activations] | None = None) -> Any:
+    """The SAE of ``lm`` at ``layer``: loaded, or trained (and cached) when ``sae.source`` is train."""
+    from sae_lens import SAE
+
+    if cfg.sae["source"] == "pretrained":
+        sae = load_pretrained(cfg, lm.id, layer, str(lm.model.cfg.device))
+    elif cfg.sae["source"] == "train":
+        if acts is None:
+            raise ValueError("training an SAE needs the model's cached activations (featlib.activations)")
+        s = train_spec(cfg, acts["train"], layer)
+        path = cache.artifact_dir("sae", s)
+        if not cache.is_complete(path):
+            seed = sae_seed(cfg, lm.id, layer)
+            trained = train_sae(acts["train"].layer(layer), cfg.sae, seed)
+            with cache.publish("sae", s, {"seed": seed, "model": lm.id, "layer": layer}) as tmp:
+                trained.save_inference_model(tmp)
+        sae = SAE.load_from_disk(path)
+    else:
+        raise ValueError(f"sae.source must be 'train' or 'pretrained', got {cfg.sae['source']!r}")
+    check_width(sae, lm, layer)
+    return sae.eval()
+
+
+@torch.inference_mode()
+def encode_chunks(sae: Any, acts: Activations, layer: int, chunk_tokens: int) -> Iterator[torch.Tensor]:
+    """Yield SAE codes (<= chunk_tokens, d_sae) float32 of one layer's eval activations, in token order."""
+    for x in acts.chunks(layer, chunk_tokens):
+        yield sae.encode(x.to(sae.device, sae.dtype)).float().cpu()
+
+
+@torch.inference_mode()
+def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int, chunk_tokens: int = 4096) -> dict[str, float]:
+    """Reconstruction and downstream-loss metrics of one SAE on the eval activations (see module doc)."""
+    sse = sst = l0 = 0.0
+    n = 0
+    fired = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool)
+    x_all = acts.layer(layer)
+    mean = torch.from_numpy(np.asarray(x_all.mean(axis=0, dtype=np.float64))).float()
+    for x in acts.chunks(layer, chunk_tokens):
+        z = sae.encode(x.to(sae.device, sae.dtype))
+        x_hat = sae.decode(z).float().cpu()
+        z = z.float().cpu()
+        sse += float(((x - x_hat) ** 2).sum())
+        sst += float(((x - mean) ** 2).sum())
+        l0 += float((z > 0).sum())
+        fired |= (z > 0).any(0)
+        n += len(x)
+    tokens = torch.from_numpy(acts.tokens[: max(1, ce_batches) * 8])
+    hook = hook_name(layer)
+
+    def splice(value: torch.Tensor, hook: Any) -> torch.Tensor:
+        rec = sae.decode(sae.encode(value[:, 1:].to(sae.dtype))).to(value.dtype)
+        return torch.cat([value[:, :1], rec], dim=1)
+
+    def zero(value: torch.Tensor, hook: Any) -> torch.Tensor:
+        return torch.cat([value[:, :1], torch.zeros_like(value[:, 1:])], dim=1)
+
+    def loss(hooks: list) -> float:
+        total = 0.0
+        for batch in tokens.split(8):
+            total += float(lm.model.run_with_hooks(batch.to(lm.model.cfg.device), return_type="loss", fwd_hooks=hooks))
+        return total / len(tokens.split(8))
+
+    ce_clean, ce_sae, ce_zero = loss([]), loss([(hook, splice)]), loss([(hook, zero)])
+    return {
+        "explained_variance": 1 - sse / sst, "mse": sse / (n * x_all.shape[1]), "l0": l0 / n,
+        "dead_fraction": float(1 - fired.float().mean()), "ce_clean": ce_clean, "ce_sae": ce_sae,
+        "ce_zero": ce_zero, "ce_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean),
+        "d_sae": int(sae.cfg.d_sae), "n_tokens": n,
+    }
