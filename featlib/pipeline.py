@@ -1,0 +1,304 @@
+"""The cached steps of the study, as the notebooks call them.
+
+Each step returns what it computed and stores it under ``cache/<kind>/<key>/`` with a key derived
+from its inputs' keys and its own parameters, so any notebook can run alone in a fresh kernel: it
+recomputes only what is missing (printing what it does), and a re-run reuses everything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import cache, matching, similarity
+from .activations import Activations, ensure_activations
+from .config import Config
+from .models import LoadedModel, load_model, require_shared_tokenizer
+from .saes import encode_chunks, evaluate, get_sae, train_spec
+
+CODE_VERSION = 1
+
+
+@dataclass
+class Study:
+    """Models and cached activations of one profile."""
+
+    cfg: Config
+    models: dict[str, LoadedModel]
+    acts: dict[str, dict[str, Activations]]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.models)
+
+    def sae(self, model_id: str, layer: int) -> Any:
+        return get_sae(self.cfg, self.models[model_id], layer, self.acts[model_id])
+
+    def sae_spec(self, model_id: str, layer: int) -> dict[str, Any]:
+        if self.cfg.sae["source"] == "train":
+            return train_spec(self.cfg, self.acts[model_id]["train"], layer)
+        return {k: self.cfg.sae[k].get(model_id) if isinstance(self.cfg.sae[k], dict) else self.cfg.sae[k]
+                for k in ("release", "sae_id", "format")} | {"layer": layer}
+
+    def token_strings(self, model_id: str) -> list[str]:
+        """Decoded string of every token id of a model's tokenizer."""
+        tok = self.models[model_id].tokenizer
+        return [tok.decode([i]) for i in range(len(tok))]
+
+
+def open_study(cfg: Config, device: str = "cpu") -> Study:
+    """Load the profile's models, check they share a tokenizer, and extract (or reuse) activations."""
+    models = {mid: load_model(mid, spec, device) for mid, spec in cfg.models.items()}
+    require_shared_tokenizer(list(models.values()))
+    acts = {mid: ensure_activations(cfg, lm) for mid, lm in models.items()}
+    return Study(cfg, models, acts)
+
+
+def sae_metrics(study: Study, model_id: str, layer: int) -> dict[str, Any]:
+    """Cached :func:`featlib.saes.evaluate` of one SAE on the eval tokens."""
+    cfg = study.cfg
+    s = {"sae": study.sae_spec(model_id, layer), "eval": study.acts[model_id]["eval"].path.name,
+         "ce_batches": cfg.sae["ce_batches"], "version": CODE_VERSION}
+    path = cache.artifact_dir("sae_metrics", s)
+    if not cache.is_complete(path):
+        sae = study.sae(model_id, layer)
+        m = evaluate(sae, study.models[model_id], study.acts[model_id]["eval"], layer, cfg.sae["ce_batches"])
+        with cache.publish("sae_metrics", s) as tmp:
+            cache.write_json_atomic(tmp / "metrics.json", m)
+    return json.loads((path / "metrics.json").read_text())
+
+
+def feature_tokens(study: Study, model_id: str, layer: int) -> dict[str, np.ndarray]:
+    """Top-activating eval positions of every SAE feature, their token ids and firing frequency.
+
+    Returns {"positions": (d_sae, k) int64 flat token indices (-1 = fewer than k positive
+    activations), "values": (d_sae, k), "token_ids": (d_sae, k) (-1 where no position),
+    "freq": (d_sae,) fraction of eval tokens where the feature fires}.
+    """
+    cfg = study.cfg
+    k = cfg.matching["top_k_tokens"]
+    acts = study.acts[model_id]["eval"]
+    s = {"sae": study.sae_spec(model_id, layer), "eval": acts.path.name, "k": k, "version": CODE_VERSION}
+    path = cache.artifact_dir("feature_tokens", s)
+    if not cache.is_complete(path):
+        sae = study.sae(model_id, layer)
+        top = matching.TopActivations(int(sae.cfg.d_sae), k)
+        fired = torch.zeros(int(sae.cfg.d_sae), dtype=torch.float64)
+        start = 0
+        for z in encode_chunks(sae, acts, layer, cfg.matching["chunk_tokens"]):
+            top.update(z, torch.arange(start, start + len(z)))
+            fired += (z > 0).sum(0)
+            start += len(z)
+        pos = top.positions.numpy()
+        ids = np.where(pos >= 0, acts.token_ids[np.clip(pos, 0, None)], -1)
+        with cache.publish("feature_tokens", s) as tmp:
+            np.savez(tmp / "tokens.npz", positions=pos, values=top.values.numpy(), token_ids=ids,
+                     freq=(fired / start).numpy())
+    with np.load(path / "tokens.npz") as f:
+        return dict(f)
+
+
+def top_token_strings(study: Study, model_id: str, layer: int) -> list[list[str]]:
+    """For every feature, the decoded strings of its top-activating tokens."""
+    strings = study.token_strings(model_id)
+    ids = feature_tokens(study, model_id, layer)["token_ids"]
+    return [[strings[t] for t in row if t >= 0] for row in ids]
+
+
+@dataclass
+class LayerMatch:
+    """Matching of one layer pair: every stage's pairs and the counts."""
+
+    layers: tuple[int, int]
+    many_to_one: matching.Matches  # best A partner of every active B feature
+    pairs: matching.Matches  # the final pairs (after one-to-one if asked, threshold, concept filter)
+    counts: dict[str, int]
+    key: str
+
+
+def match_layers(study: Study, la: int, lb: int) -> LayerMatch:
+    """Correlation matching of the SAE features of model A at ``la`` and model B at ``lb`` (cached)."""
+    cfg = study.cfg
+    a, b = study.ids[:2]
+    m = cfg.matching
+    s = {"A": study.sae_spec(a, la), "B": study.sae_spec(b, lb), "eval": study.acts[a]["eval"].path.name,
+         "params": {k: m[k] for k in ("min_r", "one_to_one", "top_k_tokens", "require_shared_token")},
+         "version": CODE_VERSION}
+    path = cache.artifact_dir("matching", s)
+    if not cache.is_complete(path):
+        sae_a, sae_b = study.sae(a, la), study.sae(b, lb)
+        acc = matching.CorrelationAccumulator(int(sae_a.cfg.d_sae), int(sae_b.cfg.d_sae))
+        chunks = zip(encode_chunks(sae_a, study.acts[a]["eval"], la, m["chunk_tokens"]),
+                     encode_chunks(sae_b, study.acts[b]["eval"], lb, m["chunk_tokens"]))
+        n_chunks = -(-len(study.acts[a]["eval"].token_ids) // m["chunk_tokens"])
+        for za, zb in tqdm(chunks, total=n_chunks, desc=f"correlating A{la}-B{lb}", leave=False):
+            acc.update(za, zb)
+        m2o = matching.best_partners(acc.correlation(), acc.active_b)
+        counts = {"features_A": acc.d_a, "features_B": acc.d_b, "active_A": int(acc.active_a.sum()),
+                  "active_B": int(acc.active_b.sum()), "many_to_one": len(m2o)}
+        pairs = m2o
+        if m["one_to_one"]:
+            pairs = matching.one_to_one(pairs)
+            counts["one_to_one"] = len(pairs)
+        pairs = matching.threshold(pairs, m["min_r"])
+        counts["above_threshold"] = len(pairs)
+        pairs, filt = matching.concept_filter(pairs, top_token_strings(study, a, la), top_token_strings(study, b, lb),
+                                              require_shared=m["require_shared_token"])
+        counts["non_concept_removed"] = filt["non_concept"]
+        if m["require_shared_token"]:
+            counts["shared_token"] = filt["shared_token"]
+        with cache.publish("matching", s) as tmp:
+            np.savez(tmp / "pairs.npz", m2o_a=m2o.idx_a, m2o_b=m2o.idx_b, m2o_r=m2o.r,
+                     idx_a=pairs.idx_a, idx_b=pairs.idx_b, r=pairs.r)
+            cache.write_json_atomic(tmp / "counts.json", counts)
+    with np.load(path / "pairs.npz") as f:
+        m2o = matching.Matches(f["m2o_a"], f["m2o_b"], f["m2o_r"])
+        pairs = matching.Matches(f["idx_a"], f["idx_b"], f["r"])
+    counts = json.loads((path / "counts.json").read_text())
+    return LayerMatch((la, lb), m2o, pairs, counts, path.name)
+
+
+def decoder_rows(study: Study, model_id: str, layer: int, idx: np.ndarray) -> np.ndarray:
+    """(len(idx), d_model) float64 decoder vectors of the given features."""
+    W = study.sae(model_id, layer).W_dec.detach().double().cpu().numpy()
+    return W[np.asarray(idx)]
+
+
+def compare_pairs(study: Study, match: LayerMatch, n_shuffles: int | None = None) -> dict[str, Any]:
+    """SVCCA and RSA of the paired decoder vectors with random re-pairing nulls (cached).
+
+    Returns :func:`featlib.similarity.compare` 's summary plus the layer pair; with fewer than 3
+    pairs the scores are None.
+    """
+    cfg = study.cfg.similarity
+    n_shuffles = n_shuffles or cfg["n_shuffles"]
+    s = _similarity_spec(study, match, n_shuffles)
+    path = cache.artifact_dir("similarity", s)
+    if not cache.is_complete(path):
+        la, lb = match.layers
+        out: dict[str, Any] = {"layers": [la, lb], "n": len(match.pairs), "seed": cfg["seed"], "n_shuffles": n_shuffles}
+        if len(match.pairs) >= 3:
+            X = decoder_rows(study, study.ids[0], la, match.pairs.idx_a)
+            Y = decoder_rows(study, study.ids[1], lb, match.pairs.idx_b)
+            summary, nulls = similarity.compare_with_nulls(X, Y, n_shuffles, cfg["seed"], cfg["variance"])
+            out |= summary
+        else:
+            out |= {"svcca": None, "rsa": None}
+            nulls = {"svcca": np.array([]), "rsa": np.array([])}
+        with cache.publish("similarity", s) as tmp:
+            cache.write_json_atomic(tmp / "summary.json", out)
+            np.savez(tmp / "nulls.npz", **nulls)
+    return json.loads((path / "summary.json").read_text())
+
+
+def _similarity_spec(study: Study, match: LayerMatch, n_shuffles: int) -> dict[str, Any]:
+    cfg = study.cfg.similarity
+    return {"match": match.key, "variance": cfg["variance"], "n_shuffles": n_shuffles, "seed": cfg["seed"],
+            "version": CODE_VERSION}
+
+
+def load_nulls(study: Study, match: LayerMatch) -> dict[str, np.ndarray]:
+    """The null distributions stored by :func:`compare_pairs` (default shuffles) for ``match``."""
+    path = cache.artifact_dir("similarity", _similarity_spec(study, match, study.cfg.similarity["n_shuffles"]))
+    with np.load(path / "nulls.npz") as f:
+        return dict(f)
+
+
+def sae_table(study: Study) -> "pd.DataFrame":
+    """Metrics of every SAE of the profile (one row per model and layer)."""
+    import pandas as pd
+
+    rows = []
+    for mid in study.ids:
+        for layer in tqdm(study.cfg.layers[mid], desc=f"SAEs of model {mid}"):
+            rows.append({"model": mid, "layer": layer, **sae_metrics(study, mid, layer)})
+    return pd.DataFrame(rows)
+
+
+def context(study: Study, model_id: str, position: int, width: int = 8) -> str:
+    """The eval text around flat token index ``position``, the token itself in [[double brackets]]."""
+    acts = study.acts[model_id]["eval"]
+    tokens = acts.tokens
+    body = tokens.shape[1] - 1
+    row, col = divmod(int(position), body)
+    seq = tokens[row, 1:]
+    tok = study.models[model_id].tokenizer
+    left = tok.decode(seq[max(0, col - width) : col].tolist())
+    right = tok.decode(seq[col + 1 : col + 1 + width].tolist())
+    return f"{left}[[{tok.decode([int(seq[col])])}]]{right}".replace("\n", " ")
+
+
+def pair_table(study: Study, match: LayerMatch, n: int = 10) -> "pd.DataFrame":
+    """The ``n`` highest-correlation final pairs with each feature's top tokens and top context."""
+    import pandas as pd
+
+    a, b = study.ids[:2]
+    la, lb = match.layers
+    tops = {a: top_token_strings(study, a, la), b: top_token_strings(study, b, lb)}
+    pos = {a: feature_tokens(study, a, la)["positions"], b: feature_tokens(study, b, lb)["positions"]}
+    order = np.argsort(-match.pairs.r, kind="stable")[:n]
+    rows = []
+    for i in order:
+        fa, fb = int(match.pairs.idx_a[i]), int(match.pairs.idx_b[i])
+        rows.append({
+            f"{a}{la} feature": fa, f"{b}{lb} feature": fb, "r": float(match.pairs.r[i]),
+            f"top tokens {a}": " | ".join(t.strip() for t in tops[a][fa]),
+            f"top tokens {b}": " | ".join(t.strip() for t in tops[b][fb]),
+            f"top context {a}": context(study, a, pos[a][fa, 0]),
+            f"top context {b}": context(study, b, pos[b][fb, 0]),
+        })
+    return pd.DataFrame(rows)
+
+
+def layerwise(study: Study) -> "pd.DataFrame":
+    """Matching and SVCCA/RSA with nulls for every layer of A x every layer of B (one row per cell)."""
+    import pandas as pd
+
+    a, b = study.ids[:2]
+    cells = [(la, lb) for la in study.cfg.layers[a] for lb in study.cfg.layers[b]]
+    rows = []
+    for la, lb in tqdm(cells, desc="layer pairs"):
+        match = match_layers(study, la, lb)
+        s = compare_pairs(study, match)
+        row = {f"layer {a}": la, f"layer {b}": lb, "pairs": s["n"]}
+        for metric in ("svcca", "rsa"):
+            m = s[metric] or {}
+            row |= {metric: m.get("score", np.nan), f"{metric} null": m.get("null_mean", np.nan),
+                    f"{metric} p": m.get("p", np.nan)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def subspace_scores(study: Study, match: LayerMatch) -> "pd.DataFrame":
+    """SVCCA/RSA of every concept group's pairs at one layer pair, with both nulls (see subspaces)."""
+    import pandas as pd
+
+    from .subspaces import group_features, group_mask, resolve_groups, score_group
+
+    cfg = study.cfg
+    a, b = study.ids[:2]
+    la, lb = match.layers
+    top_a, top_b = top_token_strings(study, a, la), top_token_strings(study, b, lb)
+    X_all = decoder_rows(study, a, la, match.pairs.idx_a)
+    Y_all = decoder_rows(study, b, lb, match.pairs.idx_b)
+    sub, sim = cfg.subspaces, cfg.similarity
+    rows = []
+    for name, keywords in tqdm(resolve_groups(sub["groups"]).items(), desc="concept groups"):
+        members = np.flatnonzero(group_mask(match.pairs, top_a, top_b, keywords))
+        row: dict[str, Any] = {"group": name, "keywords": len(keywords),
+                               f"features {a}": int(group_features(top_a, keywords).sum()),
+                               f"features {b}": int(group_features(top_b, keywords).sum()), "pairs": len(members)}
+        scored = len(members) >= max(3, sub["min_features"])
+        s = score_group(X_all, Y_all, members, sim["n_shuffles"], sub["n_random_sets"], sub["seed"], sim["variance"]) if scored else {}
+        for metric in ("svcca", "rsa"):
+            m = s.get(metric, {})
+            row |= {metric: m.get("score", np.nan), f"{metric} null (re-pair)": m.get("null_mean", np.nan),
+                    f"{metric} p (re-pair)": m.get("p", np.nan), f"{metric} null (random set)": m.get("random_set_mean", np.nan),
+                    f"{metric} p (random set)": m.get("random_set_p", np.nan)}
+        rows.append(row)
+    return pd.DataFrame(rows)
