@@ -103,7 +103,7 @@ def train_lm(name: str, train_rows: torch.Tensor, steps: int, batch_size: int, l
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        running += float(loss)
+        running += float(loss.detach())
         if (step + 1) % log_every == 0:
             log.append({"step": step + 1, "train_loss": running / log_every})
             running = 0.0

@@ -1,0 +1,49 @@
+# featuniv: `make figures` regenerates every figure of a profile; `make test` runs all tests.
+PROFILE ?= tiny
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= disabled
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONHASHSEED := 0
+
+.PHONY: venv figures models notebooks test test-unit test-chain test-nbval clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (featuniv)"
+	touch $(STAMP)
+
+## Run notebooks 01-06 on PROFILE (default tiny); executed copies go to build/PROFILE/.
+figures: $(STAMP)
+	$(PY) -m featlib.chain --profile $(PROFILE)
+
+## Retrain the tiny profile's language models and tokenizer (seeded; reports held-out loss).
+models: $(STAMP)
+	$(PY) -m featlib.lm --out models/tiny
+
+## Re-execute the committed notebooks in place with their defaults (the tiny profile).
+notebooks: $(STAMP)
+	$(PY) -m featlib.chain --profile tiny --in-place
+
+test: test-unit test-chain test-nbval
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests -q --ignore=tests/chain
+
+## The whole chain on the smoke profile, through papermill.
+test-chain: $(STAMP)
+	$(PY) -m pytest tests/chain -q -p no:cacheprovider
+
+## The committed, executed notebooks re-run and compared with their stored outputs.
+test-nbval: $(STAMP)
+	$(PY) -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -q -p no:cacheprovider
+
+clean:
+	rm -rf build cache

@@ -1,0 +1,32 @@
+"""The whole chain 01-06 through papermill on the smoke profile, in an empty cache."""
+
+import json
+
+import nbformat
+
+from featlib import chain
+from featlib.config import REPO
+
+
+def test_smoke_chain(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
+    timings = chain.run("smoke")
+    nbs = chain.notebooks()
+    assert [nb.stem for nb in nbs] == list(timings) and len(nbs) >= 6
+
+    manifest = json.loads((REPO / "figures/smoke/manifest.json").read_text())
+    made = {f["notebook"] for f in manifest["figures"]}
+    assert made == {f"notebooks/{nb.name}" for nb in nbs}, "every notebook saves at least one figure"
+    for f in manifest["figures"]:
+        assert (REPO / f["figure"]).stat().st_size > 0 and (REPO / f["pdf"]).exists()
+        assert f["profile"] == "smoke" and f["params_hash"] == manifest["params_hash"]
+
+    for nb in nbs:  # executed copies, outside the sources, with the smoke parameters injected
+        executed = nbformat.read(REPO / "build/smoke" / nb.name, as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+        assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
+        assert "all checks passed" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    # a second run reuses every cached artifact: nothing new appears in the cache
+    before = sorted(p.name for p in (tmp_path / "cache").glob("*/*"))
+    chain.run("smoke", only=["04"])
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*/*")) == before

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from featlib import cache
+
+
+@pytest.fixture(autouse=True)
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_publish_is_atomic_and_verified(tmp_cache):
+    spec = {"x": 1}
+    with cache.publish("thing", spec, {"seed": 3}) as tmp:
+        (tmp / "a.txt").write_text("hello")
+    path = cache.artifact_dir("thing", spec)
+    assert cache.is_complete(path)
+    assert cache.read_meta(path)["seed"] == 3
+    assert not list(path.parent.glob(".*")), "no temporary folder left behind"
+
+
+def test_failure_leaves_nothing_behind(tmp_cache):
+    with pytest.raises(RuntimeError):
+        with cache.publish("thing", {"x": 2}) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert not cache.artifact_dir("thing", {"x": 2}).exists()
+    assert not list((tmp_cache / "thing").iterdir())
+
+
+def test_corrupt_file_is_detected(tmp_cache):
+    with cache.publish("thing", {"x": 3}) as tmp:
+        (tmp / "a.txt").write_text("hello")
+    path = cache.artifact_dir("thing", {"x": 3})
+    (path / "a.txt").write_text("hellO")
+    with pytest.raises(cache.CorruptCacheError, match="does not match its recorded checksum.*delete"):
+        cache.is_complete(path)
+
+
+def test_half_written_folder_is_detected(tmp_cache):
+    path = cache.artifact_dir("thing", {"x": 4})
+    path.mkdir(parents=True)
+    (path / "a.txt").write_text("partial")
+    with pytest.raises(cache.CorruptCacheError, match="half-written"):
+        cache.is_complete(path)
+
+
+def test_stable_hash_is_order_independent():
+    assert cache.stable_hash({"a": 1, "b": [1, 2]}) == cache.stable_hash({"b": [1, 2], "a": 1})
+    assert cache.stable_hash({"a": 1}) != cache.stable_hash({"a": 2})
+
+
+def test_write_json_atomic(tmp_path):
+    cache.write_json_atomic(tmp_path / "d" / "x.json", {"a": 1})
+    assert json.loads((tmp_path / "d" / "x.json").read_text()) == {"a": 1}
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["x.json"]

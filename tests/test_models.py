@@ -1,0 +1,80 @@
+"""Loading the project's models, hooks, tokenizers and the errors for bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from featlib import corpus, lm, models
+from featlib.config import REPO
+
+LM_A = REPO / "models/tiny/lm-a"
+LM_B = REPO / "models/tiny/lm-b"
+
+
+@pytest.fixture(scope="module")
+def lm_a():
+    return models.load_local("A", LM_A)
+
+
+def test_hook_convention_is_block_output(lm_a):
+    """Our layer L is blocks.L.hook_resid_post, i.e. Hugging Face hidden_states[L + 1]."""
+    tokens = torch.tensor([[lm_a.bos_id, 100, 200, 300]])
+    _, cache = lm_a.model.run_with_cache(tokens)
+    for layer in range(lm_a.n_layers):
+        post = cache[models.hook_name(layer)]
+        assert not torch.allclose(post, cache[f"blocks.{layer}.hook_resid_pre"]), "not the input of block L"
+        if layer + 1 < lm_a.n_layers:
+            assert torch.equal(post, cache[f"blocks.{layer + 1}.hook_resid_pre"]), "the input of block L + 1"
+
+
+def test_missing_layer_is_a_clear_error(lm_a):
+    with pytest.raises(ValueError, match=r"has 4 layers \(0\.\.3\); layer\(s\) \[4, 9\] do not exist.*Fix"):
+        models.check_layers(lm_a, [0, 4, 9])
+
+
+def test_same_tokenizer_passes_and_different_tokenizer_fails(lm_a, tmp_path):
+    models.require_shared_tokenizer([lm_a, models.load_local("A2", LM_A)])
+    other = tmp_path / "other"
+    shutil.copytree(LM_A, other)
+    tok = lm.train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 50, vocab_size=300)
+    (other / "tokenizer.json").write_text(tok.to_str())
+    with pytest.raises(ValueError, match="different tokenizers.*Fix: pick models that share a tokenizer"):
+        models.require_shared_tokenizer([lm_a, models.load_local("C", other)])
+
+
+def test_missing_model_folder_says_make_models(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make models"):
+        models.load_local("X", tmp_path)
+
+
+def test_empty_token_stream_is_a_clear_error(lm_a):
+    with pytest.raises(ValueError, match="yields 0 tokens.*Fix"):
+        corpus.token_stream(lm_a.tokenizer, [], seq_len=16, n_tokens=100, bos_id=lm_a.bos_id)
+
+
+def test_token_stream_rows_start_with_bos(lm_a):
+    rows = corpus.token_stream(lm_a.tokenizer, ["Fellow citizens of the Senate. " * 40], 16, 60, lm_a.bos_id)
+    assert rows.shape == (4, 16) and (rows[:, 0] == lm_a.bos_id).all()
+
+
+def test_sotu_splits_are_disjoint():
+    train, held, analysis = (set(corpus.sotu_documents(s)) for s in ("lm_train", "lm_heldout", "analysis"))
+    assert train and held and analysis
+    assert not (train & held) and not (train & analysis) and not (held & analysis)
+
+
+def test_training_is_reproducible(lm_a):
+    rows = corpus.token_stream(lm_a.tokenizer, corpus.sotu_documents("lm_heldout")[:3], lm.N_CTX, 4000, lm_a.bos_id)
+    runs = [lm.train_lm("lm-a", rows, steps=3, batch_size=2, lr=1e-3, warmup=1, weight_decay=0.0, seed=5, log_every=1)[1]
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = lm.train_lm("lm-a", rows, steps=3, batch_size=2, lr=1e-3, warmup=1, weight_decay=0.0, seed=6, log_every=1)[1]
+    assert other != runs[0]
+
+
+def test_committed_models_beat_the_unigram_baseline():
+    report = json.loads((REPO / "models/tiny/training.json").read_text())
+    for name in ("lm-a", "lm-b"):
+        assert report["models"][name]["heldout_loss"] < report["unigram_heldout_loss"] - 0.5

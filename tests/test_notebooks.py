@@ -1,0 +1,57 @@
+"""Static checks of the notebooks and of the environment files (no execution)."""
+
+import ast
+import re
+
+import nbformat
+import pytest
+import yaml
+
+from featlib import chain, config
+from featlib.config import REPO
+
+NOTEBOOKS = chain.notebooks()
+
+
+def test_six_numbered_notebooks():
+    assert [nb.name[:2] for nb in NOTEBOOKS][:6] == ["01", "02", "03", "04", "05", "06"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_layout(path):
+    nb = nbformat.read(path, as_version=4)
+    title, setup, params = nb.cells[:3]
+    assert title.cell_type == "markdown" and title.source.startswith(f"# {path.name[:2]} ·")
+    assert "**Inputs.**" in title.source and "**Outputs.**" in title.source
+    assert setup.cell_type == "code" and "import" in setup.source
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert tagged == [params], "exactly one cell tagged 'parameters', right after the setup cell"
+    # plain literals only, and exactly the defaults of the tiny profile
+    values = {}
+    for stmt in ast.parse(params.source).body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+        values[stmt.targets[0].id] = ast.literal_eval(stmt.value)
+    assert values == yaml.safe_load((config.PARAMS_DIR / "tiny.yaml").read_text())
+    assert f'NOTEBOOK = "{path.stem}"' in setup.source
+    assert any("plots.save_figure" in c.source for c in nb.cells), "figures go through featlib.plots.save_figure"
+    assert "assert" in nb.cells[-1].source, "closing asserts on scientific invariants"
+
+
+def _pins(lines):
+    out = {}
+    for line in lines:
+        m = re.match(r"^\s*(?:-\s*)?([A-Za-z0-9_.\-]+)==([^\s;#]+)", line)
+        if m:
+            out[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return out
+
+
+def test_environment_files_name_the_same_versions():
+    req = _pins((REPO / "requirements.txt").read_text().splitlines())
+    constraints = _pins((REPO / "constraints.txt").read_text().splitlines())
+    assert req and all(constraints[k] == v for k, v in req.items()), "requirements agree with constraints"
+    for env_file in (REPO / "environment.yml", REPO / "binder/environment.yml"):
+        env = yaml.safe_load(env_file.read_text())
+        assert "python=3.11" in env["dependencies"]
+        pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+        assert _pins(pip) == req, f"{env_file.name} pip section must use requirements.txt's pins"
