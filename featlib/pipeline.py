@@ -146,12 +146,12 @@ def match_layers(study: Study, la: int, lb: int) -> LayerMatch:
             pairs = matching.one_to_one(pairs)
             counts["one_to_one"] = len(pairs)
         pairs = matching.threshold(pairs, m["min_r"])
-        counts["above_threshold"] = len(pairs)
+        counts["r_above_threshold"] = len(pairs)
         pairs, filt = matching.concept_filter(pairs, top_token_strings(study, a, la), top_token_strings(study, b, lb),
                                               require_shared=m["require_shared_token"])
-        counts["non_concept_removed"] = filt["non_concept"]
+        counts["concept_tokens"] = filt["non_concept"]  # kept: no punctuation/whitespace/special top token
         if m["require_shared_token"]:
-            counts["shared_token"] = filt["shared_token"]
+            counts["shared_top_token"] = filt["shared_token"]
         with cache.publish("matching", s) as tmp:
             np.savez(tmp / "pairs.npz", m2o_a=m2o.idx_a, m2o_b=m2o.idx_b, m2o_r=m2o.r,
                      idx_a=pairs.idx_a, idx_b=pairs.idx_b, r=pairs.r)

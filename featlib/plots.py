@@ -32,13 +32,13 @@ def heatmap(ax: Any, values: np.ndarray, rows: Sequence[Any], cols: Sequence[Any
     ax.set_xticks(range(len(cols)), [str(c) for c in cols])
     ax.set_yticks(range(len(rows)), [str(r) for r in rows])
     ax.set_title(title, fontsize=10)
-    finite = values[np.isfinite(values)]
-    mid = (finite.min() + finite.max()) / 2 if finite.size else 0
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = values[i, j]
             if np.isfinite(v):
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if v < mid else "black")
+                r, g, b, _ = im.cmap(im.norm(v))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return im
 
