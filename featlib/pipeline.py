@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from . import cache, matching, similarity
 from .activations import Activations, ensure_activations
+from .correlation import correlate
 from .config import Config
 from .models import LoadedModel, load_model, require_shared_tokenizer
 from .saes import encode_chunks, evaluate, get_sae, train_spec
@@ -132,15 +134,17 @@ def match_layers(study: Study, la: int, lb: int) -> LayerMatch:
     path = cache.artifact_dir("matching", s)
     if not cache.is_complete(path):
         sae_a, sae_b = study.sae(a, la), study.sae(b, lb)
-        acc = matching.CorrelationAccumulator(int(sae_a.cfg.d_sae), int(sae_b.cfg.d_sae))
-        chunks = zip(encode_chunks(sae_a, study.acts[a]["eval"], la, m["chunk_tokens"]),
-                     encode_chunks(sae_b, study.acts[b]["eval"], lb, m["chunk_tokens"]))
         n_chunks = -(-len(study.acts[a]["eval"].token_ids) // m["chunk_tokens"])
-        for za, zb in tqdm(chunks, total=n_chunks, desc=f"correlating A{la}-B{lb}", leave=False):
-            acc.update(za, zb)
-        m2o = matching.best_partners(acc.correlation(), acc.active_b)
-        counts = {"features_A": acc.d_a, "features_B": acc.d_b, "active_A": int(acc.active_a.sum()),
-                  "active_B": int(acc.active_b.sum()), "many_to_one": len(m2o)}
+
+        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            return zip(encode_chunks(sae_a, study.acts[a]["eval"], la, m["chunk_tokens"]),
+                       encode_chunks(sae_b, study.acts[b]["eval"], lb, m["chunk_tokens"]))
+
+        res = correlate(chunks, int(sae_a.cfg.d_sae), int(sae_b.cfg.d_sae), max_bytes=m["max_bytes"],
+                        progress=partial(tqdm, total=n_chunks, desc=f"correlating A{la}-B{lb}", leave=False))
+        m2o = res.matches()
+        counts = {"features_A": len(res.active_a), "features_B": len(res.active_b), "active_A": int(res.active_a.sum()),
+                  "active_B": int(res.active_b.sum()), "many_to_one": len(m2o)}
         pairs = m2o
         if m["one_to_one"]:
             pairs = matching.one_to_one(pairs)

@@ -1,0 +1,110 @@
+"""Streaming correlation: exact against the dense reference, on every path."""
+
+import numpy as np
+import pytest
+import torch
+
+from featlib.correlation import SparseCodes, correlate, dense_reference
+
+
+def topk_codes(n: int, d: int, k: int, seed: int) -> torch.Tensor:
+    """(n, d) non-negative codes with exactly k non-zeros per token."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.rand(n, d, generator=g).argsort(1)[:, :k]
+    return torch.zeros(n, d).scatter_(1, idx, torch.rand(n, k, generator=g) + 0.1)
+
+
+def stream(a: torch.Tensor, b: torch.Tensor, chunk: int, sparse: bool = False):
+    def chunks():
+        for i in range(0, len(a), chunk):
+            ca, cb = a[i : i + chunk], b[i : i + chunk]
+            yield (SparseCodes.from_dense(ca), SparseCodes.from_dense(cb)) if sparse else (ca, cb)
+    return chunks
+
+
+@pytest.fixture(scope="module")
+def codes():
+    a = topk_codes(3000, 96, 6, seed=0)
+    mix = torch.randint(0, 96, (80,), generator=torch.Generator().manual_seed(1))
+    b = torch.relu(a[:, mix] * 0.8 + 0.3 * topk_codes(3000, 80, 6, seed=2) - 0.05)
+    a[:, [3, 50]] = 0  # never fire
+    b[:, 11] = 0
+    b[:, 12] = 1.5  # fires on every token with the same value: constant
+    return a, b
+
+
+@pytest.mark.parametrize("method", ["dense", "sparse", "auto"])
+@pytest.mark.parametrize("max_bytes", [1 << 30, 96 * 12 * 17])  # one block, or blocks of 17 B features
+@pytest.mark.parametrize("sparse_input", [False, True])
+def test_equals_dense_reference(codes, method, max_bytes, sparse_input):
+    a, b = codes
+    res = correlate(stream(a, b, 700, sparse_input), 96, 80, method=method, max_bytes=max_bytes, keep_matrix=True, top_m=4)
+    ref = dense_reference(a.double(), b.double())
+    assert not torch.isnan(res.matrix).any()
+    torch.testing.assert_close(res.matrix, ref.float(), atol=1e-5, rtol=0)
+    assert res.passes == (1 if max_bytes > 1 << 20 else 5)
+    np.testing.assert_array_equal(res.active_a, (a.std(0) > 0).numpy())
+    np.testing.assert_array_equal(res.active_b, (b.std(0) > 0).numpy())
+    assert not res.active_b[[11, 12]].any() and not res.active_a[[3, 50]].any()
+    np.testing.assert_allclose(res.std_a, a.double().std(0, unbiased=False).numpy(), rtol=1e-6, atol=1e-9)
+    assert (res.matrix[[3, 50]] == 0).all() and (res.matrix[:, [11, 12]] == 0).all()
+    # best and top-m partners equal those of the reference (inactive A features excluded)
+    masked = ref.clone()
+    masked[~torch.from_numpy(res.active_a)] = -np.inf
+    top = torch.topk(masked, 4, dim=0)
+    active_b = res.active_b
+    np.testing.assert_array_equal(res.best_a[active_b], masked.argmax(0).numpy()[active_b])
+    np.testing.assert_allclose(res.top_r[active_b], top.values.T.numpy()[active_b], atol=1e-5)
+    assert (res.best_a[~active_b] == -1).all() and (res.best_r[~active_b] == 0).all()
+
+
+def test_auto_picks_sparse_for_topk_and_dense_for_dense_codes(codes):
+    a, b = codes
+    assert correlate(stream(a, b, 1000), 96, 80).method == "sparse"
+    dense_a, dense_b = torch.randn(500, 30), torch.randn(500, 20)
+    assert correlate(stream(dense_a, dense_b, 100), 30, 20).method == "dense"
+
+
+def test_dense_path_is_exact_with_large_means():
+    """Shifting by the first chunk's mean avoids cancellation in E[ab] - E[a]E[b]."""
+    g = torch.Generator().manual_seed(3)
+    a = 1000 + torch.randn(4000, 8, generator=g, dtype=torch.float64)
+    b = a[:, [2, 5, 0]] * 0.5 + 0.5 * torch.randn(4000, 3, generator=g, dtype=torch.float64) - 500
+    res = correlate(stream(a.float(), b.float(), 512), 8, 3, method="dense", keep_matrix=True)
+    ref = np.corrcoef(a.float().double().numpy().T, b.float().double().numpy().T)[:8, 8:]
+    np.testing.assert_allclose(res.matrix.numpy(), ref, atol=1e-5)
+    np.testing.assert_array_equal(res.best_a, [2, 5, 0])
+
+
+def test_planted_permutation_recovered():
+    a = topk_codes(5000, 64, 4, seed=5)
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(6))
+    b = a[:, perm] * (1 + 0.01 * torch.rand(5000, 64))
+    m = correlate(stream(a, b, 777), 64, 64).matches()
+    np.testing.assert_array_equal(m.idx_b, np.arange(64))
+    np.testing.assert_array_equal(m.idx_a, perm.numpy())
+    assert (m.r > 0.9).all() and m.idx_a.dtype == np.int64 and m.r.dtype == np.float32
+
+
+def test_signed_by_default_absolute_on_request():
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(2000, 3, generator=g)
+    b = torch.stack([-a[:, 0] + 0.01 * torch.randn(2000, generator=g), 0.3 * a[:, 1] + torch.randn(2000, generator=g)], 1)
+    signed = correlate(stream(a, b, 500), 3, 2)
+    assert signed.best_a[0] != 0  # r = -1 with A0 is not the best signed partner
+    absolute = correlate(stream(a, b, 500), 3, 2, absolute=True)
+    assert absolute.best_a[0] == 0 and absolute.best_r[0] < -0.99  # reported r keeps its sign
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"\(5, 4\) and \(6, 3\).*same token stream"):
+        correlate(lambda: [(torch.zeros(5, 4), torch.zeros(6, 3))], 4, 3)
+    with pytest.raises(ValueError, match="no tokens"):
+        correlate(lambda: [], 4, 3)
+
+
+def test_sparse_codes_round_trip(codes):
+    a, _ = codes
+    s = SparseCodes.from_dense(a[:100])
+    assert s.idx.shape == (100, 6)
+    torch.testing.assert_close(s.to_dense(), a[:100])
