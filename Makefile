@@ -8,7 +8,7 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
 
-.PHONY: venv figures models notebooks test test-unit test-chain test-nbval clean
+.PHONY: venv figures models notebooks bench test test-unit test-chain test-nbval clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ models: $(STAMP)
 ## Re-execute the committed notebooks in place with their defaults (the tiny profile).
 notebooks: $(STAMP)
 	$(PY) -m featlib.chain --profile tiny --in-place
+
+## Fast paths vs plain reference runs, measured in one process (a few minutes).
+bench: $(STAMP)
+	$(PY) -m featlib.bench
 
 test: test-unit test-chain test-nbval
 

@@ -1,0 +1,12 @@
+"""The benchmark runs at a small size and its fast paths agree with the references (no timing asserts)."""
+
+from featlib import bench
+
+
+def test_quick_bench_is_exact(capsys):
+    out = bench.main(["--quick"])
+    assert out["topk"]["method"] == "sparse" and out["topk"]["planted_recovered"] == 1.0
+    assert out["topk"]["max_abs_diff"] < 1e-5
+    for metric in ("rsa", "svcca"):
+        assert out["nulls"][metric]["max_abs_diff"] < 1e-8
+    assert "speed-up" in capsys.readouterr().out
