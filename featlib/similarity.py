@@ -288,12 +288,16 @@ def _identity(n: int) -> np.ndarray:
 #: Cost of one gathered ``(n, n)`` Gram entry in units of one matmul multiply-add (CPU,
 #: measured: the Gram route is a memory-bound gather, the cross route a BLAS matmul).
 _GATHER_COST = 128
+#: Largest ``n * n`` for which the automatic choice may build the two ``(n, n)`` Gram matrices.
+_GRAM_MAX_ENTRIES = 2**24
 
 
 def _cka_route(n: int, r_x: int, r_y: int) -> str:
     """The cheaper CKA null route: ``"gram"`` (``n^2`` gathers per shuffle, each weighted
-    :data:`_GATHER_COST`) when that beats ``"cross"`` (``n r_x r_y`` multiply-adds)."""
-    return "gram" if _GATHER_COST * n * n < n * r_x * r_y else "cross"
+    :data:`_GATHER_COST`) when that beats ``"cross"`` (``n r_x r_y`` multiply-adds) and the
+    Gram matrices stay within :data:`_GRAM_MAX_ENTRIES` entries, else ``"cross"``."""
+    cheaper = _GATHER_COST * n * n < n * r_x * r_y
+    return "gram" if cheaper and n * n <= _GRAM_MAX_ENTRIES else "cross"
 
 
 def _cka_null(A: torch.Tensor, sx: torch.Tensor, B: torch.Tensor, sy: torch.Tensor,
@@ -345,8 +349,8 @@ def cka_null(X: ArrayLike, Y: ArrayLike, n_shuffles: int, seed: int,
     ``r = min(n, d)``: ``n r_x r_y`` multiply-adds per shuffle) and the Gram route
     (``<K, L[perm][:, perm]>`` with ``(n, n)`` centred Gram matrices: ``n^2`` gathered
     entries, each costing about ``_GATHER_COST = 128`` multiply-adds on CPU), i.e. the
-    Gram route when ``r_x r_y > 128 n`` (few pairs in wide spaces); ``"cross"`` /
-    ``"gram"`` force one. Both give the same values up to rounding.
+    Gram route when ``r_x r_y > 128 n`` (few pairs in wide spaces) and ``n <= 4096``
+    (memory); ``"cross"`` / ``"gram"`` force one. Both agree up to rounding.
     ``batch_size=None`` picks about 4M intermediate entries per batch.
     """
     Xt, Yt = _check_pair(X, Y)

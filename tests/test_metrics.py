@@ -259,6 +259,7 @@ def test_nulls_equal_naive_recomputation(n: int, d_x: int, d_y: int) -> None:
 def test_cka_route_choice() -> None:
     assert sim._cka_route(1000, 50, 50) == "cross"        # many pairs, narrow: cross products
     assert sim._cka_route(100, 100, 200) == "gram"        # few pairs in wide spaces: Gram
+    assert sim._cka_route(5000, 4096, 4096) == "cross"    # Gram cheaper, but (n, n) too large
     with pytest.raises(ValueError, match="route"):
         sim.cka_null(decaying(5, 2, 0), decaying(5, 2, 1), 3, 0, route="svd")
 
