@@ -24,6 +24,8 @@ from .models import LoadedModel, load_model, require_shared_tokenizer
 from .saes import encode_chunks, evaluate, get_sae, train_spec
 
 CODE_VERSION = 1
+METRICS = similarity.METRICS
+METRIC_NAMES = {"svcca": "SVCCA", "rsa": "RSA", "cka": "linear CKA", "mutual_knn": "mutual k-NN", "procrustes": "Procrustes similarity"}
 
 
 @dataclass
@@ -192,8 +194,8 @@ def compare_pairs(study: Study, match: LayerMatch, n_shuffles: int | None = None
             summary, nulls = similarity.compare_with_nulls(X, Y, n_shuffles, cfg["seed"], cfg["variance"])
             out |= summary
         else:
-            out |= {"svcca": None, "rsa": None}
-            nulls = {"svcca": np.array([]), "rsa": np.array([])}
+            out |= {m: None for m in METRICS}
+            nulls = {m: np.array([]) for m in METRICS}
         with cache.publish("similarity", s) as tmp:
             cache.write_json_atomic(tmp / "summary.json", out)
             np.savez(tmp / "nulls.npz", **nulls)
@@ -270,8 +272,8 @@ def layerwise(study: Study) -> "pd.DataFrame":
         match = match_layers(study, la, lb)
         s = compare_pairs(study, match)
         row = {f"layer {a}": la, f"layer {b}": lb, "pairs": s["n"]}
-        for metric in ("svcca", "rsa"):
-            m = s[metric] or {}
+        for metric in METRICS:
+            m = s.get(metric) or {}
             row |= {metric: m.get("score", np.nan), f"{metric} null": m.get("null_mean", np.nan),
                     f"{metric} p": m.get("p", np.nan)}
         rows.append(row)

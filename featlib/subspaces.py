@@ -93,7 +93,7 @@ def score_group(X_all: np.ndarray, Y_all: np.ndarray, members: np.ndarray, n_shu
     X_all (n_pairs, d_A), Y_all (n_pairs, d_B): decoder vectors of all final pairs of the layer pair.
     """
     X, Y = X_all[members], Y_all[members]
-    out = similarity.compare(X, Y, n_shuffles, seed, variance)
+    out = similarity.compare(X, Y, n_shuffles, seed, variance, metrics=("svcca", "rsa"))
     rand = similarity.random_subset_null(X_all, Y_all, len(members), n_random_sets, seed, variance)
     for metric in ("svcca", "rsa"):
         out[metric]["random_set_mean"] = float(rand[metric].mean())

