@@ -28,9 +28,14 @@ figures: $(STAMP)
 models: $(STAMP)
 	$(PY) -m featlib.lm --out models/tiny
 
+# The committed notebooks are executed, and compared by nbval, on an empty cache: the same cells run
+# (and print the same progress) every time.
+NB_CACHE := build/notebook-cache
+
 ## Re-execute the committed notebooks in place with their defaults (the tiny profile).
 notebooks: $(STAMP)
-	$(PY) -m featlib.chain --profile tiny --in-place
+	rm -rf $(NB_CACHE)
+	FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m featlib.chain --profile tiny --in-place
 
 ## Fast paths vs plain reference runs, measured in one process (a few minutes).
 bench: $(STAMP)
@@ -47,7 +52,8 @@ test-chain: $(STAMP)
 
 ## The committed, executed notebooks re-run and compared with their stored outputs.
 test-nbval: $(STAMP)
-	$(PY) -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -q -p no:cacheprovider
+	rm -rf $(NB_CACHE)
+	FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -q -p no:cacheprovider
 
 clean:
 	rm -rf build cache

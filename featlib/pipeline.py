@@ -23,7 +23,7 @@ from .config import Config
 from .models import LoadedModel, load_model, require_shared_tokenizer
 from .saes import encode_chunks, evaluate, get_sae, train_spec
 
-CODE_VERSION = 1
+CODE_VERSION = 2
 METRICS = similarity.METRICS
 METRIC_NAMES = {"svcca": "SVCCA", "rsa": "RSA", "cka": "linear CKA", "mutual_knn": "mutual k-NN", "procrustes": "Procrustes similarity"}
 
@@ -120,7 +120,8 @@ class LayerMatch:
 
     layers: tuple[int, int]
     many_to_one: matching.Matches  # best A partner of every active B feature
-    pairs: matching.Matches  # the final pairs (after one-to-one if asked, threshold, concept filter)
+    above_threshold: matching.Matches  # after one-to-one (if asked) and r > min_r, before the token filters
+    pairs: matching.Matches  # the final pairs (after the token filters too)
     counts: dict[str, int]
     key: str
 
@@ -143,7 +144,7 @@ def match_layers(study: Study, la: int, lb: int) -> LayerMatch:
                        encode_chunks(sae_b, study.acts[b]["eval"], lb, m["chunk_tokens"]))
 
         res = correlate(chunks, int(sae_a.cfg.d_sae), int(sae_b.cfg.d_sae), max_bytes=m["max_bytes"],
-                        progress=partial(tqdm, total=n_chunks, desc=f"correlating A{la}-B{lb}", leave=False))
+                        progress=partial(tqdm, total=n_chunks, desc=f"correlating A{la}-B{lb}", position=0, leave=False))
         m2o = res.matches()
         counts = {"features_A": len(res.active_a), "features_B": len(res.active_b), "active_A": int(res.active_a.sum()),
                   "active_B": int(res.active_b.sum()), "many_to_one": len(m2o)}
@@ -153,6 +154,7 @@ def match_layers(study: Study, la: int, lb: int) -> LayerMatch:
             counts["one_to_one"] = len(pairs)
         pairs = matching.threshold(pairs, m["min_r"])
         counts["r_above_threshold"] = len(pairs)
+        thr = pairs
         pairs, filt = matching.concept_filter(pairs, top_token_strings(study, a, la), top_token_strings(study, b, lb),
                                               require_shared=m["require_shared_token"])
         counts["concept_tokens"] = filt["non_concept"]  # kept: no punctuation/whitespace/special top token
@@ -160,13 +162,14 @@ def match_layers(study: Study, la: int, lb: int) -> LayerMatch:
             counts["shared_top_token"] = filt["shared_token"]
         with cache.publish("matching", s) as tmp:
             np.savez(tmp / "pairs.npz", m2o_a=m2o.idx_a, m2o_b=m2o.idx_b, m2o_r=m2o.r,
-                     idx_a=pairs.idx_a, idx_b=pairs.idx_b, r=pairs.r)
+                     thr_a=thr.idx_a, thr_b=thr.idx_b, thr_r=thr.r, idx_a=pairs.idx_a, idx_b=pairs.idx_b, r=pairs.r)
             cache.write_json_atomic(tmp / "counts.json", counts)
     with np.load(path / "pairs.npz") as f:
         m2o = matching.Matches(f["m2o_a"], f["m2o_b"], f["m2o_r"])
+        thr = matching.Matches(f["thr_a"], f["thr_b"], f["thr_r"])
         pairs = matching.Matches(f["idx_a"], f["idx_b"], f["r"])
     counts = json.loads((path / "counts.json").read_text())
-    return LayerMatch((la, lb), m2o, pairs, counts, path.name)
+    return LayerMatch((la, lb), m2o, thr, pairs, counts, path.name)
 
 
 def decoder_rows(study: Study, model_id: str, layer: int, idx: np.ndarray) -> np.ndarray:
@@ -281,7 +284,12 @@ def layerwise(study: Study) -> "pd.DataFrame":
 
 
 def subspace_scores(study: Study, match: LayerMatch) -> "pd.DataFrame":
-    """SVCCA/RSA of every concept group's pairs at one layer pair, with both nulls (see subspaces)."""
+    """SVCCA/RSA of every concept group's pairs at one layer pair, with both nulls (see subspaces).
+
+    The candidates are the matched pairs above the correlation threshold (one-to-one if asked); a
+    pair belongs to a group when both features join it, which already requires concept tokens, so
+    the generic non-concept and shared-token filters are not applied on top.
+    """
     import pandas as pd
 
     from .subspaces import group_features, group_mask, resolve_groups, score_group
@@ -290,12 +298,13 @@ def subspace_scores(study: Study, match: LayerMatch) -> "pd.DataFrame":
     a, b = study.ids[:2]
     la, lb = match.layers
     top_a, top_b = top_token_strings(study, a, la), top_token_strings(study, b, lb)
-    X_all = decoder_rows(study, a, la, match.pairs.idx_a)
-    Y_all = decoder_rows(study, b, lb, match.pairs.idx_b)
+    candidates = match.above_threshold  # keyword membership replaces the generic token filters here
+    X_all = decoder_rows(study, a, la, candidates.idx_a)
+    Y_all = decoder_rows(study, b, lb, candidates.idx_b)
     sub, sim = cfg.subspaces, cfg.similarity
     rows = []
     for name, keywords in tqdm(resolve_groups(sub["groups"]).items(), desc="concept groups"):
-        members = np.flatnonzero(group_mask(match.pairs, top_a, top_b, keywords))
+        members = np.flatnonzero(group_mask(candidates, top_a, top_b, keywords))
         row: dict[str, Any] = {"group": name, "keywords": len(keywords),
                                f"features {a}": int(group_features(top_a, keywords).sum()),
                                f"features {b}": int(group_features(top_b, keywords).sum()), "pairs": len(members)}

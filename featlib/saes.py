@@ -19,6 +19,7 @@ tokens), and next-token loss clean / with the SAE's reconstruction spliced into
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -81,7 +82,8 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int) -> Any:
     )
     import sae_lens.training.sae_trainer as trainer_module
 
-    trainer_module.tqdm = tqdm  # a plain text progress bar: the same in notebooks, terminals and logs
+    # a plain text bar (the same in notebooks, terminals and logs) that shares the line of an outer bar
+    trainer_module.tqdm = partial(tqdm, position=0, leave=False)
     return SAETrainer(trainer_cfg, sae, _batches(acts, bs, seed)).fit()
 
 

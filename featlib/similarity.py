@@ -603,7 +603,8 @@ def random_subset_null(X_all: ArrayLike, Y_all: ArrayLike, n: int, n_samples: in
         raise ValueError(f"n must be in [3, {Xt.shape[0]}], got {n}")
     rng = np.random.default_rng(seed)
     out = {"svcca": np.empty(n_samples), "rsa": np.empty(n_samples)}
-    for s in tqdm(range(n_samples), desc="random subsets", disable=n_samples < 50):
+    for s in tqdm(range(n_samples), desc="random subsets", disable=n_samples < 50,
+                  position=0, leave=False):
         idx = torch.from_numpy(np.sort(rng.choice(Xt.shape[0], size=n, replace=False)))
         out["svcca"][s] = svcca(Xt[idx], Yt[idx], variance).score
         out["rsa"][s] = rsa(Xt[idx], Yt[idx])
