@@ -30,7 +30,7 @@ models: $(STAMP)
 
 # The committed notebooks are executed, and compared by nbval, on an empty cache: the same cells run
 # (and print the same progress) every time.
-NB_CACHE := build/notebook-cache
+NB_CACHE := $(CURDIR)/build/notebook-cache
 
 ## Re-execute the committed notebooks in place with their defaults (the tiny profile).
 notebooks: $(STAMP)

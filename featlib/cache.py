@@ -26,9 +26,10 @@ class CorruptCacheError(RuntimeError):
 
 
 def cache_root() -> Path:
-    """The cache root: ``$FEATUNIV_CACHE`` if set, else ``cache/`` at the repository root."""
-    env = os.environ.get("FEATUNIV_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "cache"
+    """The cache root: ``$FEATUNIV_CACHE`` if set (a relative path is taken from the repository
+    root, since notebooks run in ``notebooks/``), else ``cache/`` at the repository root."""
+    repo = Path(__file__).resolve().parent.parent
+    return repo / os.environ.get("FEATUNIV_CACHE", "cache")
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

@@ -120,8 +120,7 @@ class LayerMatch:
 
     layers: tuple[int, int]
     many_to_one: matching.Matches  # best A partner of every active B feature
-    above_threshold: matching.Matches  # after one-to-one (if asked) and r > min_r, before the token filters
-    pairs: matching.Matches  # the final pairs (after the token filters too)
+    pairs: matching.Matches  # the final pairs (after one-to-one if asked, threshold, token filters)
     counts: dict[str, int]
     key: str
 
@@ -154,7 +153,6 @@ def match_layers(study: Study, la: int, lb: int) -> LayerMatch:
             counts["one_to_one"] = len(pairs)
         pairs = matching.threshold(pairs, m["min_r"])
         counts["r_above_threshold"] = len(pairs)
-        thr = pairs
         pairs, filt = matching.concept_filter(pairs, top_token_strings(study, a, la), top_token_strings(study, b, lb),
                                               require_shared=m["require_shared_token"])
         counts["concept_tokens"] = filt["non_concept"]  # kept: no punctuation/whitespace/special top token
@@ -162,14 +160,13 @@ def match_layers(study: Study, la: int, lb: int) -> LayerMatch:
             counts["shared_top_token"] = filt["shared_token"]
         with cache.publish("matching", s) as tmp:
             np.savez(tmp / "pairs.npz", m2o_a=m2o.idx_a, m2o_b=m2o.idx_b, m2o_r=m2o.r,
-                     thr_a=thr.idx_a, thr_b=thr.idx_b, thr_r=thr.r, idx_a=pairs.idx_a, idx_b=pairs.idx_b, r=pairs.r)
+                     idx_a=pairs.idx_a, idx_b=pairs.idx_b, r=pairs.r)
             cache.write_json_atomic(tmp / "counts.json", counts)
     with np.load(path / "pairs.npz") as f:
         m2o = matching.Matches(f["m2o_a"], f["m2o_b"], f["m2o_r"])
-        thr = matching.Matches(f["thr_a"], f["thr_b"], f["thr_r"])
         pairs = matching.Matches(f["idx_a"], f["idx_b"], f["r"])
     counts = json.loads((path / "counts.json").read_text())
-    return LayerMatch((la, lb), m2o, thr, pairs, counts, path.name)
+    return LayerMatch((la, lb), m2o, pairs, counts, path.name)
 
 
 def decoder_rows(study: Study, model_id: str, layer: int, idx: np.ndarray) -> np.ndarray:
@@ -286,9 +283,10 @@ def layerwise(study: Study) -> "pd.DataFrame":
 def subspace_scores(study: Study, match: LayerMatch) -> "pd.DataFrame":
     """SVCCA/RSA of every concept group's pairs at one layer pair, with both nulls (see subspaces).
 
-    The candidates are the matched pairs above the correlation threshold (one-to-one if asked); a
-    pair belongs to a group when both features join it, which already requires concept tokens, so
-    the generic non-concept and shared-token filters are not applied on top.
+    The candidates are the many-to-one pairs above the correlation threshold (every B feature with
+    its best A partner; one-to-one would discard most of a small group). A pair belongs to a group
+    when both features join it, which already requires concept tokens, so the generic non-concept
+    and shared-token filters are not applied on top.
     """
     import pandas as pd
 
@@ -298,7 +296,7 @@ def subspace_scores(study: Study, match: LayerMatch) -> "pd.DataFrame":
     a, b = study.ids[:2]
     la, lb = match.layers
     top_a, top_b = top_token_strings(study, a, la), top_token_strings(study, b, lb)
-    candidates = match.above_threshold  # keyword membership replaces the generic token filters here
+    candidates = matching.threshold(match.many_to_one, cfg.matching["min_r"])
     X_all = decoder_rows(study, a, la, candidates.idx_a)
     Y_all = decoder_rows(study, b, lb, candidates.idx_b)
     sub, sim = cfg.subspaces, cfg.similarity

@@ -1,7 +1,7 @@
 """Semantic subspaces: the features of one concept group, compared across models.
 
 A feature *joins* a concept group when one of its top-activating tokens (over the eval text, in
-context), lower-cased and stripped, equals one of the group's keywords. A matched pair (one-to-one,
+context), lower-cased and stripped, equals one of the group's keywords. A matched pair (many-to-one,
 r above the threshold) belongs to a group when both of its features join it. For each group we
 compare the paired decoder vectors with SVCCA and RSA against two nulls: random re-pairings within
 the group, and random same-size sets of matched pairs drawn from all such pairs of the layer pair.

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from featlib import cache
+from featlib.config import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +57,9 @@ def test_write_json_atomic(tmp_path):
     cache.write_json_atomic(tmp_path / "d" / "x.json", {"a": 1})
     assert json.loads((tmp_path / "d" / "x.json").read_text()) == {"a": 1}
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["x.json"]
+
+
+def test_relative_cache_path_is_taken_from_the_repository(monkeypatch):
+    """Notebooks run in notebooks/: a relative FEATUNIV_CACHE must not depend on the working directory."""
+    monkeypatch.setenv("FEATUNIV_CACHE", "build/some-cache")
+    assert cache.cache_root() == REPO / "build/some-cache"
