@@ -126,10 +126,6 @@ class Config:
     similarity: dict[str, Any]
     subspaces: dict[str, Any]
 
-    @property
-    def model_ids(self) -> list[str]:
-        return list(self.models)
-
     def as_dict(self) -> dict[str, Any]:
         return {s: copy.deepcopy(getattr(self, s)) for s in SECTIONS}
 
