@@ -225,36 +225,41 @@ def svcca_null(X: ArrayLike, Y: ArrayLike, n_shuffles: int, seed: int,
     return _svcca_null(Ux, Uy, permutations(Xt.shape[0], n_shuffles, seed), batch_size)
 
 
-def _rsa_null(rx: torch.Tensor, ry: torch.Tensor, perms: np.ndarray,
-              batch_size: int | None) -> np.ndarray:
-    """RSA ``(N,)`` of centred rank vectors ``(m,)``, Y's items permuted by ``perms`` ``(N, n)``."""
-    n, m = perms.shape[1], rx.numel()
-    batch_size = batch_size or max(1, 2**22 // m)
-    i, j = (torch.from_numpy(v) for v in np.triu_indices(n, 1))   # condensed order
-    P, out = torch.from_numpy(perms), torch.empty(len(perms), dtype=F64)
-    scale = rx.norm() * ry.norm()                                 # permutation invariant
-    for start in range(0, len(P), batch_size):
-        p = P[start:start + batch_size]                           # (b, n)
-        lo, hi = torch.minimum(p[:, i], p[:, j]), torch.maximum(p[:, i], p[:, j])
-        idx = n * lo - lo * (lo + 1) // 2 + (hi - lo - 1)         # (b, m) condensed index
-        out[start:start + len(p)] = ry[idx] @ rx / scale
+def _square(v: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, n) symmetric matrix holding the condensed vector ``v`` (m,) off the diagonal, 0 on it."""
+    i, j = (torch.from_numpy(t) for t in np.triu_indices(n, 1))   # condensed order
+    M = torch.zeros(n, n, dtype=F64)
+    M[i, j] = v
+    M[j, i] = v
+    return M
+
+
+def _rsa_null(rx: torch.Tensor, ry: torch.Tensor, perms: np.ndarray) -> np.ndarray:
+    """RSA ``(N,)`` of centred rank vectors ``(m,)``, Y's items permuted by ``perms`` ``(N, n)``.
+
+    With both rank vectors laid out as symmetric (n, n) matrices, a re-pairing ``p`` gives
+    ``sum_{i<j} rx[i, j] ry[p_i, p_j] = <RX, RY[p][:, p]> / 2``: two contiguous row/column gathers
+    and one dot product per shuffle.
+    """
+    n = perms.shape[1]
+    RX, RY = _square(rx, n).view(-1), _square(ry, n)
+    scale = 2 * rx.norm() * ry.norm()                               # permutation invariant
+    out = torch.empty(len(perms), dtype=F64)
+    for s, p in enumerate(torch.from_numpy(perms)):
+        out[s] = torch.dot(RY.index_select(0, p).index_select(1, p).view(-1), RX) / scale
     return out.numpy()
 
 
-def rsa_null(X: ArrayLike, Y: ArrayLike, n_shuffles: int, seed: int,
-             batch_size: int | None = None) -> np.ndarray:
+def rsa_null(X: ArrayLike, Y: ArrayLike, n_shuffles: int, seed: int) -> np.ndarray:
     """RSA values ``(n_shuffles,)`` of ``X`` against row-permuted ``Y``.
 
-    Distances and ranks are computed once; permuting the items of ``Y`` permutes
-    its condensed vector, so each shuffle is a gather plus a dot product.
-    ``batch_size=None`` picks about 4M gathered entries per batch.
+    Distances and ranks are computed once; permuting the items of ``Y`` permutes its
+    dissimilarity matrix, so each shuffle is a gather plus a dot product.
     """
     Xt, Yt = _check_pair(X, Y)
     rx, ry = _centred_ranks(Xt.numpy(), "X"), _centred_ranks(Yt.numpy(), "Y")
-    return _rsa_null(rx, ry, permutations(Xt.shape[0], n_shuffles, seed), batch_size)
+    return _rsa_null(rx, ry, permutations(Xt.shape[0], n_shuffles, seed))
 
-
-# ----------------------------------------------------------------------------- shared
 
 def _batch(batch_size: int | None, per_shuffle: int) -> int:
     """Shuffles per batch: ``batch_size`` or about 4M intermediate entries."""
@@ -560,7 +565,7 @@ def compare_with_nulls(X: ArrayLike, Y: ArrayLike, n_shuffles: int = 1000, seed:
             observed, extra = float(_cancorr(Ux, Uy).mean()), {"k_x": kx, "k_y": ky}
         elif metric == "rsa":
             rx, ry = _centred_ranks(Xt.numpy(), "X"), _centred_ranks(Yt.numpy(), "Y")
-            nulls[metric] = _rsa_null(rx, ry, perms, None)
+            nulls[metric] = _rsa_null(rx, ry, perms)
             observed = _pearson(rx, ry)
         elif metric == "cka":
             (A, sx), (B, sy) = _centred_factor(Xt, "X", "CKA"), _centred_factor(Yt, "Y", "CKA")
