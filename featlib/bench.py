@@ -160,14 +160,24 @@ def bench_nulls(n: int, shuffles: int, naive_shuffles: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds), for tests")
+    ap.add_argument("--parts", nargs="+", choices=["matching", "nulls"], default=["matching", "nulls"])
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if args.quick:
         sizes = dict(d=1024, k=8, n_tokens=20000, ref_tokens=2000, dense_d=512, dense_tokens=4096, n=500, shuffles=50, naive=5)
     else:
-        sizes = dict(d=16384, k=32, n_tokens=200_000, ref_tokens=4096, dense_d=8192, dense_tokens=16384, n=5000, shuffles=1000, naive=10)
+        sizes = dict(d=16384, k=32, n_tokens=200_000, ref_tokens=4096, dense_d=8192, dense_tokens=65536, n=5000, shuffles=1000, naive=10)
     print(f"featlib bench on {torch.get_num_threads()} threads ({'quick' if args.quick else 'full'} sizes)\n")
-    peak = matmul_gflops(1024 if args.quick else 4096)
+    out: dict[str, Any] = {}
+    if "matching" in args.parts:
+        out |= _matching(sizes, args.quick)
+    if "nulls" in args.parts:
+        out["nulls"] = _nulls(sizes)
+    return out
+
+
+def _matching(sizes: dict[str, int], quick: bool) -> dict[str, Any]:
+    peak = matmul_gflops(1024 if quick else 4096)
     print(f"plain float32 matmul: {peak:.1f} GFLOP/s\n")
     topk = bench_topk(sizes["d"], sizes["k"], sizes["n_tokens"], sizes["ref_tokens"])
     print(f"matching, TopK codes: d_sae {sizes['d']} x {sizes['d']}, k = {sizes['k']}, {sizes['n_tokens']} tokens")
@@ -181,13 +191,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"matching, dense ReLU codes: d_sae {sizes['dense_d']} x {sizes['dense_d']}, {sizes['dense_tokens']} tokens")
     print(f"  featlib (dense path) {dense['featlib_s']:8.1f} s   {dense['gflops']:.1f} GFLOP/s ="
           f" {dense['share_of_peak']:.0%} of the plain matmul   peak {dense['featlib_peak_gb']:.2f} GB\n")
+    return {"peak_gflops": peak, "topk": topk, "dense": dense}
+
+
+def _nulls(sizes: dict[str, int]) -> dict[str, Any]:
     nulls = bench_nulls(sizes["n"], sizes["shuffles"], sizes["naive"])
     print(f"nulls: {sizes['n']} pairs (widths 512 and 768) x {sizes['shuffles']} shuffles")
     for metric, r in nulls.items():
         print(f"  {metric.upper():5s} featlib {r['featlib_s']:7.1f} s   naive {r['naive_s']:8.1f} s"
               f" (measured on {r['naive_shuffles']} shuffles, extrapolated)   speed-up {r['speedup']:.0f}x"
               f"   max |difference| {r['max_abs_diff']:.1e}")
-    return {"peak_gflops": peak, "topk": topk, "dense": dense, "nulls": nulls}
+    return nulls
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "top_k_tokens": 5,
         "require_shared_token": True,
         "chunk_tokens": 4096,
-        "max_bytes": 2 << 30,  # memory bound of the correlation accumulator (featlib.correlation)
+        "max_bytes": 3 << 30,  # memory bound of the correlation accumulator (featlib.correlation)
     },
     "similarity": {"variance": 0.99, "n_shuffles": 1000, "seed": 0, "layerwise_shuffles": 200},
     "subspaces": {"groups": "default", "min_features": 4, "n_random_sets": 200, "seed": 0},

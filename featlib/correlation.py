@@ -10,9 +10,9 @@ holds more than one chunk of tokens:
 * **sparse path** (TopK codes, a few non-zeros per token): each chunk is turned into (index, value)
   pairs and only the co-active products are added (``n * k_a * k_b`` scatter-adds per chunk instead
   of ``n * d_a * d_b`` multiply-adds);
-* **dense path** (e.g. ReLU pre-activations): one float32 matrix product per chunk (BLAS), added
-  into the float64 accumulator; values are shifted by the first chunk's mean first, so the final
-  ``E[ab] - E[a]E[b]`` does not cancel catastrophically;
+* **dense path** (e.g. ReLU pre-activations): values are shifted by the first chunk's mean (so the
+  final ``E[ab] - E[a]E[b]`` does not cancel catastrophically), multiplied in float32 by BLAS in place
+  into a buffer, and the buffer is added to the float64 accumulator every 8,192 tokens;
 * **bounded memory**: the cross-product accumulator is ``d_a × block`` float64 with ``block`` chosen
   so it fits ``max_bytes``; if B does not fit in one block the token stream is read once per block
   (``chunks`` is a callable returning a fresh iterator), and each block's correlations are reduced
@@ -102,7 +102,7 @@ class _FeatureStats:
 
     def __init__(self, d: int, shift: torch.Tensor) -> None:
         self.n = 0
-        self.shift = shift
+        self.shift = shift  # (d,) float32, subtracted from dense chunks before anything else
         self.sum = torch.zeros(d, dtype=F64)
         self.sumsq = torch.zeros(d, dtype=F64)
         self.min = torch.full((d,), np.inf, dtype=F64)
@@ -121,13 +121,12 @@ class _FeatureStats:
             silent = fires < n  # some token has 0 for this feature
             self.max = torch.where(silent, self.max.clamp_min(0), self.max)
             self.min = torch.where(silent, self.min.clamp_max(0), self.min)
-        else:
-            xd = x.to(F64)
-            xs = xd - self.shift
-            self.sum += xs.sum(0)
-            self.sumsq += (xs * xs).sum(0)
-            self.min = torch.minimum(self.min, xd.min(0).values)
-            self.max = torch.maximum(self.max, xd.max(0).values)
+        else:  # x is already shifted (float32); sums are taken in float64
+            self.sum += x.sum(0, dtype=F64)
+            self.sumsq += x.square().sum(0, dtype=F64)
+            lo, hi = torch.aminmax(x, dim=0)
+            self.min = torch.minimum(self.min, lo.to(F64))
+            self.max = torch.maximum(self.max, hi.to(F64))
         self.n += n
 
     @property
@@ -166,32 +165,61 @@ def _as(x: Chunk, method: str) -> Chunk:
     return x.to_dense() if isinstance(x, SparseCodes) else x.float()
 
 
-def _add_cross(cross: torch.Tensor, a: Chunk, b: Chunk, lo: int, hi: int, shift_a: torch.Tensor, shift_b: torch.Tensor) -> None:
-    """cross (d_a, hi - lo) += sum_t (a_t - shift_a) (b_t[lo:hi] - shift_b[lo:hi])^T."""
-    width = hi - lo
-    if isinstance(a, SparseCodes):
-        keep = (b.idx >= lo) & (b.idx < hi) & (b.val != 0)
+FLUSH_TOKENS = 8192
+
+
+class _Cross:
+    """The cross-products of one block of B features, (d_a, hi - lo), accumulated in float64.
+
+    Sparse chunks scatter-add their co-active products; dense chunks go through one in-place
+    float32 BLAS product per chunk (``addmm_``) into a buffer that is added to the float64 total
+    every ``FLUSH_TOKENS`` tokens.
+    """
+
+    def __init__(self, d_a: int, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+        self.total = torch.zeros(d_a, hi - lo, dtype=F64)
+        self.buf: torch.Tensor | None = None
+        self.pending = 0
+
+    def add_sparse(self, a: SparseCodes, b: SparseCodes) -> None:
+        width = self.hi - self.lo
+        keep = (b.idx >= self.lo) & (b.idx < self.hi)
         bv = torch.where(keep, b.val, 0).to(F64)
-        bi = torch.where(keep, b.idx - lo, 0)
+        bi = torch.where(keep, b.idx - self.lo, 0)
         flat = (a.idx[:, :, None] * width + bi[:, None, :]).reshape(-1)
-        prod = (a.val.to(F64)[:, :, None] * bv[:, None, :]).reshape(-1)
-        nz = prod != 0
-        cross.view(-1).index_add_(0, flat[nz], prod[nz])
-    else:
-        xa = a - shift_a.float()
-        xb = b[:, lo:hi] - shift_b[lo:hi].float()
-        cross += (xa.T @ xb).to(F64)
+        self.total.view(-1).index_add_(0, flat, (a.val.to(F64)[:, :, None] * bv[:, None, :]).reshape(-1))
+
+    def add_dense(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
+        if self.buf is None:
+            self.buf = torch.zeros(self.total.shape, dtype=torch.float32)
+        self.buf.addmm_(xa.T, xb[:, self.lo : self.hi])
+        self.pending += len(xa)
+        if self.pending >= FLUSH_TOKENS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.buf is not None and self.pending:
+            self.total += self.buf
+            self.buf.zero_()
+        self.pending = 0
+
+    def result(self) -> torch.Tensor:
+        self._flush()
+        self.buf = None
+        return self.total
 
 
-def correlate(chunks: ChunkPairs, d_a: int, d_b: int, *, top_m: int = 1, max_bytes: int = 2 << 30,
+def correlate(chunks: ChunkPairs, d_a: int, d_b: int, *, top_m: int = 1, max_bytes: int = 3 << 30,
               keep_matrix: bool = False, method: str = "auto", absolute: bool = False,
               progress: Callable[[Iterable], Iterator] | None = None) -> CorrelationResult:
     """Stream ``chunks()`` — pairs of (n, d_a) and (n, d_b) codes of the same tokens — into correlations.
 
     ``chunks`` may yield dense tensors or :class:`SparseCodes`; it is called once per block of B
     features (see module docstring), so it must replay the same tokens each time. ``method`` is
-    "auto", "sparse" or "dense". ``max_bytes`` bounds the float64 cross-product accumulator (plus
-    one float32 block of correlations). ``progress`` wraps each pass (e.g. a tqdm partial).
+    "auto", "sparse" or "dense". ``max_bytes`` bounds the cross-product accumulator: 12 bytes per
+    A × B pair of a block (float64 total plus a float32 buffer or, at the end, the float32
+    correlations); 3 GiB hold 16,384 × 16,384 features in one pass. ``progress`` wraps each pass (e.g. a tqdm partial).
     """
     block = int(max(1, min(d_b, max_bytes // (12 * max(d_a, 1)))))
     wrap = progress or (lambda it: it)
@@ -206,23 +234,30 @@ def correlate(chunks: ChunkPairs, d_a: int, d_b: int, *, top_m: int = 1, max_byt
     passes = 0
     for lo in range(0, d_b, block):
         hi = min(d_b, lo + block)
-        cross = torch.zeros(d_a, hi - lo, dtype=F64)
+        acc = _Cross(d_a, lo, hi)
         first_pass = stats_a is None
         for a, b in wrap(chunks()):
             _check(a, b, d_a, d_b)
             if chosen == "auto":
                 chosen = _choose_method(a, b, d_a, block)
             a, b = _as(a, chosen), _as(b, chosen)
-            if stats_a is None:  # shift by the first chunk's mean on the dense path
-                shift_a = torch.zeros(d_a, dtype=F64) if chosen == "sparse" else a.to(F64).mean(0)
-                shift_b = torch.zeros(d_b, dtype=F64) if chosen == "sparse" else b.to(F64).mean(0)
-                stats_a, stats_b = _FeatureStats(d_a, shift_a), _FeatureStats(d_b, shift_b)
+            if stats_a is None:  # dense chunks are shifted by the first chunk's mean
+                dense = chosen == "dense"
+                stats_a = _FeatureStats(d_a, a.mean(0) if dense else torch.zeros(d_a))
+                stats_b = _FeatureStats(d_b, b.mean(0) if dense else torch.zeros(d_b))
+            if chosen == "dense":
+                a, b = a - stats_a.shift, b - stats_b.shift
             if first_pass:
                 stats_a.update(a)
                 stats_b.update(b)
-            _add_cross(cross, a, b, lo, hi, stats_a.shift, stats_b.shift)
+            if chosen == "dense":
+                acc.add_dense(a, b)
+            else:
+                acc.add_sparse(a, b)
         if stats_a is None or stats_a.n == 0:
             raise ValueError("no tokens: the chunk stream was empty. Fix: check the activations and token counts.")
+        cross = acc.result()
+        del acc
         act_a, act_b = stats_a.active, stats_b.active[lo:hi]
         # in place, so the peak stays at the float64 block plus one float32 copy
         cross.mul_(1 / stats_a.n).addr_(stats_a.mean, stats_b.mean[lo:hi], alpha=-1)
