@@ -8,7 +8,7 @@ recomputes only what is missing (printing what it does), and a re-run reuses eve
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator
 
@@ -35,6 +35,7 @@ class Study:
     cfg: Config
     models: dict[str, LoadedModel]
     acts: dict[str, dict[str, Activations]]
+    _strings: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     @property
     def ids(self) -> list[str]:
@@ -50,9 +51,11 @@ class Study:
                 for k in ("release", "sae_id", "format")} | {"layer": layer}
 
     def token_strings(self, model_id: str) -> list[str]:
-        """Decoded string of every token id of a model's tokenizer."""
-        tok = self.models[model_id].tokenizer
-        return [tok.decode([i]) for i in range(len(tok))]
+        """Decoded string of every token id of a model's tokenizer (decoded once per study)."""
+        if model_id not in self._strings:
+            tok = self.models[model_id].tokenizer
+            self._strings[model_id] = [tok.decode([i]) for i in range(len(tok))]
+        return self._strings[model_id]
 
 
 def open_study(cfg: Config, device: str = "cpu") -> Study:
