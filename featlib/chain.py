@@ -28,11 +28,13 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
 
 
 def run(profile: str, only: list[str] | None = None, in_place: bool = False) -> dict[str, float]:
-    """Execute the chain; returns seconds per notebook."""
+    """Execute the chain on a profile name or a profile YAML file; returns seconds per notebook."""
     import papermill
 
     params = load_profile(profile)
-    cfg = build(profile)  # validate before spending any time
+    profile = params.get("profile", profile)
+    params["profile"] = profile
+    cfg = build(profile, **{k: v for k, v in params.items() if k != "profile"})  # validate before spending any time
     out_dir = REPO / "build" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -61,7 +63,7 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False) -> 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--profile", default="tiny", help="a profile name (params/NAME.yaml) or a profile YAML file")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 03 04")
     ap.add_argument("--in-place", action="store_true", help="execute the source notebooks with their defaults")
     args = ap.parse_args(argv)

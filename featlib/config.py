@@ -9,6 +9,7 @@ a :class:`Config`; unknown profiles, sections or keys raise :class:`ConfigError`
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,8 @@ def available_profiles() -> list[str]:
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """The raw parameters of profile ``name`` (``params/<name>.yaml``)."""
-    path = PARAMS_DIR / f"{name}.yaml"
+    """The raw parameters of profile ``name`` (``params/<name>.yaml``), or of a YAML file given by path."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PARAMS_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(
             f"unknown profile {name!r}. Available: {', '.join(available_profiles())}. "
@@ -87,9 +88,12 @@ def load_profile(name: str) -> dict[str, Any]:
     unknown = set(raw) - set(SECTIONS)
     if unknown:
         raise ConfigError(
-            f"params/{name}.yaml has unknown parameter(s) {sorted(unknown)}; known: {list(SECTIONS)}. "
+            f"{path} has unknown parameter(s) {sorted(unknown)}; known: {list(SECTIONS)}. "
             "Fix: check the spelling."
         )
+    missing = [s for s in SECTIONS if s not in raw]
+    if missing:  # papermill would leave the notebooks' tiny defaults in place for them
+        raise ConfigError(f"{path} lacks the section(s) {missing}. Fix: give every section ({', '.join(SECTIONS)}).")
     return raw
 
 
@@ -137,10 +141,14 @@ class Config:
 def build(profile: str, **sections: Any) -> Config:
     """Validate notebook parameters into a :class:`Config`.
 
-    Sections not given are taken from ``params/<profile>.yaml``.
+    Sections not given are taken from ``params/<profile>.yaml``; when every section is given (as
+    papermill injects them) ``profile`` is only the label of the run's output folders.
     """
-    raw = load_profile(profile)
-    raw.update({k: v for k, v in sections.items() if v is not None})
+    given = {k: v for k, v in sections.items() if v is not None}
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", profile):
+        raise ConfigError(f"profile {profile!r} must be a plain name (letters, digits, '_', '-', '.'): it names output folders")
+    raw = {} if set(given) >= set(SECTIONS) - {"profile"} else load_profile(profile)
+    raw.update(given)
     unknown = set(raw) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown parameter(s) {sorted(unknown)}; known: {list(SECTIONS)}.")

@@ -17,6 +17,7 @@ EleutherAI ``layers.L`` and Gemma Scope ``resid_post`` SAEs read). Hugging Face
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def load_local(model_id: str, folder: Path, device: str = "cpu", dtype: str = "f
         model=model,
         tokenizer=tok,
         bos_id=int(tok.bos_token_id),
-        fingerprint=file_sha256(folder / "model.safetensors")[:16],
+        fingerprint=file_sha256(folder / "model.safetensors")[:16] + ("" if dtype == "float32" else f"-{dtype}"),
         tokenizer_fingerprint=tokenizer_fingerprint(tok),
     )
 
@@ -113,12 +114,32 @@ def load_hub(model_id: str, name: str, device: str = "cpu", dtype: str = "float3
     )
 
 
-def load_model(model_id: str, spec: dict[str, Any], device: str = "cpu") -> LoadedModel:
-    """Load one model of a profile's ``models`` section."""
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"``: the ``FEATUNIV_DEVICE`` environment variable if set, else ``"cuda"`` when a CUDA GPU
+    is visible, else ``"cpu"``. Any other value is returned as it is."""
+    if device != "auto":
+        return device
+    return os.environ.get("FEATUNIV_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``"auto"``: float32 on CPU; on a GPU bfloat16 where supported (A100, L4, H100), else float16
+    (T4, V100; safe for Pythia, which was trained in float16 — Gemma-2 profiles ask for bfloat16)."""
+    if dtype != "auto":
+        return dtype
+    if not device.startswith("cuda"):
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def load_model(model_id: str, spec: dict[str, Any], device: str = "auto") -> LoadedModel:
+    """Load one model of a profile's ``models`` section on ``device`` (see :func:`resolve_device`)."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(spec["dtype"], device)
     if spec["source"] == "local":
-        return load_local(model_id, resolve_path(spec["path"]), device, spec["dtype"])
+        return load_local(model_id, resolve_path(spec["path"]), device, dtype)
     if spec["source"] == "hub":
-        return load_hub(model_id, spec["name"], device, spec["dtype"])
+        return load_hub(model_id, spec["name"], device, dtype)
     raise ValueError(f"models.{model_id}.source must be 'local' or 'hub', got {spec['source']!r}")
 
 

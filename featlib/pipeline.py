@@ -58,8 +58,9 @@ class Study:
         return self._strings[model_id]
 
 
-def open_study(cfg: Config, device: str = "cpu") -> Study:
-    """Load the profile's models, check they share a tokenizer, and extract (or reuse) activations."""
+def open_study(cfg: Config, device: str = "auto") -> Study:
+    """Load the profile's models on ``device`` ("auto": CUDA when present, else CPU; see
+    :func:`featlib.models.resolve_device`), check they share a tokenizer, and extract (or reuse) activations."""
     models = {mid: load_model(mid, spec, device) for mid, spec in cfg.models.items()}
     require_shared_tokenizer(list(models.values()))
     acts = {mid: ensure_activations(cfg, lm) for mid, lm in models.items()}

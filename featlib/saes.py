@@ -19,6 +19,7 @@ tokens), and next-token loss clean / with the SAE's reconstruction spliced into
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
@@ -96,24 +97,78 @@ def sae_seed(cfg: Config, model_id: str, layer: int) -> int:
     return int(cache.stable_hash([cfg.sae["seed"], model_id, layer], 8), 16)
 
 
+def sparsify_disk_loader(path: str | Path, device: str = "cpu",
+                         cfg_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """sae-lens disk converter for an EleutherAI ``sparsify`` folder (``cfg.json`` + ``sae.safetensors``).
+
+    sparsify's ``SparseCoder`` encodes ``topk(relu(W (x - b_dec) + b))`` and decodes ``z W_dec + b_dec``,
+    storing ``encoder.weight`` (d_sae, d_in), ``encoder.bias``, ``W_dec`` (d_sae, d_in) and ``b_dec``.
+    sae-lens 6.54's own sparsify converter transposes ``W_dec`` (so real sparsify files fail to load)
+    and does not subtract ``b_dec`` when ``normalize_decoder`` is set; this one follows sparsify and is
+    tested against eai-sparsify's own ``SparseCoder``. Hook: ``layers.L`` -> ``blocks.L.hook_resid_post``.
+    """
+    from safetensors.torch import load_file
+    from sae_lens.loading.pretrained_sae_loaders import get_sparsify_config_from_disk
+
+    path = Path(path)
+    raw = json.loads((path / "cfg.json").read_text())
+    if raw.get("transcode") or raw.get("activation", "topk") != "topk" or raw.get("skip_connection"):
+        raise ValueError(f"{path} holds a sparsify transcoder / non-TopK / skip-connection coder; featlib reads "
+                         "residual-stream TopK SAEs only. Fix: point sae.release at an SAE release.")
+    cfg = get_sparsify_config_from_disk(path, device, cfg_overrides)
+    cfg["apply_b_dec_to_input"] = True
+    w = load_file(path / "sae.safetensors", device=device)
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    W_dec = w["W_dec"] if tuple(w["W_dec"].shape) == (d_sae, d_in) else w["W_dec"].T
+    dtype = getattr(torch, str(cfg["dtype"]).removeprefix("torch."))
+    state = {"W_enc": w["encoder.weight"].T, "b_enc": w["encoder.bias"], "W_dec": W_dec, "b_dec": w["b_dec"]}
+    return cfg, {k: v.to(dtype).contiguous() for k, v in state.items()}
+
+
+def sparsify_hub_loader(repo_id: str, folder_name: str, device: str = "cpu", force_download: bool = False,
+                        cfg_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor], None]:
+    """The same as :func:`sparsify_disk_loader` for a folder of a hub repository (``SAE.from_pretrained``)."""
+    from huggingface_hub import hf_hub_download
+
+    for name in ("cfg.json", "sae.safetensors"):
+        local = hf_hub_download(repo_id, filename=f"{folder_name}/{name}", force_download=force_download)
+    cfg, state = sparsify_disk_loader(Path(local).parent, device, cfg_overrides)
+    return cfg, state, None
+
+
+def check_hook(sae: Any, model_id: str, layer: int) -> None:
+    """Raise ValueError if a published SAE was trained on another hook than ``blocks.L.hook_resid_post``."""
+    meta = getattr(sae.cfg, "metadata", None)
+    read = getattr(meta, "hook_name", None)
+    if read is not None and read != hook_name(layer):
+        raise ValueError(
+            f"the SAE for {model_id} layer {layer} reads {read!r}, but featlib extracts {hook_name(layer)!r} (the output "
+            f"of block {layer}). Fix: pick the SAE of that hook (sae.sae_id), or the layer whose output it reads."
+        )
+
+
 def load_pretrained(cfg: Config, model_id: str, layer: int, device: str = "cpu") -> Any:
-    """A published SAE: from the sae-lens registry, a sparsify hub repo, or a local folder of either."""
+    """A published SAE in float32: from the sae-lens registry (``format: sae_lens``, e.g. Gemma Scope),
+    a sparsify hub repository (``format: sparsify``), or a local folder of either."""
     from sae_lens import SAE
-    from sae_lens.loading.pretrained_sae_loaders import sparsify_disk_loader, sparsify_huggingface_loader
 
     try:
         release = cfg.sae["release"][model_id]
         sae_id = cfg.sae["sae_id"][model_id].format(layer=layer)
     except KeyError as e:
         raise ValueError(f"sae.release and sae.sae_id need an entry for model {model_id}") from e
+    if cfg.sae["format"] not in ("sae_lens", "sparsify"):
+        raise ValueError(f"sae.format must be 'sae_lens' or 'sparsify', got {cfg.sae['format']!r}")
     sparsify = cfg.sae["format"] == "sparsify"
     local = Path(release).expanduser()
     if local.exists():
-        if sparsify:
-            return SAE.load_from_disk(local / sae_id, device=device, converter=sparsify_disk_loader)
-        return SAE.load_from_disk(local / sae_id, device=device)
-    converter = sparsify_huggingface_loader if sparsify else None
-    return SAE.from_pretrained(release, sae_id, device=device, converter=converter)
+        converter = {"converter": sparsify_disk_loader} if sparsify else {}
+        sae = SAE.load_from_disk(local / sae_id, device=device, dtype="float32", **converter)
+    else:
+        sae = SAE.from_pretrained(release, sae_id, device=device, dtype="float32",
+                                  converter=sparsify_hub_loader if sparsify else None)
+    check_hook(sae, model_id, layer)
+    return sae
 
 
 def get_sae(cfg: Config, lm: LoadedModel, layer: int, acts: dict[str, Activations] | None = None) -> Any:
@@ -132,7 +187,7 @@ def get_sae(cfg: Config, lm: LoadedModel, layer: int, acts: dict[str, Activation
             trained = train_sae(acts["train"].layer(layer), cfg.sae, seed)
             with cache.publish("sae", s, {"seed": seed, "model": lm.id, "layer": layer}) as tmp:
                 trained.save_inference_model(tmp)
-        sae = SAE.load_from_disk(path)
+        sae = SAE.load_from_disk(path, device=str(lm.model.cfg.device))
     else:
         raise ValueError(f"sae.source must be 'train' or 'pretrained', got {cfg.sae['source']!r}")
     check_width(sae, lm, layer)

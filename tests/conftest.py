@@ -1,5 +1,30 @@
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' Hugging Face hub cache: empty, or filled with local stand-ins by the `standins` fixture.
+# Set before anything imports huggingface_hub, which reads it once.
+STANDINS = Path(tempfile.mkdtemp(prefix="featuniv-standins-"))
+os.environ["HF_HUB_CACHE"] = str(STANDINS / "hub")
+
+
+@pytest.fixture(scope="session")
+def standins() -> Path:
+    """Stand-ins for the paper profiles' hub downloads (see tests/standins.py); returns their root."""
+    import huggingface_hub.constants
+
+    import standins as builder
+
+    assert huggingface_hub.constants.HF_HUB_CACHE == os.environ["HF_HUB_CACHE"], "huggingface_hub was imported too early"
+    builder.build(STANDINS)
+    return STANDINS
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(STANDINS, ignore_errors=True)
