@@ -3,7 +3,9 @@ PROFILE ?= tiny
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export HF_HUB_OFFLINE ?= 1
+# Tests never touch the network; `make figures PROFILE=pythia` needs the hub, so only the test and
+# offline targets set HF_HUB_OFFLINE.
+OFFLINE := HF_HUB_OFFLINE=1
 export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
@@ -20,13 +22,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (featuniv)"
 	touch $(STAMP)
 
-## Run notebooks 01-06 on PROFILE (default tiny); executed copies go to build/PROFILE/.
+## Run notebooks 01-06 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
 figures: $(STAMP)
 	$(PY) -m featlib.chain --profile $(PROFILE)
 
 ## Retrain the tiny profile's language models and tokenizer (seeded; reports held-out loss).
 models: $(STAMP)
-	$(PY) -m featlib.lm --out models/tiny
+	$(OFFLINE) $(PY) -m featlib.lm --out models/tiny
 
 # The committed notebooks are executed, and compared by nbval, on an empty cache: the same cells run
 # (and print the same progress) every time.
@@ -35,7 +37,7 @@ NB_CACHE := $(CURDIR)/build/notebook-cache
 ## Re-execute the committed notebooks in place with their defaults (the tiny profile).
 notebooks: $(STAMP)
 	rm -rf $(NB_CACHE)
-	FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m featlib.chain --profile tiny --in-place
+	$(OFFLINE) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m featlib.chain --profile tiny --in-place
 
 ## Fast paths vs plain reference runs, measured in one process (a few minutes).
 bench: $(STAMP)
@@ -44,16 +46,16 @@ bench: $(STAMP)
 test: test-unit test-chain test-nbval
 
 test-unit: $(STAMP)
-	$(PY) -m pytest tests -q --ignore=tests/chain
+	$(OFFLINE) $(PY) -m pytest tests -q --ignore=tests/chain
 
 ## The whole chain on the smoke profile, through papermill.
 test-chain: $(STAMP)
-	$(PY) -m pytest tests/chain -q -p no:cacheprovider
+	$(OFFLINE) $(PY) -m pytest tests/chain -q -p no:cacheprovider
 
 ## The committed, executed notebooks re-run and compared with their stored outputs.
 test-nbval: $(STAMP)
 	rm -rf $(NB_CACHE)
-	FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -q -p no:cacheprovider
+	$(OFFLINE) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -q -p no:cacheprovider
 
 clean:
 	rm -rf build cache

@@ -20,6 +20,7 @@ from .cache import stable_hash
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_DIR = REPO / "params"
+NOTEBOOK_DEFAULTS = "tiny"  # the profile whose values the notebooks' parameters cells hold
 SECTIONS = ("profile", "models", "data", "layers", "sae", "matching", "similarity", "subspaces")
 
 # Allowed keys per section (value = default, None = required).
@@ -138,15 +139,26 @@ class Config:
         return stable_hash(self.as_dict())
 
 
+def _sections(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in raw.items() if k != "profile"}
+
+
 def build(profile: str, **sections: Any) -> Config:
     """Validate notebook parameters into a :class:`Config`.
 
     Sections not given are taken from ``params/<profile>.yaml``; when every section is given (as
-    papermill injects them) ``profile`` is only the label of the run's output folders.
+    papermill injects them) ``profile`` is only the label of the run's output folders. A notebook
+    whose parameters cell had only ``profile`` changed (every section still holds the ``tiny``
+    defaults) gets that profile's sections.
     """
     given = {k: v for k, v in sections.items() if v is not None}
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", profile):
         raise ConfigError(f"profile {profile!r} must be a plain name (letters, digits, '_', '-', '.'): it names output folders")
+    if profile != NOTEBOOK_DEFAULTS and given and given == _sections(load_profile(NOTEBOOK_DEFAULTS)) \
+            and (PARAMS_DIR / f"{profile}.yaml").exists():
+        print(f"profile {profile!r}: taking its parameters from params/{profile}.yaml (the parameters cell holds the "
+              f"{NOTEBOOK_DEFAULTS!r} values)")
+        given = {}
     raw = {} if set(given) >= set(SECTIONS) - {"profile"} else load_profile(profile)
     raw.update(given)
     unknown = set(raw) - set(SECTIONS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from . import cache, matching, similarity
 from .activations import Activations, ensure_activations
-from .correlation import correlate
+from .correlation import SparseCodes, correlate
 from .config import Config
 from .models import LoadedModel, load_model, require_shared_tokenizer
 from .saes import encode_chunks, evaluate, get_sae, train_spec
@@ -94,11 +94,13 @@ def feature_tokens(study: Study, model_id: str, layer: int) -> dict[str, np.ndar
     s = {"sae": study.sae_spec(model_id, layer), "eval": acts.path.name, "k": k, "version": CODE_VERSION}
     path = cache.artifact_dir("feature_tokens", s)
     if not cache.is_complete(path):
-        sae = study.sae(model_id, layer)
-        top = matching.TopActivations(int(sae.cfg.d_sae), k)
-        fired = torch.zeros(int(sae.cfg.d_sae), dtype=torch.float64)
+        codes = sae_codes(study, model_id, layer)
+        d_sae = int(codes["d_sae"])
+        top = matching.TopActivations(d_sae, k)
+        fired = torch.zeros(d_sae, dtype=torch.float64)
         start = 0
-        for z in encode_chunks(sae, acts, layer, cfg.matching["chunk_tokens"]):
+        for chunk in code_chunks(codes, cfg.matching["chunk_tokens"]):
+            z = chunk.to_dense()
             top.update(z, torch.arange(start, start + len(z)))
             fired += (z > 0).sum(0)
             start += len(z)
@@ -109,6 +111,56 @@ def feature_tokens(study: Study, model_id: str, layer: int) -> dict[str, np.ndar
                      freq=(fired / start).numpy())
     with np.load(path / "tokens.npz") as f:
         return dict(f)
+
+
+def sae_codes(study: Study, model_id: str, layer: int) -> dict[str, np.ndarray]:
+    """The SAE codes of one layer's eval tokens, encoded once and cached as sparse rows (CSR).
+
+    Returns {"indptr": (n_tokens + 1,) int64, "indices": (nnz,) int32 feature ids, "values": (nnz,)
+    float32, "d_sae": ()}; token t's non-zero codes are ``indices[indptr[t]:indptr[t + 1]]``.
+    """
+    cfg = study.cfg
+    acts = study.acts[model_id]["eval"]
+    s = {"sae": study.sae_spec(model_id, layer), "eval": acts.path.name, "version": CODE_VERSION}
+    path = cache.artifact_dir("codes", s)
+    if not cache.is_complete(path):
+        sae = study.sae(model_id, layer)
+        n_chunks = -(-len(acts.token_ids) // cfg.matching["chunk_tokens"])
+        z = tqdm(encode_chunks(sae, acts, layer, cfg.matching["chunk_tokens"]), total=n_chunks,
+                 desc=f"encoding {model_id}{layer}", position=0, leave=False)
+        packed = pack_codes(z, int(sae.cfg.d_sae))
+        with cache.publish("codes", s) as tmp:
+            np.savez(tmp / "codes.npz", **packed)
+    with np.load(path / "codes.npz") as f:
+        return dict(f)
+
+
+def pack_codes(chunks: Iterable[torch.Tensor], d_sae: int) -> dict[str, np.ndarray]:
+    """(n, d_sae) dense code chunks, in token order -> the sparse rows of :func:`sae_codes`."""
+    counts, indices, values = [], [], []
+    for z in chunks:
+        rows, cols = torch.nonzero(z, as_tuple=True)  # row-major: sorted by token, then feature
+        counts.append(torch.bincount(rows, minlength=len(z)).numpy())
+        indices.append(cols.numpy().astype(np.int32))
+        values.append(z[rows, cols].numpy().astype(np.float32))
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
+    return {"indptr": indptr, "indices": np.concatenate(indices), "values": np.concatenate(values), "d_sae": np.int64(d_sae)}
+
+
+def code_chunks(codes: dict[str, np.ndarray], chunk_tokens: int) -> Iterator[SparseCodes]:
+    """Consecutive chunks of cached codes (:func:`sae_codes`) as :class:`SparseCodes` (zero-padded rows)."""
+    indptr, d = codes["indptr"], int(codes["d_sae"])
+    for start in range(0, len(indptr) - 1, chunk_tokens):
+        ptr = indptr[start : start + chunk_tokens + 1]
+        n, lo = len(ptr) - 1, ptr[0]
+        per_token = np.diff(ptr)
+        row = np.repeat(np.arange(n), per_token)
+        slot = np.arange(ptr[-1] - lo) - (ptr[:-1] - lo)[row]
+        idx = np.zeros((n, max(1, int(per_token.max(initial=0)))), dtype=np.int64)
+        val = np.zeros(idx.shape, dtype=np.float32)
+        idx[row, slot] = codes["indices"][lo : ptr[-1]]
+        val[row, slot] = codes["values"][lo : ptr[-1]]
+        yield SparseCodes(torch.from_numpy(idx), torch.from_numpy(val), d)
 
 
 def top_token_strings(study: Study, model_id: str, layer: int) -> list[list[str]]:
@@ -139,14 +191,13 @@ def match_layers(study: Study, la: int, lb: int) -> LayerMatch:
          "version": CODE_VERSION}
     path = cache.artifact_dir("matching", s)
     if not cache.is_complete(path):
-        sae_a, sae_b = study.sae(a, la), study.sae(b, lb)
+        codes_a, codes_b = sae_codes(study, a, la), sae_codes(study, b, lb)
         n_chunks = -(-len(study.acts[a]["eval"].token_ids) // m["chunk_tokens"])
 
-        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            return zip(encode_chunks(sae_a, study.acts[a]["eval"], la, m["chunk_tokens"]),
-                       encode_chunks(sae_b, study.acts[b]["eval"], lb, m["chunk_tokens"]))
+        def chunks() -> Iterator[tuple[SparseCodes, SparseCodes]]:
+            return zip(code_chunks(codes_a, m["chunk_tokens"]), code_chunks(codes_b, m["chunk_tokens"]))
 
-        res = correlate(chunks, int(sae_a.cfg.d_sae), int(sae_b.cfg.d_sae), max_bytes=m["max_bytes"],
+        res = correlate(chunks, int(codes_a["d_sae"]), int(codes_b["d_sae"]), max_bytes=m["max_bytes"],
                         progress=partial(tqdm, total=n_chunks, desc=f"correlating A{la}-B{lb}", position=0, leave=False))
         m2o = res.matches()
         counts = {"features_A": len(res.active_a), "features_B": len(res.active_b), "active_A": int(res.active_a.sum()),

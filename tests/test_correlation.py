@@ -123,3 +123,18 @@ def test_sparse_codes_round_trip(codes):
     s = SparseCodes.from_dense(a[:100])
     assert s.idx.shape == (100, 6)
     torch.testing.assert_close(s.to_dense(), a[:100])
+
+
+def test_cached_code_rows_round_trip_into_sparse_chunks():
+    from featlib.pipeline import code_chunks, pack_codes
+
+    z = topk_codes(1000, 50, 4, seed=9)
+    z[[3, 500]] = 0  # tokens where nothing fires
+    z[7, :20] = 1.0  # one token with many active features
+    packed = pack_codes(z.split(300), 50)
+    assert packed["indptr"][-1] == int((z != 0).sum()) and packed["indices"].dtype == np.int32
+    chunks = list(code_chunks(packed, 128))
+    assert [len(c) for c in chunks] == [128] * 7 + [104]
+    torch.testing.assert_close(torch.cat([c.to_dense() for c in chunks]), z)
+    res = correlate(lambda: zip(code_chunks(packed, 128), code_chunks(packed, 128)), 50, 50, keep_matrix=True)
+    torch.testing.assert_close(res.matrix, dense_reference(z, z), atol=1e-5, rtol=0)

@@ -21,7 +21,8 @@ def test_six_numbered_notebooks():
 def test_notebook_layout(path):
     nb = nbformat.read(path, as_version=4)
     title, setup, params = nb.cells[:3]
-    assert title.cell_type == "markdown" and title.source.startswith(f"# {path.name[:2]} ·")
+    heading = title.source.split("\n\n", 1)[1]  # after the Colab badge
+    assert title.cell_type == "markdown" and heading.startswith(f"# {path.name[:2]} ·")
     assert "**Inputs.**" in title.source and "**Outputs.**" in title.source
     assert setup.cell_type == "code" and "import" in setup.source
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -55,3 +56,28 @@ def test_environment_files_name_the_same_versions():
         assert "python=3.11" in env["dependencies"]
         pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
         assert _pins(pip) == req, f"{env_file.name} pip section must use requirements.txt's pins"
+
+
+def test_every_notebook_opens_in_colab_with_a_colab_only_setup_block():
+    from featlib import colab
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        assert colab.has_header(nb, path.name), f"{path.name}: run `python -m featlib.colab`"
+        assert f"/blob/main/notebooks/{path.name})" in nb.cells[0].source
+    script = (REPO / "scripts/colab_install.sh").read_text()
+    assert "grep -v '^torch==' requirements.txt" in script and 'torch==${torch_version}' in script, "Colab's torch is kept"
+
+
+def test_colab_stamp_is_idempotent_and_replaces_an_old_header(tmp_path, monkeypatch):
+    from featlib import colab
+
+    path = tmp_path / NOTEBOOKS[0].name
+    path.write_bytes(NOTEBOOKS[0].read_bytes())
+    assert not colab.stamp(path)
+    monkeypatch.setattr(colab, "REPO_URL", "https://github.com/someone/fork")
+    assert colab.stamp(path) and not colab.stamp(path)
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].source.count("colab-badge.svg") == 1 and "someone/fork" in nb.cells[0].source
+    setup = next(c for c in nb.cells if c.cell_type == "code").source
+    assert setup.count(colab.MARK) == 1 and "featuniv/featuniv" not in setup and "%matplotlib inline" in setup
