@@ -32,8 +32,7 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False) -> 
     import papermill
 
     params = load_profile(profile)
-    profile = params.get("profile", profile)
-    params["profile"] = profile
+    profile = params["profile"]  # the label of the output folders
     cfg = build(profile, **{k: v for k, v in params.items() if k != "profile"})  # validate before spending any time
     out_dir = REPO / "build" / profile
     out_dir.mkdir(parents=True, exist_ok=True)

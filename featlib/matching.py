@@ -14,7 +14,6 @@ import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -48,43 +47,27 @@ def threshold(m: Matches, min_r: float) -> Matches:
     return m.subset(m.r > min_r)
 
 
-class TopActivations:
-    """Streaming top-k strictly positive activations (and their token positions) per feature.
+def top_activations(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, d: int,
+                    k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k strictly positive activations of every feature, from codes stored as sparse rows.
 
-    Ordering is by value descending, ties to the lowest position, so merging
-    chunks gives the same result as one global sort.
+    ``indptr`` (n + 1,), ``indices`` / ``values`` (nnz,): token t's codes are at
+    ``indptr[t]:indptr[t + 1]`` (see :func:`featlib.pipeline.sae_codes`). Returns ``values`` (d, k)
+    float32, descending, 0 where a feature has fewer than k positive activations, and ``positions``
+    (d, k) int64 token indices, -1 there; ties go to the lowest position.
     """
-
-    def __init__(self, d: int, k: int = 5) -> None:
-        self.d, self.k = d, k
-        self._values = torch.full((d, k), -np.inf, dtype=torch.float32)
-        self._positions = torch.full((d, k), -1, dtype=torch.int64)
-
-    def update(self, codes: torch.Tensor, positions: torch.Tensor) -> None:
-        """Add ``codes`` ``(n, d)`` observed at global token ``positions`` ``(n,)`` int64."""
-        if codes.ndim != 2 or codes.shape[1] != self.d or positions.shape != (codes.shape[0],):
-            raise ValueError(f"expected codes (n, {self.d}) and positions (n,), "
-                             f"got {tuple(codes.shape)} and {tuple(positions.shape)}")
-        codes = codes.detach().to("cpu", torch.float32).T  # (d, n)
-        pos = positions.to("cpu", torch.int64).expand_as(codes)
-        positive = codes > 0
-        vals = torch.cat([self._values, torch.where(positive, codes, -np.inf)], dim=1)
-        pos = torch.cat([self._positions, torch.where(positive, pos, -1)], dim=1)
-        # Two stable sorts: by position ascending, then by value descending.
-        order = torch.sort(pos, dim=1, stable=True).indices
-        vals, pos = vals.gather(1, order), pos.gather(1, order)
-        order = torch.sort(vals, dim=1, descending=True, stable=True).indices[:, : self.k]
-        self._values, self._positions = vals.gather(1, order), pos.gather(1, order)
-
-    @property
-    def values(self) -> torch.Tensor:
-        """Top activation values ``(d, k)``, descending; 0 where unfilled."""
-        return torch.where(self._positions >= 0, self._values, 0.0)
-
-    @property
-    def positions(self) -> torch.Tensor:
-        """Token positions ``(d, k)`` of the top activations; -1 where unfilled."""
-        return self._positions.clone()
+    pos = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    keep = values > 0
+    f, v, p = np.asarray(indices)[keep], np.asarray(values, dtype=np.float32)[keep], pos[keep]
+    order = np.lexsort((p, -v, f))  # by feature, then value descending, then position
+    f, v, p = f[order], v[order], p[order]
+    rank = np.arange(len(f)) - np.searchsorted(f, f)  # place within the feature's run
+    sel = rank < k
+    top_v = np.zeros((d, k), dtype=np.float32)
+    top_p = np.full((d, k), -1, dtype=np.int64)
+    top_v[f[sel], rank[sel]] = v[sel]
+    top_p[f[sel], rank[sel]] = p[sel]
+    return top_v, top_p
 
 
 NON_CONCEPT_TOKENS = frozenset(

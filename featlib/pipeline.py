@@ -95,20 +95,12 @@ def feature_tokens(study: Study, model_id: str, layer: int) -> dict[str, np.ndar
     path = cache.artifact_dir("feature_tokens", s)
     if not cache.is_complete(path):
         codes = sae_codes(study, model_id, layer)
-        d_sae = int(codes["d_sae"])
-        top = matching.TopActivations(d_sae, k)
-        fired = torch.zeros(d_sae, dtype=torch.float64)
-        start = 0
-        for chunk in code_chunks(codes, cfg.matching["chunk_tokens"]):
-            z = chunk.to_dense()
-            top.update(z, torch.arange(start, start + len(z)))
-            fired += (z > 0).sum(0)
-            start += len(z)
-        pos = top.positions.numpy()
+        d_sae, n = int(codes["d_sae"]), len(codes["indptr"]) - 1
+        values, pos = matching.top_activations(codes["indptr"], codes["indices"], codes["values"], d_sae, k)
         ids = np.where(pos >= 0, acts.token_ids[np.clip(pos, 0, None)], -1)
+        fired = np.bincount(codes["indices"][codes["values"] > 0], minlength=d_sae)
         with cache.publish("feature_tokens", s) as tmp:
-            np.savez(tmp / "tokens.npz", positions=pos, values=top.values.numpy(), token_ids=ids,
-                     freq=(fired / start).numpy())
+            np.savez(tmp / "tokens.npz", positions=pos, values=values, token_ids=ids, freq=fired / n)
     with np.load(path / "tokens.npz") as f:
         return dict(f)
 

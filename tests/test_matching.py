@@ -1,13 +1,12 @@
 """Known-answer tests for featlib.matching."""
 
 import numpy as np
-import pytest
 import torch
 
 from featlib.matching import (
     NON_CONCEPT_TOKENS,
     Matches,
-    TopActivations,
+    top_activations,
     concept_filter,
     is_non_concept,
     one_to_one,
@@ -73,7 +72,9 @@ def test_concept_filter_counts():
     np.testing.assert_array_equal(kept.idx_b, [0, 3, 3])
 
 
-def test_top_activations_streaming_equals_global():
+def test_top_activations_from_sparse_rows_equal_a_dense_sort():
+    from featlib.pipeline import pack_codes
+
     gen = torch.Generator().manual_seed(5)
     n, d, k = 2000, 16, 5
     codes = torch.rand(n, d, generator=gen) * (torch.rand(n, d, generator=gen) < 0.1)
@@ -81,23 +82,18 @@ def test_top_activations_streaming_equals_global():
     codes[:, 4] = 0.0
     codes[[10, 1500], 4] = torch.tensor([0.2, 0.7])   # only two positives
     codes[:, 5] = -torch.rand(n, generator=gen)         # negatives never count
-    offset = 10_000
-    top = TopActivations(d, k)
-    perm = torch.randperm(n, generator=gen)  # chunks need not be in order
-    for s in range(0, n, 333):
-        rows = perm[s:s + 333]
-        top.update(codes[rows], rows + offset)
+    codes[[7, 3, 900], 6] = 5.0                         # a tie: lowest positions first
+    packed = pack_codes(codes.split(333), d)
+    values, positions = top_activations(packed["indptr"], packed["indices"], packed["values"], d, k)
 
     full = [c for c in range(d) if c not in (3, 4, 5)]
     ref = torch.topk(codes.T, k, dim=1)
-    torch.testing.assert_close(top.values[full], ref.values[full])
-    torch.testing.assert_close(top.positions[full], ref.indices[full] + offset)
-    assert (top.positions[3] == -1).all() and (top.values[3] == 0).all()
-    assert (top.positions[5] == -1).all()
-    assert top.positions[4].tolist() == [1500 + offset, 10 + offset, -1, -1, -1]
-    torch.testing.assert_close(top.values[4], torch.tensor([0.7, 0.2, 0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(values[full], ref.values[full].numpy())
+    assert positions[6, :3].tolist() == [3, 7, 900]
+    np.testing.assert_array_equal(positions[[c for c in full if c != 6]], ref.indices[[c for c in full if c != 6]].numpy())
+    assert (positions[3] == -1).all() and (values[3] == 0).all()
+    assert (positions[5] == -1).all()
+    assert positions[4].tolist() == [1500, 10, -1, -1, -1]
+    np.testing.assert_allclose(values[4], [0.7, 0.2, 0.0, 0.0, 0.0])
 
 
-def test_bad_inputs():
-    with pytest.raises(ValueError):
-        TopActivations(4).update(torch.zeros(5, 3), torch.arange(5))
