@@ -77,19 +77,20 @@ def split_streams(cfg: Config, lm: LoadedModel) -> dict[str, torch.Tensor]:
     return {"eval": rows[:n_eval], "train": rows[n_eval:]}
 
 
-def spec(cfg: Config, lm: LoadedModel, split: str) -> dict[str, Any]:
+def spec(cfg: Config, lm: LoadedModel, split: str, layers: list[int]) -> dict[str, Any]:
     """Everything that determines one activation artifact."""
     return {
         "model": lm.fingerprint, "tokenizer": lm.tokenizer_fingerprint, "split": split,
-        "data": {k: cfg.data[k] for k in DATA_KEYS}, "layers": sorted(cfg.layers[lm.id]),
+        "data": {k: cfg.data[k] for k in DATA_KEYS}, "layers": sorted(layers),
         "hook": "blocks.L.hook_resid_post", "version": CODE_VERSION,
     }
 
 
 @torch.inference_mode()
-def extract(cfg: Config, lm: LoadedModel, rows: torch.Tensor, out: Path) -> None:
-    """Run ``lm`` over ``rows`` and write tokens.npy and layer_L.npy into ``out``."""
-    layers = sorted(cfg.layers[lm.id])
+def extract(lm: LoadedModel, layers: list[int], rows: torch.Tensor, batch_size: int, out: Path) -> None:
+    """Run ``lm`` over ``rows`` (stopping after the deepest of ``layers``) and write tokens.npy and
+    layer_L.npy into ``out``."""
+    layers = sorted(layers)
     check_layers(lm, layers)
     n_seqs, seq_len = rows.shape
     n_tokens = n_seqs * (seq_len - 1)
@@ -99,9 +100,8 @@ def extract(cfg: Config, lm: LoadedModel, rows: torch.Tensor, out: Path) -> None
         for L in layers
     }
     hooks = {hook_name(L): L for L in layers}
-    bs = cfg.data["batch_size"]
     pos = 0
-    for batch in tqdm(rows.split(bs), desc=f"{lm.id}: activations", unit="batch"):
+    for batch in tqdm(rows.split(batch_size), desc=f"{lm.id}: activations", unit="batch"):
         _, acts = lm.model.run_with_cache(
             batch.to(lm.model.cfg.device), names_filter=list(hooks), stop_at_layer=max(layers) + 1
         )
@@ -119,13 +119,23 @@ def ensure_activations(cfg: Config, lm: LoadedModel) -> dict[str, Activations]:
     check_layers(lm, cfg.layers[lm.id])
     out: dict[str, Activations] = {}
     streams: dict[str, torch.Tensor] | None = None
-    splits = SPLITS if cfg.sae["source"] == "train" else ("eval",)  # published SAEs need no training data
-    for split in splits:
-        s = spec(cfg, lm, split)
+    for split in SPLITS:
+        layers = split_layers(cfg, lm.id, split)
+        if not layers:
+            continue
+        s = spec(cfg, lm, split, layers)
         path = cache.artifact_dir("activations", s)
         if not cache.is_complete(path):
             streams = streams or split_streams(cfg, lm)
             with cache.publish("activations", s) as tmp:
-                extract(cfg, lm, streams[split], tmp)
-        out[split] = Activations(path, sorted(cfg.layers[lm.id]))
+                extract(lm, layers, streams[split], cfg.data["batch_size"], tmp)
+        out[split] = Activations(path, layers)
     return out
+
+
+def split_layers(cfg: Config, model_id: str, split: str) -> list[int]:
+    """The layers stored for one split: every profile layer for ``eval``; for ``train``, every layer
+    when SAEs are trained here, else only the universal SAE's layer (none without training tokens)."""
+    if split == "eval" or cfg.sae["source"] == "train":
+        return sorted(cfg.layers[model_id])
+    return [cfg.universal_layers[model_id]] if cfg.data["n_train_tokens"] > 0 else []

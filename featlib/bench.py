@@ -12,7 +12,9 @@ Prints, for this machine:
   product's throughput;
 * nulls for 5,000 pairs (widths 512 and 768) × 1,000 shuffles: RSA and SVCCA with invariant work done
   once vs naive recomputation per shuffle (a sub-sample of shuffles, extrapolated), and whether
-  both give the same values.
+  both give the same values;
+* universal SAE training (:mod:`featlib.universal`) at Pythia's widths: tokens per second and peak
+  memory, beside a plain one-model TopK SAE step of the same dictionary size.
 
 ``python -m featlib.bench --quick`` runs every part at a small size (used by the tests).
 """
@@ -157,23 +159,69 @@ def bench_nulls(n: int, shuffles: int, naive_shuffles: int) -> dict[str, Any]:
     return out
 
 
+def bench_universal(d_models: dict[str, int], expansion: int, k: int, batch_size: int, steps: int) -> dict[str, Any]:
+    """Training throughput and peak memory of a universal SAE on synthetic activations, beside one
+    plain TopK SAE step of the same dictionary on the largest model (encode, decode, backward, AdamW)."""
+    from .universal import USAEParams, train
+
+    g = np.random.default_rng(0)
+    n = batch_size * 8
+    latent = g.standard_normal((n, 64)).astype(np.float32)
+    arrays = {m: latent @ g.standard_normal((64, d)).astype(np.float32) for m, d in d_models.items()}
+    p = USAEParams(expansion=expansion, k=k, batch_size=batch_size, steps=steps, warmup_steps=1)
+    run = measure(lambda: train(arrays, p, progress=False))
+    usae_tps = batch_size * steps / sum(run.value[1]["seconds"])
+
+    d, K = max(d_models.values()), expansion * max(d_models.values())
+    W_enc = torch.randn(d, K, requires_grad=True)
+    W_dec = torch.randn(K, d, requires_grad=True)
+    opt = torch.optim.AdamW([W_enc, W_dec], lr=1e-4)
+    x = torch.from_numpy(arrays[max(d_models, key=d_models.get)][:batch_size])
+
+    def plain() -> None:
+        for _ in range(steps):
+            vals, idx = torch.relu(x @ W_enc).topk(k, dim=1)
+            loss = ((torch.zeros(batch_size, K).scatter(1, idx, vals) @ W_dec - x) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    ref = measure(plain)
+    ref_tps = batch_size * steps / ref.seconds
+    return {"tokens_per_second": usae_tps, "peak_gb": run.peak_bytes / 1e9, "plain_tokens_per_second": ref_tps,
+            "ratio": usae_tps / ref_tps, "n_latents": K}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds), for tests")
-    ap.add_argument("--parts", nargs="+", choices=["matching", "nulls"], default=["matching", "nulls"])
+    ap.add_argument("--parts", nargs="+", choices=["matching", "nulls", "universal"], default=["matching", "nulls", "universal"])
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if args.quick:
-        sizes = dict(d=1024, k=8, n_tokens=20000, ref_tokens=2000, dense_d=512, dense_tokens=4096, n=500, shuffles=50, naive=5)
+        sizes = dict(d=1024, k=8, n_tokens=20000, ref_tokens=2000, dense_d=512, dense_tokens=4096, n=500, shuffles=50, naive=5,
+                     usae_steps=5, usae_expansion=2)
     else:
-        sizes = dict(d=16384, k=32, n_tokens=200_000, ref_tokens=4096, dense_d=8192, dense_tokens=65536, n=5000, shuffles=1000, naive=10)
+        sizes = dict(d=16384, k=32, n_tokens=200_000, ref_tokens=4096, dense_d=8192, dense_tokens=65536, n=5000, shuffles=1000, naive=10,
+                     usae_steps=50, usae_expansion=8)
     print(f"featlib bench on {torch.get_num_threads()} threads ({'quick' if args.quick else 'full'} sizes)\n")
     out: dict[str, Any] = {}
     if "matching" in args.parts:
         out |= _matching(sizes, args.quick)
     if "nulls" in args.parts:
         out["nulls"] = _nulls(sizes)
+    if "universal" in args.parts:
+        out["universal"] = _universal(sizes)
     return out
+
+
+def _universal(sizes: dict[str, int]) -> dict[str, Any]:
+    d_models = {"A": 512, "B": 768}  # Pythia-70m and -160m widths
+    r = bench_universal(d_models, sizes["usae_expansion"], 32, 1024, sizes["usae_steps"])
+    print(f"universal SAE training: d_model 512 and 768, {r['n_latents']} concepts, k = 32, batches of 1,024 tokens")
+    print(f"  featlib {r['tokens_per_second']:8.0f} tokens/s   peak {r['peak_gb']:.2f} GB   plain one-model TopK SAE step"
+          f" {r['plain_tokens_per_second']:.0f} tokens/s   ratio {r['ratio']:.2f}")
+    return r
 
 
 def _matching(sizes: dict[str, int], quick: bool) -> dict[str, Any]:

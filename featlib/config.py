@@ -21,7 +21,7 @@ from .cache import stable_hash
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_DIR = REPO / "params"
 NOTEBOOK_DEFAULTS = "tiny"  # the profile whose values the notebooks' parameters cells hold
-SECTIONS = ("profile", "models", "data", "layers", "sae", "matching", "similarity", "subspaces")
+SECTIONS = ("profile", "models", "data", "layers", "sae", "matching", "similarity", "subspaces", "universal")
 
 # Allowed keys per section (value = default, None = required).
 SCHEMA: dict[str, dict[str, Any]] = {
@@ -65,6 +65,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "similarity": {"variance": 0.99, "n_shuffles": 1000, "seed": 0, "layerwise_shuffles": 200},
     "subspaces": {"groups": "default", "min_features": 4, "n_random_sets": 200, "seed": 0},
+    # universal SAE (notebook 07, featlib.universal); layers: one per model, [] = matching.layer_pair
+    "universal": {
+        "layers": [], "expansion": 8, "k": 32, "lr": 3e-4, "lr_end": 1e-6, "warmup_steps": 100, "weight_decay": 1e-5,
+        "grad_clip": 1.0, "batch_size": 1024, "steps": 3000, "update": "own", "aux_k": 64, "aux_coef": 0.03125,
+        "dead_steps": 200, "fire_threshold": 0.1, "seed": 0, "concept": -1,
+    },
 }
 MODEL_KEYS = {"source": None, "name": "", "path": "", "dtype": "float32"}
 
@@ -130,6 +136,12 @@ class Config:
     matching: dict[str, Any]
     similarity: dict[str, Any]
     subspaces: dict[str, Any]
+    universal: dict[str, Any]
+
+    @property
+    def universal_layers(self) -> dict[str, int]:
+        """The layer of every model the universal SAE reads (``universal.layers`` or ``matching.layer_pair``)."""
+        return dict(zip(self.models, self.universal["layers"] or self.matching["layer_pair"]))
 
     def as_dict(self) -> dict[str, Any]:
         return {s: copy.deepcopy(getattr(self, s)) for s in SECTIONS}
@@ -177,7 +189,7 @@ def build(profile: str, **sections: Any) -> Config:
     for mid, ls in layers.items():
         if not ls or not all(isinstance(x, int) and x >= 0 for x in ls):
             raise ConfigError(f"layers[{mid!r}] must be a non-empty list of non-negative integers, got {ls!r}")
-    sec = {s: _fill(s, raw.get(s) or {}, SCHEMA[s]) for s in ("data", "sae", "matching", "similarity", "subspaces")}
+    sec = {s: _fill(s, raw.get(s) or {}, SCHEMA[s]) for s in ("data", "sae", "matching", "similarity", "subspaces", "universal")}
     pair = sec["matching"]["layer_pair"]
     ids = list(models)
     if not (isinstance(pair, list) and len(pair) == 2):
@@ -188,4 +200,10 @@ def build(profile: str, **sections: Any) -> Config:
                 f"matching.layer_pair names layer {layer} of model {mid}, which is not among its "
                 f"extracted layers {layers[mid]}. Fix: add it to 'layers' or pick another pair."
             )
+    uni = sec["universal"]["layers"] or pair
+    if len(uni) != len(ids) or any(layer not in layers[mid] for mid, layer in zip(ids, uni)):
+        raise ConfigError(
+            f"universal.layers must give one extracted layer per model ({', '.join(ids)}), got {uni!r}. "
+            "Fix: list one layer of each model's 'layers', or [] for matching.layer_pair."
+        )
     return Config(profile=profile, models=models, layers={k: list(v) for k, v in layers.items()}, **sec)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from .correlation import SparseCodes, correlate
 from .config import Config
 from .models import LoadedModel, load_model, require_shared_tokenizer
 from .saes import encode_chunks, evaluate, get_sae, train_spec
+
+if TYPE_CHECKING:
+    from .universal import UniversalSAE, USAEParams
 
 CODE_VERSION = 2
 METRICS = similarity.METRICS
@@ -362,3 +365,99 @@ def subspace_scores(study: Study, match: LayerMatch) -> "pd.DataFrame":
                     f"{metric} p (random set)": m.get("random_set_p", np.nan)}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _usae_spec(study: Study) -> tuple[dict[str, Any], "USAEParams"]:
+    from dataclasses import asdict, fields
+
+    from .universal import USAEParams
+
+    cfg = study.cfg
+    params = USAEParams(**{f.name: cfg.universal[f.name] for f in fields(USAEParams)})
+    missing = [mid for mid in study.ids if "train" not in study.acts[mid]]
+    if missing:
+        raise ValueError("the universal SAE trains on the 'train' split, and data.n_train_tokens is 0. "
+                         "Fix: set data.n_train_tokens > 0 in the profile.")
+    s = {"train": {mid: study.acts[mid]["train"].path.name for mid in study.ids}, "layers": cfg.universal_layers,
+         "params": asdict(params), "version": CODE_VERSION}
+    return s, params
+
+
+def universal_sae(study: Study) -> tuple["UniversalSAE", dict[str, Any]]:
+    """The universal SAE of the profile's models at ``cfg.universal_layers``, trained on the ``train``
+    activations (cached with its seed and training log; see :mod:`featlib.universal`)."""
+    from dataclasses import asdict
+
+    from .universal import UniversalSAE, train
+
+    s, params = _usae_spec(study)
+    layers = s["layers"]
+    path = cache.artifact_dir("usae", s)
+    if not cache.is_complete(path):
+        device = str(study.models[study.ids[0]].model.cfg.device)
+        usae, log = train({mid: study.acts[mid]["train"].layer(layers[mid]) for mid in study.ids}, params, device=device)
+        log["tokens_per_second"] = params.batch_size * len(log["seconds"]) / sum(log["seconds"])
+        with cache.publish("usae", s, {"seed": params.seed}) as tmp:
+            usae.save(tmp, {"layers": layers, "params": asdict(params)})
+            cache.write_json_atomic(tmp / "log.json", log)
+    return UniversalSAE.load(path), json.loads((path / "log.json").read_text())
+
+
+def universal_metrics(study: Study) -> dict[str, Any]:
+    """Everything notebook 07 shows about the universal SAE, measured on the eval tokens (cached).
+
+    Returns the arrays of :class:`featlib.universal.USAEMetrics` (``r2``, ``fires``, ``cofire``,
+    ``anyfire``, ``mean_code``, ``firing_entropy``, ``cofire_proportion``, ``energy``) and, per model:
+    ``top_positions_<id>`` (K, 5) eval positions where each concept is largest; ``counterpart_cos_<id>``
+    / ``counterpart_<id>`` (K,) the best cosine of each concept's decoder row with the model's own SAE
+    (notebook 02) and that SAE feature; ``random_cos_<id>`` the same for random directions. Scalars:
+    ``overlap`` (share of notebook 03's final pairs at the same layers that some concept maps onto,
+    its counterparts both with cosine > 0.5) and ``overlap_random`` (the same for re-paired pairs).
+    """
+    from . import universal
+
+    cfg = study.cfg
+    usae, _ = universal_sae(study)
+    layers = cfg.universal_layers
+    u = cfg.universal
+    s = {"usae": cache.artifact_dir("usae", _usae_spec(study)[0]).name, "eval": {mid: study.acts[mid]["eval"].path.name for mid in study.ids},
+         "sae": {mid: study.sae_spec(mid, layers[mid]) for mid in study.ids}, "threshold": u["fire_threshold"],
+         "matching": {k: cfg.matching[k] for k in ("min_r", "one_to_one", "top_k_tokens", "require_shared_token")},
+         "version": CODE_VERSION}
+    path = cache.artifact_dir("usae_metrics", s)
+    if not cache.is_complete(path):
+        chunk = cfg.matching["chunk_tokens"]
+
+        def chunks() -> Iterator[dict[str, torch.Tensor]]:
+            per_model = [study.acts[mid]["eval"].chunks(layers[mid], chunk) for mid in study.ids]
+            return (dict(zip(study.ids, xs)) for xs in zip(*per_model))
+
+        m = universal.measure(usae, tqdm(chunks(), desc="measuring universal SAE", leave=False), u["fire_threshold"])
+        out: dict[str, np.ndarray] = {k: getattr(m, k) for k in ("r2", "fires", "cofire", "anyfire", "mean_code",
+                                                                  "firing_entropy", "cofire_proportion", "energy")}
+        concept_of: dict[str, np.ndarray] = {}
+        for i, mid in enumerate(study.ids):
+            with torch.no_grad():
+                z = (usae.encode(mid, x) for x in study.acts[mid]["eval"].chunks(layers[mid], chunk))
+                packed = pack_codes(z, usae.n_latents)
+            out[f"top_positions_{mid}"] = matching.top_activations(packed["indptr"], packed["indices"], packed["values"],
+                                                                   usae.n_latents, 5)[1]
+            W = study.sae(mid, layers[mid]).W_dec.detach().float().cpu()
+            cos, arg = universal.max_cosines(usae.W_dec[mid].detach(), W)
+            out[f"counterpart_cos_{mid}"], out[f"counterpart_{mid}"] = cos, arg
+            out[f"random_cos_{mid}"] = universal.max_cosines(
+                universal.random_directions(usae.n_latents, W.shape[1], u["seed"] + i), W)[0]
+            concept_of[mid] = np.where(cos > 0.5, arg, -1)
+        a, b = study.ids[:2]
+        match = match_layers(study, layers[a], layers[b])
+        shuffled = np.random.default_rng(u["seed"]).permutation(match.pairs.idx_b)
+        scalars = {"overlap": universal.pair_overlap(concept_of[a], concept_of[b], match.pairs.idx_a, match.pairs.idx_b),
+                   "overlap_random": universal.pair_overlap(concept_of[a], concept_of[b], match.pairs.idx_a, shuffled),
+                   "n_pairs": len(match.pairs), "n_tokens": m.n_tokens}
+        with cache.publish("usae_metrics", s) as tmp:
+            np.savez(tmp / "metrics.npz", **out)
+            cache.write_json_atomic(tmp / "scalars.json", scalars)
+    with np.load(path / "metrics.npz") as f:
+        out = dict(f)
+    return out | json.loads((path / "scalars.json").read_text())
+

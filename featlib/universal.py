@@ -173,11 +173,12 @@ def lr_at(step: int, p: USAEParams) -> float:
     return p.lr_end + 0.5 * (p.lr - p.lr_end) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True) -> tuple[UniversalSAE, dict[str, list[float]]]:
+def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True,
+          device: str = "cpu") -> tuple[UniversalSAE, dict[str, list[float]]]:
     """Train a universal SAE on aligned (n_tokens, d_i) training activations of every model.
 
-    Returns the model and its log: per step the chosen model, the summed reconstruction loss and
-    the aux loss, the share of dead latents, and the wall time per step.
+    Returns the model (on the CPU) and its log: per step the chosen model, the summed reconstruction
+    loss and the aux loss, the share of dead latents, and the wall time per step.
     """
     import time
 
@@ -187,17 +188,18 @@ def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True) -
     sample_rows = np.sort(np.random.default_rng(p.seed).permutation(len(next(iter(arrays.values()))))[:65536])
     for mid, a in arrays.items():
         usae.set_standardisation(mid, torch.from_numpy(np.asarray(a[sample_rows], dtype=np.float32)))
+    usae.to(device)
     opts = {mid: torch.optim.AdamW([usae.W_enc[mid], usae.b_enc[mid], usae.W_dec[mid]], lr=p.lr,
                                    weight_decay=p.weight_decay) for mid in usae.ids}
     rng = np.random.default_rng(p.seed + 1)
-    last_fired = torch.zeros(usae.n_latents, dtype=torch.long)
+    last_fired = torch.zeros(usae.n_latents, dtype=torch.long, device=device)
     log: dict[str, list[float]] = {"model": [], "loss": [], "aux_loss": [], "dead": [], "seconds": []}
     batches = aligned_batches(arrays, p.batch_size, p.seed)
     bar = tqdm(range(p.steps), desc="training universal SAE", disable=not progress)
     for step in bar:
         t0 = time.perf_counter()
         batch = next(batches)
-        x = {mid: usae.standardise(mid, v) for mid, v in batch.items()}
+        x = {mid: usae.standardise(mid, v.to(device)) for mid, v in batch.items()}
         i = usae.ids[int(rng.integers(len(usae.ids)))]
         pre = usae.pre_acts(i, x[i])
         vals, idx = pre.topk(usae.k, dim=1)
@@ -206,7 +208,7 @@ def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True) -
         with torch.no_grad():
             last_fired[torch.unique(idx[vals > 0])] = step
         dead = (step - last_fired) >= p.dead_steps
-        aux = torch.zeros(())
+        aux = torch.zeros((), device=device)
         if dead.any() and p.aux_coef > 0:
             resid = (x[i] - usae.decode(i, z, standardised=True)).detach()
             dead_pre = torch.where(dead, pre, torch.zeros_like(pre))
@@ -232,7 +234,7 @@ def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True) -
         log["seconds"].append(time.perf_counter() - t0)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", dead=f"{float(dead.float().mean()):.2f}")
-    return usae.eval(), log
+    return usae.cpu().eval(), log
 
 
 @dataclass

@@ -10,3 +10,4 @@ def test_quick_bench_is_exact(capsys):
     for metric in ("rsa", "svcca"):
         assert out["nulls"][metric]["max_abs_diff"] < 1e-8
     assert "speed-up" in capsys.readouterr().out
+    assert out["universal"]["tokens_per_second"] > 0 and out["universal"]["n_latents"] == 2 * 768

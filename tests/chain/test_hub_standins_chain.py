@@ -16,11 +16,12 @@ def standin_profile(root):
     pythia = yaml.safe_load((PARAMS_DIR / "pythia.yaml").read_text())
     p = yaml.safe_load((PARAMS_DIR / "pythia.yaml").read_text())
     p["profile"] = "pythia-standin"
-    p["data"].update(path=str(root / "openwebtext"), n_docs=0, seq_len=65, n_eval_tokens=8192, batch_size=16)
+    p["data"].update(path=str(root / "openwebtext"), n_docs=0, seq_len=65, n_eval_tokens=8192, n_train_tokens=8192, batch_size=16)
     p["layers"] = {"A": [0, 1], "B": [0, 1, 2]}
     p["matching"]["layer_pair"] = [1, 1]
     p["similarity"].update(n_shuffles=50, layerwise_shuffles=20)
     p["subspaces"].update(n_random_sets=10, min_features=2)
+    p["universal"].update(expansion=2, k=8, batch_size=256, steps=100, warmup_steps=10, dead_steps=20)
     assert p["models"] == pythia["models"] and p["sae"] == pythia["sae"], "the stand-in profile loads exactly what pythia loads"
     return p
 
@@ -38,6 +39,7 @@ def test_pythia_chain_runs_offline_on_standins(standins, tmp_path, monkeypatch):
         executed = nbformat.read(REPO / "build/pythia-standin" / nb.name, as_version=4)
         text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
         assert "all checks passed" in text
-    # notebook 02 evaluated the published-format SAEs: no activations were extracted for SAE training
-    splits = [read_meta(p)["spec"]["split"] for p in (tmp_path / "cache" / "activations").iterdir()]
-    assert sorted(splits) == ["eval", "eval"]
+    # published SAEs need no SAE-training activations: the train split holds only the universal SAE's layers
+    stored = sorted((read_meta(p)["spec"]["split"], tuple(read_meta(p)["spec"]["layers"]))
+                    for p in (tmp_path / "cache" / "activations").iterdir())
+    assert stored == [("eval", (0, 1)), ("eval", (0, 1, 2)), ("train", (1,)), ("train", (1,))], stored
