@@ -22,7 +22,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (featuniv)"
 	touch $(STAMP)
 
-## Run notebooks 01-06 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
+## Run notebooks 01-07 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
 figures: $(STAMP)
 	$(PY) -m featlib.chain --profile $(PROFILE)
 

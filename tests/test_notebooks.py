@@ -13,8 +13,8 @@ from featlib.config import REPO
 NOTEBOOKS = chain.notebooks()
 
 
-def test_six_numbered_notebooks():
-    assert [nb.name[:2] for nb in NOTEBOOKS][:6] == ["01", "02", "03", "04", "05", "06"]
+def test_seven_numbered_notebooks():
+    assert [nb.name[:2] for nb in NOTEBOOKS][:7] == ["01", "02", "03", "04", "05", "06", "07"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

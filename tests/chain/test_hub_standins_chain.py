@@ -1,4 +1,4 @@
-"""The `pythia` profile's chain 01-06, offline: its own models, SAE releases and hook conventions,
+"""The `pythia` profile's chain 01-07, offline: its own models, SAE releases and hook conventions,
 read from local stand-ins in the hub's formats (tests/standins.py); only the sizes and the dataset path
 differ from params/pythia.yaml."""
 
