@@ -10,7 +10,7 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
 
-.PHONY: venv figures models notebooks bench test test-unit test-chain test-nbval clean
+.PHONY: venv figures atlas models notebooks bench test test-unit test-chain test-nbval clean
 
 venv: $(STAMP)
 
@@ -22,9 +22,14 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (featuniv)"
 	touch $(STAMP)
 
-## Run notebooks 01-07 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
+## Run notebooks 01-08 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
 figures: $(STAMP)
 	$(PY) -m featlib.chain --profile $(PROFILE)
+
+## Notebook 08 on PROFILE: the atlas page in build/atlas/PROFILE/ and, with Debian's chromium, its screenshot in figures/PROFILE/.
+atlas: $(STAMP)
+	$(PY) -m featlib.chain --profile $(PROFILE) --only 08
+	$(PY) -m featlib.atlas --profile $(PROFILE)
 
 ## Retrain the tiny profile's language models and tokenizer (seeded; reports held-out loss).
 models: $(STAMP)

@@ -21,7 +21,7 @@ from .cache import stable_hash
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_DIR = REPO / "params"
 NOTEBOOK_DEFAULTS = "tiny"  # the profile whose values the notebooks' parameters cells hold
-SECTIONS = ("profile", "models", "data", "layers", "sae", "matching", "similarity", "subspaces", "universal")
+SECTIONS = ("profile", "models", "data", "layers", "sae", "matching", "similarity", "subspaces", "universal", "atlas")
 
 # Allowed keys per section (value = default, None = required).
 SCHEMA: dict[str, dict[str, Any]] = {
@@ -70,6 +70,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "layers": [], "expansion": 8, "k": 32, "lr": 3e-4, "lr_end": 1e-6, "warmup_steps": 100, "weight_decay": 1e-5,
         "grad_clip": 1.0, "batch_size": 1024, "steps": 3000, "update": "own", "aux_k": 64, "aux_coef": 0.03125,
         "dead_steps": 200, "fire_threshold": 0.1, "seed": 0, "concept": -1,
+    },
+    # feature atlas (notebook 08, featlib.atlas); layer_pair [] = matching.layer_pair
+    "atlas": {
+        "layer_pair": [], "matching": "best", "n_active": 300, "n_neighbors": 15, "min_dist": 0.05, "knn_k": 10,
+        "n_random": 200, "seed": 42,
     },
 }
 MODEL_KEYS = {"source": None, "name": "", "path": "", "dtype": "float32"}
@@ -137,6 +142,7 @@ class Config:
     similarity: dict[str, Any]
     subspaces: dict[str, Any]
     universal: dict[str, Any]
+    atlas: dict[str, Any]
 
     @property
     def universal_layers(self) -> dict[str, int]:
@@ -189,7 +195,7 @@ def build(profile: str, **sections: Any) -> Config:
     for mid, ls in layers.items():
         if not ls or not all(isinstance(x, int) and x >= 0 for x in ls):
             raise ConfigError(f"layers[{mid!r}] must be a non-empty list of non-negative integers, got {ls!r}")
-    sec = {s: _fill(s, raw.get(s) or {}, SCHEMA[s]) for s in ("data", "sae", "matching", "similarity", "subspaces", "universal")}
+    sec = {s: _fill(s, raw.get(s) or {}, SCHEMA[s]) for s in ("data", "sae", "matching", "similarity", "subspaces", "universal", "atlas")}
     pair = sec["matching"]["layer_pair"]
     ids = list(models)
     if not (isinstance(pair, list) and len(pair) == 2):
@@ -206,4 +212,10 @@ def build(profile: str, **sections: Any) -> Config:
             f"universal.layers must give one extracted layer per model ({', '.join(ids)}), got {uni!r}. "
             "Fix: list one layer of each model's 'layers', or [] for matching.layer_pair."
         )
+    at = sec["atlas"]["layer_pair"] or pair
+    if len(at) != 2 or any(layer not in layers[mid] for mid, layer in zip(ids, at)):
+        raise ConfigError(f"atlas.layer_pair must name one extracted layer of {ids[0]} and of {ids[1]}, got {at!r}. "
+                          "Fix: pick them from 'layers', or [] for matching.layer_pair.")
+    if sec["atlas"]["matching"] not in ("best", "hungarian"):
+        raise ConfigError(f"atlas.matching must be 'best' or 'hungarian', got {sec['atlas']['matching']!r}")
     return Config(profile=profile, models=models, layers={k: list(v) for k, v in layers.items()}, **sec)

@@ -24,6 +24,9 @@ from .models import LoadedModel, load_model, require_shared_tokenizer
 from .saes import encode_chunks, evaluate, get_sae, train_spec
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .atlas import Atlas
     from .universal import UniversalSAE, USAEParams
 
 CODE_VERSION = 2
@@ -461,3 +464,99 @@ def universal_metrics(study: Study) -> dict[str, Any]:
         out = dict(f)
     return out | json.loads((path / "scalars.json").read_text())
 
+
+
+def _restrict(chunk: SparseCodes, lookup: torch.Tensor, n: int) -> SparseCodes:
+    """The codes of a subset of features: ``lookup`` (d_sae,) maps a feature to its subset index or -1."""
+    idx = lookup[chunk.idx]
+    keep = idx >= 0
+    return SparseCodes(torch.where(keep, idx, 0), torch.where(keep, chunk.val, 0), n)
+
+
+def pool_correlations(study: Study, la: int, lb: int, pool_a: np.ndarray, pool_b: np.ndarray) -> np.ndarray:
+    """(len(pool_a), len(pool_b)) Pearson correlations of two feature subsets over the eval tokens."""
+    a, b = study.ids[:2]
+    codes = {a: sae_codes(study, a, la), b: sae_codes(study, b, lb)}
+    lookups = {}
+    for m, pool in ((a, pool_a), (b, pool_b)):
+        lookup = torch.full((int(codes[m]["d_sae"]),), -1, dtype=torch.long)
+        lookup[torch.as_tensor(pool)] = torch.arange(len(pool))
+        lookups[m] = lookup
+    chunk = study.cfg.matching["chunk_tokens"]
+
+    def chunks() -> Iterator[tuple[SparseCodes, SparseCodes]]:
+        return ((_restrict(x, lookups[a], len(pool_a)), _restrict(y, lookups[b], len(pool_b)))
+                for x, y in zip(code_chunks(codes[a], chunk), code_chunks(codes[b], chunk)))
+
+    return correlate(chunks, len(pool_a), len(pool_b), keep_matrix=True).matrix.numpy()
+
+
+def feature_atlas(study: Study) -> "Atlas":
+    """The atlas of notebook 08 at ``atlas.layer_pair`` (layouts, pairs and neighbourhood preservation
+    cached; hover texts and concept groups from the cached top tokens). See :mod:`featlib.atlas`."""
+    from html import escape
+
+    from . import atlas as atl
+    from .subspaces import group_features, resolve_groups
+
+    cfg = study.cfg
+    p = cfg.atlas
+    a, b = study.ids[:2]
+    la, lb = p["layer_pair"] or cfg.matching["layer_pair"]
+    match = match_layers(study, la, lb)
+    s = {"match": match.key, "params": p, "min_r": cfg.matching["min_r"], "version": CODE_VERSION}
+    path = cache.artifact_dir("atlas", s)
+    if not cache.is_complete(path):
+        freq = {a: feature_tokens(study, a, la)["freq"], b: feature_tokens(study, b, lb)["freq"]}
+
+        def pool(m: str, matched: np.ndarray) -> np.ndarray:
+            active = np.argsort(-freq[m], kind="stable")[: p["n_active"]]
+            return np.union1d(matched, active[freq[m][active] > 0]).astype(np.int64)
+
+        if p["matching"] == "best":  # the final pairs of notebook 03
+            pool_a, pool_b = pool(a, match.pairs.idx_a), pool(b, match.pairs.idx_b)
+            rows = np.stack([np.searchsorted(pool_a, match.pairs.idx_a), np.searchsorted(pool_b, match.pairs.idx_b)], axis=1)
+            r = match.pairs.r
+        else:  # one-to-one assignment over the pools (candidates: every best partner above min_r)
+            cand = matching.threshold(match.many_to_one, cfg.matching["min_r"])
+            pool_a, pool_b = pool(a, cand.idx_a), pool(b, cand.idx_b)
+            rows, r = atl.hungarian_pairs(pool_correlations(study, la, lb, pool_a, pool_b), cfg.matching["min_r"])
+        W_a, W_b = decoder_rows(study, a, la, pool_a), decoder_rows(study, b, lb, pool_b)
+        xy_a = atl.umap_xy(W_a, p["seed"], p["n_neighbors"], p["min_dist"])
+        xy_b = atl.umap_xy(W_b, p["seed"], p["n_neighbors"], p["min_dist"])
+        nbh = atl.neighbourhood_preservation(W_a[rows[:, 0]], W_b[rows[:, 1]], p["knn_k"], p["n_random"], p["seed"])
+        with cache.publish("atlas", s, {"seed": p["seed"]}) as tmp:
+            np.savez(tmp / "atlas.npz", pool_a=pool_a, pool_b=pool_b, xy_a=xy_a, xy_b=xy_b, rows=rows, r=np.asarray(r))
+            cache.write_json_atomic(tmp / "stats.json", {"neighbourhood": nbh})
+    with np.load(path / "atlas.npz") as f:
+        saved = dict(f)
+    stats = json.loads((path / "stats.json").read_text())
+    groups = resolve_groups(cfg.subspaces["groups"])
+    sides = {}
+    for m, L, pool_ids, col in ((a, la, saved["pool_a"], 0), (b, lb, saved["pool_b"], 1)):
+        tops = top_token_strings(study, m, L)
+        positions = feature_tokens(study, m, L)["positions"]
+        member = {g: group_features(tops, kw) for g, kw in groups.items()}
+        other = (b, lb, saved["pool_b"]) if col == 0 else (a, la, saved["pool_a"])
+        partners: dict[int, list[str]] = {}
+        for row, r in zip(saved["rows"], saved["r"]):
+            partners.setdefault(int(row[col]), []).append(f"{other[0]}{other[1]} #{int(other[2][row[1 - col]])} (r = {r:.2f})")
+        hover, group = [], []
+        for i, f in enumerate(pool_ids):
+            ctx = [escape(context(study, m, int(q), width=5)) for q in positions[f][:2] if q >= 0]
+            hover.append(f"<b>{m}{L} feature {int(f)}</b><br>partners: {', '.join(partners.get(i, ['none']))}<br>"
+                         f"top tokens: {escape(' | '.join(tops[f]))}<br>" + "<br>".join(ctx))
+            group.append(next((g for g in groups if member[g][f]), ""))
+        sides[m] = (hover, group)
+    return atl.Atlas(ids=(a, b), layers=(la, lb), pool_a=saved["pool_a"], pool_b=saved["pool_b"], xy_a=saved["xy_a"],
+                     xy_b=saved["xy_b"], pairs=saved["rows"], r=saved["r"], hover_a=sides[a][0], hover_b=sides[b][0],
+                     group_a=sides[a][1], group_b=sides[b][1], matching=p["matching"], stats=stats)
+
+
+def atlas_page(study: Study, at: "Atlas") -> "Path":
+    """Write the atlas page to ``build/atlas/<profile>/atlas_<A><la>_<B><lb>_<matching>.html``; returns its path."""
+    from .atlas import write_html
+    from .config import REPO
+
+    (a, b), (la, lb) = at.ids, at.layers
+    return write_html(at, REPO / "build" / "atlas" / study.cfg.profile / f"atlas_{a}{la}_{b}{lb}_{at.matching}.html")
