@@ -30,3 +30,25 @@ def test_smoke_chain(tmp_path, monkeypatch):
     before = sorted(p.name for p in (tmp_path / "cache").glob("*/*"))
     chain.run("smoke", only=["04"])
     assert sorted(p.name for p in (tmp_path / "cache").glob("*/*")) == before
+
+
+def test_atlas_hungarian_pairs_on_the_smoke_cache(tmp_path, monkeypatch):
+    """The one-to-one atlas: pool correlations equal the full correlation matrix restricted to the
+    pools, and the Hungarian pairs use every feature once."""
+    import numpy as np
+
+    from featlib import config, pipeline
+    from featlib.correlation import correlate
+
+    monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
+    cfg = config.build("smoke", atlas=dict(config.load_profile("smoke")["atlas"], matching="hungarian"))
+    study = pipeline.open_study(cfg, device="cpu")
+    at = pipeline.feature_atlas(study)
+    (la, lb), ids = at.layers, study.ids
+    assert len(np.unique(at.pairs[:, 0])) == len(at.pairs) == len(np.unique(at.pairs[:, 1])) >= 3
+    ca, cb = pipeline.sae_codes(study, ids[0], la), pipeline.sae_codes(study, ids[1], lb)
+    full = correlate(lambda: zip(pipeline.code_chunks(ca, 4096), pipeline.code_chunks(cb, 4096)),
+                     int(ca["d_sae"]), int(cb["d_sae"]), keep_matrix=True).matrix.numpy()
+    np.testing.assert_allclose(pipeline.pool_correlations(study, la, lb, at.pool_a, at.pool_b),
+                               full[np.ix_(at.pool_a, at.pool_b)], atol=1e-6)
+    np.testing.assert_allclose(at.r, full[at.pool_a[at.pairs[:, 0]], at.pool_b[at.pairs[:, 1]]], atol=1e-5)
