@@ -1,20 +1,26 @@
 """Residual-stream activations, extracted once and cached on disk in chunks.
 
-Every model reads the *same* token stream (see :mod:`featlib.corpus`). The stream is cut in two:
-the first ``data.n_eval_tokens`` tokens (``eval``: SAE metrics and feature matching) and the next
-``data.n_train_tokens`` (``train``: SAE training). For each model, split and layer we store
-``layer_L.npy``, a (n_tokens, d_model) float32 array of ``blocks.L.hook_resid_post`` (the output of
-block L) at every non-BOS position, in row-major token order, and ``tokens.npy`` (n_seqs, seq_len).
-Flat token index ``i`` is row ``i // (seq_len - 1)``, column ``1 + i % (seq_len - 1)``.
+Every model reads the *same* text (see :mod:`featlib.corpus` and :mod:`featlib.alignment`). The
+stream is cut in two: the first ``data.n_eval_tokens`` units (``eval``: SAE metrics and feature
+matching) and the next ``data.n_train_tokens`` (``train``: SAE training). A *unit* is a token when
+the models share a tokenizer, else an aligned position or a word (``data.align``, see
+:mod:`featlib.alignment`): unit ``i`` is the same place in the text for every model. For each model,
+split and layer we store ``layer_L.npy``, a (n_units, d_model) float32 array of
+``blocks.L.hook_resid_post`` (the output of block L), plus ``tokens.npy`` (n_rows, seq_len),
+``lengths.npy``, ``unit_index.npy`` and ``positions.npy`` (see :class:`featlib.alignment.RowSet`) and,
+for aligned text, ``spans.npy`` and ``texts.json``.
 
 Arrays are written straight into memory-mapped ``.npy`` files batch by batch (memory bounded by
 one batch), in a temporary folder that is renamed when complete (:func:`featlib.cache.publish`).
-The cache key covers the model weights, tokenizer, data parameters, layers, hook and code version.
+The cache key covers the model weights, every model's tokenizer, data parameters, layers, hook and
+code version. Extraction stops after the deepest requested layer.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,13 +29,14 @@ import torch
 from tqdm import tqdm
 
 from . import cache
+from .alignment import RowSet, aligned_rowsets, token_rowset
 from .config import Config
 from .corpus import documents, token_stream
 from .models import LoadedModel, check_layers, hook_name
 
-CODE_VERSION = 1
+CODE_VERSION = 2
 SPLITS = ("eval", "train")
-DATA_KEYS = ("source", "path", "split", "text_field", "n_docs", "seq_len", "n_train_tokens", "n_eval_tokens")
+DATA_KEYS = ("source", "path", "split", "text_field", "n_docs", "seq_len", "n_train_tokens", "n_eval_tokens", "align")
 
 
 @dataclass
@@ -39,97 +46,196 @@ class Activations:
     path: Path
     layers: list[int]
 
-    @property
+    @cached_property
     def tokens(self) -> np.ndarray:
-        """(n_seqs, seq_len) int64 token ids, BOS in column 0."""
+        """(n_rows, seq_len) int64 token ids, BOS in column 0 (right-padded for aligned text)."""
         return np.load(self.path / "tokens.npy")
 
-    @property
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """(n_rows,) real tokens per row, BOS included."""
+        return np.load(self.path / "lengths.npy")
+
+    @cached_property
+    def unit_index(self) -> np.ndarray:
+        """(n_rows, seq_len) int64 unit of every position (-1: not stored)."""
+        return np.load(self.path / "unit_index.npy")
+
+    @cached_property
+    def positions(self) -> np.ndarray:
+        """(n_units,) flat index (row * seq_len + column) of every unit's last token."""
+        return np.load(self.path / "positions.npy")
+
+    @cached_property
     def token_ids(self) -> np.ndarray:
-        """(n_tokens,) the token at every stored position (BOS column dropped)."""
-        return self.tokens[:, 1:].reshape(-1)
+        """(n_units,) the (last) token of every stored unit."""
+        return self.tokens.reshape(-1)[self.positions]
+
+    @property
+    def n_units(self) -> int:
+        return len(self.positions)
+
+    def unit_strings(self, units: np.ndarray, token_strings: list[str]) -> list[str]:
+        """The text of each of ``units``: its token's string, or for aligned text the unit's span."""
+        if self.spans is not None:
+            return [self.texts[r][s:e] for r, s, e in self.spans[np.asarray(units, dtype=np.int64)]]
+        ids = self.token_ids[np.asarray(units, dtype=np.int64)]
+        return [token_strings[t] for t in ids]
+
+    def context(self, unit: int, tokenizer: Any, width: int = 8) -> str:
+        """The text around ``unit`` (``width`` tokens, or 5 x ``width`` characters), the unit in [[brackets]]."""
+        if self.spans is not None:
+            row, s, e = self.spans[int(unit)]
+            text = self.texts[row]
+            left, right = text[max(0, s - 5 * width) : s], text[e : e + 5 * width]
+            return f"{left}[[{text[s:e]}]]{right}".replace("\n", " ")
+        seq_len = self.tokens.shape[1]
+        row, col = divmod(int(self.positions[int(unit)]), seq_len)
+        seq = self.tokens[row, : self.lengths[row]]
+        left = tokenizer.decode(seq[max(1, col - width) : col].tolist())
+        right = tokenizer.decode(seq[col + 1 : col + 1 + width].tolist())
+        return f"{left}[[{tokenizer.decode([int(seq[col])])}]]{right}".replace("\n", " ")
+
+    @cached_property
+    def spans(self) -> np.ndarray | None:
+        """(n_units, 3) (row, first char, end char) of every unit in :attr:`texts`; None for token streams."""
+        f = self.path / "spans.npy"
+        return np.load(f) if f.exists() else None
+
+    @cached_property
+    def texts(self) -> list[str] | None:
+        """The row texts of aligned text; None for token streams."""
+        f = self.path / "texts.json"
+        return json.loads(f.read_text()) if f.exists() else None
 
     def layer(self, layer: int) -> np.ndarray:
-        """(n_tokens, d_model) float32 memory map of layer ``layer``."""
+        """(n_units, d_model) float32 memory map of layer ``layer``."""
         if layer not in self.layers:
             raise KeyError(f"layer {layer} was not extracted (have {self.layers}); add it to the profile's layers")
         return np.load(self.path / f"layer_{layer}.npy", mmap_mode="r")
 
     def mean_norm(self, layer: int, chunk_tokens: int = 8192) -> float:
-        """Mean L2 norm of the residual stream at ``layer`` over all stored tokens."""
+        """Mean L2 norm of the residual stream at ``layer`` over all stored units."""
         norms = [float(x.norm(dim=1).sum()) for x in self.chunks(layer, chunk_tokens)]
-        return sum(norms) / len(self.token_ids)
+        return sum(norms) / self.n_units
 
     def chunks(self, layer: int, chunk_tokens: int) -> Iterator[torch.Tensor]:
-        """Yield (<= chunk_tokens, d_model) float32 tensors of one layer in token order."""
+        """Yield (<= chunk_tokens, d_model) float32 tensors of one layer in unit order."""
         arr = self.layer(layer)
         for i in range(0, len(arr), chunk_tokens):
             yield torch.from_numpy(np.array(arr[i : i + chunk_tokens]))
 
 
-def split_streams(cfg: Config, lm: LoadedModel) -> dict[str, torch.Tensor]:
-    """The eval and train token streams (n_seqs, seq_len) of a profile for one tokenizer."""
+def shares_tokenizer(lms: list[LoadedModel]) -> bool:
+    return len({lm.tokenizer_fingerprint for lm in lms}) == 1
+
+
+def resolve_align(cfg: Config, lms: list[LoadedModel]) -> str:
+    """``data.align`` with ``auto`` resolved: ``tokens`` when the models share a tokenizer, else ``token_end``.
+
+    Raises ValueError naming the fix when ``tokens`` is asked of models with different tokenizers.
+    """
+    align, shared = cfg.data["align"], shares_tokenizer(lms)
+    if align == "auto":
+        return "tokens" if shared else "token_end"
+    if align == "tokens" and not shared:
+        names = ", ".join(f"{lm.id} ({len(lm.tokenizer)} tokens)" for lm in lms)
+        raise ValueError(
+            f"the models use different tokenizers: {names}, so token positions do not line up. Fix: set "
+            "data.align to 'token_end' (positions where both tokenizers end a token at the same character) or "
+            "'word' (per-word pooling), or 'auto'.")
+    return align
+
+
+def rowsets(cfg: Config, lms: list[LoadedModel], align: str) -> dict[str, dict[str, RowSet]]:
+    """{split: {model id: RowSet}}: the rows every model reads and its units (see :mod:`featlib.alignment`)."""
     d = cfg.data
-    body = d["seq_len"] - 1
-    n_eval = -(-d["n_eval_tokens"] // body)
-    n_train = -(-d["n_train_tokens"] // body)
-    rows = token_stream(lm.tokenizer, documents(d), d["seq_len"], (n_eval + n_train) * body, lm.bos_id)
-    return {"eval": rows[:n_eval], "train": rows[n_eval:]}
+    if align == "tokens":
+        lm = lms[0]
+        body = d["seq_len"] - 1
+        n_eval = -(-d["n_eval_tokens"] // body)
+        n_train = -(-d["n_train_tokens"] // body)
+        rows = token_stream(lm.tokenizer, documents(d), d["seq_len"], (n_eval + n_train) * body, lm.bos_id).numpy()
+        parts = {"eval": rows[:n_eval], "train": rows[n_eval:]}
+        return {split: {m.id: token_rowset(r) for m in lms} for split, r in parts.items()}
+    toks = {lm.id: lm.tokenizer for lm in lms}
+    pad = {lm.id: lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.bos_id for lm in lms}
+    need = [d["n_eval_tokens"]] + ([d["n_train_tokens"]] if d["n_train_tokens"] > 0 else [])
+    parts = aligned_rowsets(documents(d), toks, {lm.id: lm.bos_id for lm in lms}, pad, d["seq_len"], need, align)
+    return dict(zip(SPLITS, parts))
 
 
-def spec(cfg: Config, lm: LoadedModel, split: str, layers: list[int]) -> dict[str, Any]:
-    """Everything that determines one activation artifact."""
+def spec(cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: str, lms: list[LoadedModel]) -> dict[str, Any]:
+    """Everything that determines one activation artifact (aligned units depend on every model's tokenizer)."""
     return {
         "model": lm.fingerprint, "tokenizer": lm.tokenizer_fingerprint, "split": split,
-        "data": {k: cfg.data[k] for k in DATA_KEYS}, "layers": sorted(layers),
+        "data": {k: cfg.data[k] for k in DATA_KEYS} | {"align": align}, "layers": sorted(layers),
+        "tokenizers": sorted(m.tokenizer_fingerprint for m in lms) if align != "tokens" else [],
         "hook": "blocks.L.hook_resid_post", "version": CODE_VERSION,
     }
 
 
 @torch.inference_mode()
-def extract(lm: LoadedModel, layers: list[int], rows: torch.Tensor, batch_size: int, out: Path) -> None:
-    """Run ``lm`` over ``rows`` (stopping after the deepest of ``layers``) and write tokens.npy and
-    layer_L.npy into ``out``."""
+def extract(lm: LoadedModel, layers: list[int], rows: RowSet, batch_size: int, out: Path) -> None:
+    """Run ``lm`` over ``rows`` (stopping after the deepest of ``layers``) and write the row arrays and
+    layer_L.npy (n_units, d_model) into ``out``: each unit's residual, or the mean over its tokens."""
     layers = sorted(layers)
     check_layers(lm, layers)
-    n_seqs, seq_len = rows.shape
-    n_tokens = n_seqs * (seq_len - 1)
-    np.save(out / "tokens.npy", rows.numpy())
+    np.save(out / "tokens.npy", rows.tokens)
+    np.save(out / "lengths.npy", rows.lengths)
+    np.save(out / "unit_index.npy", rows.unit_index)
+    np.save(out / "positions.npy", rows.positions)
+    if rows.spans is not None:
+        np.save(out / "spans.npy", rows.spans)
+        cache.write_json_atomic(out / "texts.json", rows.texts)
     arrays = {
-        L: np.lib.format.open_memmap(out / f"layer_{L}.npy", mode="w+", dtype=np.float32, shape=(n_tokens, lm.d_model))
+        L: np.lib.format.open_memmap(out / f"layer_{L}.npy", mode="w+", dtype=np.float32, shape=(rows.n_units, lm.d_model))
         for L in layers
     }
     hooks = {hook_name(L): L for L in layers}
-    pos = 0
-    for batch in tqdm(rows.split(batch_size), desc=f"{lm.id}: activations", unit="batch"):
+    tokens, units = torch.from_numpy(rows.tokens), torch.from_numpy(rows.unit_index)
+    for start in tqdm(range(0, len(tokens), batch_size), desc=f"{lm.id}: activations", unit="batch"):
+        width = int(rows.lengths[start : start + batch_size].max())  # padding past the longest row is not run
+        idx = units[start : start + batch_size, :width].reshape(-1)
+        keep = idx >= 0
+        if not keep.any():
+            continue
+        batch = tokens[start : start + batch_size, :width]
         _, acts = lm.model.run_with_cache(
             batch.to(lm.model.cfg.device), names_filter=list(hooks), stop_at_layer=max(layers) + 1
         )
-        n = batch.shape[0] * (seq_len - 1)
+        lo, hi = int(idx[keep].min()), int(idx[keep].max()) + 1
+        slot = idx[keep] - lo
+        counts = torch.bincount(slot, minlength=hi - lo).clamp(min=1).unsqueeze(1).float()
         for name, L in hooks.items():
-            arrays[L][pos : pos + n] = acts[name][:, 1:, :].reshape(n, -1).float().cpu().numpy()
-        pos += n
+            x = acts[name].reshape(-1, lm.d_model)[keep.to(acts[name].device)].float().cpu()
+            pooled = torch.zeros(hi - lo, lm.d_model).index_add_(0, slot, x) / counts
+            arrays[L][lo:hi] = pooled.numpy()
     for arr in arrays.values():
         arr.flush()
     del arrays
 
 
-def ensure_activations(cfg: Config, lm: LoadedModel) -> dict[str, Activations]:
-    """Return the cached eval (and, to train SAEs, train) activations of ``lm``, extracting what is missing."""
-    check_layers(lm, cfg.layers[lm.id])
-    out: dict[str, Activations] = {}
-    streams: dict[str, torch.Tensor] | None = None
-    for split in SPLITS:
-        layers = split_layers(cfg, lm.id, split)
-        if not layers:
-            continue
-        s = spec(cfg, lm, split, layers)
-        path = cache.artifact_dir("activations", s)
-        if not cache.is_complete(path):
-            streams = streams or split_streams(cfg, lm)
-            with cache.publish("activations", s) as tmp:
-                extract(lm, layers, streams[split], cfg.data["batch_size"], tmp)
-        out[split] = Activations(path, layers)
+def ensure_activations(cfg: Config, lms: list[LoadedModel]) -> dict[str, dict[str, Activations]]:
+    """{model id: {split: Activations}}: the cached eval (and, where needed, train) activations of every
+    model on the same units, extracting what is missing."""
+    for lm in lms:
+        check_layers(lm, cfg.layers[lm.id])
+    align = resolve_align(cfg, lms)
+    out: dict[str, dict[str, Activations]] = {lm.id: {} for lm in lms}
+    parts: dict[str, dict[str, RowSet]] | None = None
+    for lm in lms:
+        for split in SPLITS:
+            layers = split_layers(cfg, lm.id, split)
+            if not layers:
+                continue
+            s = spec(cfg, lm, split, layers, align, lms)
+            path = cache.artifact_dir("activations", s)
+            if not cache.is_complete(path):
+                parts = parts or rowsets(cfg, lms, align)
+                with cache.publish("activations", s, meta={"align": align}) as tmp:
+                    extract(lm, layers, parts[split][lm.id], cfg.data["batch_size"], tmp)
+            out[lm.id][split] = Activations(path, layers)
     return out
 
 

@@ -14,7 +14,11 @@ Prints, for this machine:
   once vs naive recomputation per shuffle (a sub-sample of shuffles, extrapolated), and whether
   both give the same values;
 * universal SAE training (:mod:`featlib.universal`) at Pythia's widths: tokens per second and peak
-  memory, beside a plain one-model TopK SAE step of the same dictionary size.
+  memory, beside a plain one-model TopK SAE step of the same dictionary size;
+* activation extraction (:func:`featlib.activations.extract`) of the ``smollm-gemma`` profile's layers
+  of SmolLM2-135M and Gemma-3-270M (real GGUF models, float32): tokens per second, written to disk,
+  against a bare transformers forward pass through the same blocks (the model cut after the deepest
+  layer, hidden states kept in memory) on the same rows, and the largest difference of the two.
 
 ``python -m featlib.bench --quick`` runs every part at a small size (used by the tests).
 """
@@ -192,18 +196,57 @@ def bench_universal(d_models: dict[str, int], expansion: int, k: int, batch_size
             "ratio": usae_tps / ref_tps, "n_latents": K}
 
 
+def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, batch_size: int) -> dict[str, Any]:
+    """featlib's hooked, disk-writing extraction vs a bare transformers forward of the same blocks."""
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from .activations import Activations, extract
+    from .alignment import token_rowset
+    from .corpus import sotu_documents, token_stream
+    from .models import converted_gguf, load_gguf
+
+    lm = load_gguf("A", name, device="cpu")
+    rows = token_stream(lm.tokenizer, sotu_documents("analysis"), seq_len, n_rows * (seq_len - 1), lm.bos_id)
+    hf = AutoModelForCausalLM.from_pretrained(str(converted_gguf(name)), dtype=torch.float32).eval()
+    hf.model.layers = hf.model.layers[: max(layers) + 1]  # what stop_at_layer does in the hooked model
+
+    @torch.inference_mode()
+    def bare() -> dict[int, list[torch.Tensor]]:
+        out: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
+        for batch in rows.split(batch_size):
+            hidden = hf.model(batch, output_hidden_states=True).hidden_states
+            for L in layers:
+                out[L].append(hidden[L + 1][:, 1:].reshape(-1, lm.d_model))
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = measure(lambda: extract(lm, layers, token_rowset(rows.numpy()), batch_size, Path(tmp)))
+        ref = measure(bare)
+        acts = Activations(Path(tmp), layers)
+        # the deepest layer's hidden state comes after the final norm in transformers: compare the others
+        diff = max(float((torch.from_numpy(np.array(acts.layer(L))) - torch.cat(ref.value[L])).abs().max()
+                         / torch.cat(ref.value[L]).abs().max()) for L in layers[:-1])
+    n = rows.shape[0] * (seq_len - 1)
+    return {"tokens": n, "featlib_tps": n / ours.seconds, "bare_tps": n / ref.seconds,
+            "ratio": ref.seconds / ours.seconds, "max_rel_diff": diff, "n_layers": lm.n_layers}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds), for tests")
-    ap.add_argument("--parts", nargs="+", choices=["matching", "nulls", "universal"], default=["matching", "nulls", "universal"])
+    parts = ["matching", "nulls", "universal", "extraction"]
+    ap.add_argument("--parts", nargs="+", choices=parts, default=parts)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if args.quick:
         sizes = dict(d=1024, k=8, n_tokens=20000, ref_tokens=2000, dense_d=512, dense_tokens=4096, n=500, shuffles=50, naive=5,
-                     usae_steps=5, usae_expansion=2)
+                     usae_steps=5, usae_expansion=2, extract_rows=4, extract_models=["smollm2-135m-instruct"])
     else:
         sizes = dict(d=16384, k=32, n_tokens=200_000, ref_tokens=4096, dense_d=8192, dense_tokens=65536, n=5000, shuffles=1000, naive=10,
-                     usae_steps=50, usae_expansion=8)
+                     usae_steps=50, usae_expansion=8, extract_rows=64, extract_models=["smollm2-135m-instruct", "gemma-3-270m"])
     print(f"featlib bench on {torch.get_num_threads()} threads ({'quick' if args.quick else 'full'} sizes)\n")
     out: dict[str, Any] = {}
     if "matching" in args.parts:
@@ -212,6 +255,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["nulls"] = _nulls(sizes)
     if "universal" in args.parts:
         out["universal"] = _universal(sizes)
+    if "extraction" in args.parts:
+        out["extraction"] = _extraction(sizes)
+    return out
+
+
+def _extraction(sizes: dict[str, Any]) -> dict[str, Any]:
+    from .config import load_profile
+
+    prof = load_profile("smollm-gemma")
+    layers = {spec["name"]: prof["layers"][mid] for mid, spec in prof["models"].items()}
+    out = {}
+    print(f"activation extraction: {sizes['extract_rows']} rows of 128 tokens, batches of 16, the smollm-gemma layers")
+    for name in sizes["extract_models"]:
+        r = out[name] = bench_extraction(name, layers[name], sizes["extract_rows"], 128, 16)
+        print(f"  {name:22s} layers {layers[name]} of {r['n_layers']}: featlib {r['featlib_tps']:6.0f} tokens/s"
+              f"   bare transformers forward {r['bare_tps']:6.0f} tokens/s   ratio {r['ratio']:.2f}"
+              f"   max relative difference {r['max_rel_diff']:.1e}")
     return out
 
 

@@ -46,9 +46,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def artifact_dir(kind: str, spec: dict[str, Any]) -> Path:
-    """The folder of the artifact of ``kind`` produced by ``spec`` (it may not exist yet)."""
-    return cache_root() / kind / stable_hash(spec)
+def model_cache_root() -> Path:
+    """Where converted models live: ``$FEATUNIV_MODEL_CACHE`` if set, else ``cache/`` at the repository
+    root. Separate from :func:`cache_root` so that runs in a fresh artifact cache (tests, ``make
+    notebooks``) do not convert the same model again."""
+    repo = Path(__file__).resolve().parent.parent
+    return repo / os.environ.get("FEATUNIV_MODEL_CACHE", "cache")
+
+
+def artifact_dir(kind: str, spec: dict[str, Any], root: Path | None = None) -> Path:
+    """The folder of the artifact of ``kind`` produced by ``spec`` under ``root`` (default
+    :func:`cache_root`); it may not exist yet."""
+    return (root or cache_root()) / kind / stable_hash(spec)
 
 
 def is_complete(path: Path, verify: bool = True) -> bool:
@@ -85,12 +94,12 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def publish(kind: str, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Iterator[Path]:
+def publish(kind: str, spec: dict[str, Any], meta: dict[str, Any] | None = None, root: Path | None = None) -> Iterator[Path]:
     """Write an artifact atomically: yields a temporary folder; on success checksums and renames it.
 
     On any exception the temporary folder is removed and nothing is published.
     """
-    final = artifact_dir(kind, spec)
+    final = artifact_dir(kind, spec, root)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:

@@ -36,6 +36,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "n_eval_tokens": 16384,  # tokens of activations to match features on
         "batch_size": 16,
         "prepend_bos": True,
+        # how the models' activations line up (featlib.alignment): "auto" = "tokens" when the models share
+        # a tokenizer, else "token_end"; "word" pools each model's tokens per word
+        "align": "auto",
         "seed": 0,
     },
     "sae": {
@@ -48,6 +51,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "batch_size": 1024,
         "epochs": 4,
         "seed": 0,
+        "b_dec_init": "zeros",  # "zeros" (sae-lens's default) | "mean": decoder bias starts at the data mean
         "min_explained_variance": 0.5,
         "ce_batches": 4,
         "release": {},  # pretrained: per model, sae-lens release or hub repo
@@ -216,6 +220,8 @@ def build(profile: str, **sections: Any) -> Config:
     if len(at) != 2 or any(layer not in layers[mid] for mid, layer in zip(ids, at)):
         raise ConfigError(f"atlas.layer_pair must name one extracted layer of {ids[0]} and of {ids[1]}, got {at!r}. "
                           "Fix: pick them from 'layers', or [] for matching.layer_pair.")
+    if sec["data"]["align"] not in ("auto", "tokens", "token_end", "word"):
+        raise ConfigError(f"data.align must be 'auto', 'tokens', 'token_end' or 'word', got {sec['data']['align']!r}")
     if sec["atlas"]["matching"] not in ("best", "hungarian"):
         raise ConfigError(f"atlas.matching must be 'best' or 'hungarian', got {sec['atlas']['matching']!r}")
     return Config(profile=profile, models=models, layers={k: list(v) for k, v in layers.items()}, **sec)

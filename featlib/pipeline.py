@@ -20,7 +20,7 @@ from . import cache, matching, similarity
 from .activations import Activations, ensure_activations
 from .correlation import SparseCodes, correlate
 from .config import Config
-from .models import LoadedModel, load_model, require_shared_tokenizer
+from .models import LoadedModel, load_model
 from .saes import encode_chunks, evaluate, get_sae, train_spec
 
 if TYPE_CHECKING:
@@ -66,11 +66,10 @@ class Study:
 
 def open_study(cfg: Config, device: str = "auto") -> Study:
     """Load the profile's models on ``device`` ("auto": CUDA when present, else CPU; see
-    :func:`featlib.models.resolve_device`), check they share a tokenizer, and extract (or reuse) activations."""
+    :func:`featlib.models.resolve_device`) and extract (or reuse) their activations on the same units
+    (tokens, or positions aligned across tokenizers: ``data.align``)."""
     models = {mid: load_model(mid, spec, device) for mid, spec in cfg.models.items()}
-    require_shared_tokenizer(list(models.values()))
-    acts = {mid: ensure_activations(cfg, lm) for mid, lm in models.items()}
-    return Study(cfg, models, acts)
+    return Study(cfg, models, ensure_activations(cfg, list(models.values())))
 
 
 def sae_metrics(study: Study, model_id: str, layer: int) -> dict[str, Any]:
@@ -162,10 +161,10 @@ def code_chunks(codes: dict[str, np.ndarray], chunk_tokens: int) -> Iterator[Spa
 
 
 def top_token_strings(study: Study, model_id: str, layer: int) -> list[list[str]]:
-    """For every feature, the decoded strings of its top-activating tokens."""
-    strings = study.token_strings(model_id)
-    ids = feature_tokens(study, model_id, layer)["token_ids"]
-    return [[strings[t] for t in row if t >= 0] for row in ids]
+    """For every feature, the strings of its top-activating units (tokens, or aligned text spans)."""
+    acts = study.acts[model_id]["eval"]
+    strings = study.token_strings(model_id) if acts.spans is None else []  # aligned units carry their text
+    return [acts.unit_strings(row[row >= 0], strings) for row in feature_tokens(study, model_id, layer)["positions"]]
 
 
 @dataclass
@@ -268,6 +267,68 @@ def load_nulls(study: Study, match: LayerMatch) -> dict[str, np.ndarray]:
         return dict(f)
 
 
+def relative_depth(study: Study, model_id: str, layer: int) -> float:
+    """(layer + 1) / n_layers: the fraction of the model's blocks that have run at our layer ``layer``."""
+    return (layer + 1) / study.models[model_id].n_layers
+
+
+def layer_labels(study: Study, model_id: str) -> list[str]:
+    """Tick labels "L (relative depth)" of a model's profile layers, for comparing models of other depths."""
+    return [f"{L} ({relative_depth(study, model_id, L):.2f})" for L in study.cfg.layers[model_id]]
+
+
+def extraction_table(study: Study) -> "pd.DataFrame":
+    """Per model: size, extracted layers with their relative depths, and per split the tokens each model
+    read and the units stored (all tokens with one tokenizer; aligned positions or words otherwise)."""
+    import pandas as pd
+
+    rows = []
+    for mid, lm in study.models.items():
+        row = {"model": mid, "layers in model": lm.n_layers, "d_model": lm.d_model,
+               "parameters": sum(p.numel() for p in lm.model.parameters()), "extracted layers": study.cfg.layers[mid],
+               "relative depths": [round(relative_depth(study, mid, L), 2) for L in study.cfg.layers[mid]]}
+        for split, acts in study.acts[mid].items():
+            read = int((acts.lengths - 1).sum())
+            row |= {f"{split} tokens read": read, f"{split} units": acts.n_units, f"{split} units/tokens": acts.n_units / read}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def unit_sample(study: Study, n: int = 12) -> "pd.DataFrame":
+    """``n`` eval units as every model reads them: the unit's text and, per model, the tokens read since
+    the previous unit. The sample starts a little before the first unit some model reaches in
+    several tokens (at unit 0 when every unit is one token, as with a shared tokenizer)."""
+    import pandas as pd
+
+    def since_previous(acts: Activations, u: int) -> np.ndarray:
+        seq_len, pos = acts.tokens.shape[1], acts.positions
+        start = pos[u - 1] + 1 if u > 0 and pos[u - 1] // seq_len == pos[u] // seq_len else pos[u] // seq_len * seq_len + 1
+        return acts.tokens.reshape(-1)[start : pos[u] + 1]
+
+    acts = {m: study.acts[m]["eval"] for m in study.ids}
+    n_units = acts[study.ids[0]].n_units
+    first = next((u for u in range(n_units) if any(len(since_previous(a, u)) > 1 for a in acts.values())), 0)
+    rows = []
+    for u in range(max(0, first - n // 2), min(n_units, max(0, first - n // 2) + n)):
+        row: dict[str, Any] = {"unit": u}
+        for mid, a in acts.items():
+            tok, ids = study.models[mid].tokenizer, since_previous(a, u)
+            row.setdefault("text", tok.decode([int(ids[-1])]) if a.spans is None else a.unit_strings(np.array([u]), [])[0])
+            row[f"{mid} tokens"] = " | ".join(repr(tok.decode([int(t)])) for t in ids)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def same_units(study: Study) -> bool:
+    """True if every model's eval units are the same places in the same text (same tokens, or same spans)."""
+    first = [study.acts[m]["eval"] for m in study.ids]
+    if any(acts.n_units != first[0].n_units for acts in first):
+        return False
+    if first[0].spans is None:
+        return all(np.array_equal(acts.tokens, first[0].tokens) for acts in first)
+    return all(np.array_equal(acts.spans, first[0].spans) and acts.texts == first[0].texts for acts in first)
+
+
 def sae_table(study: Study) -> "pd.DataFrame":
     """Metrics of every SAE of the profile (one row per model and layer)."""
     import pandas as pd
@@ -280,16 +341,8 @@ def sae_table(study: Study) -> "pd.DataFrame":
 
 
 def context(study: Study, model_id: str, position: int, width: int = 8) -> str:
-    """The eval text around flat token index ``position``, the token itself in [[double brackets]]."""
-    acts = study.acts[model_id]["eval"]
-    tokens = acts.tokens
-    body = tokens.shape[1] - 1
-    row, col = divmod(int(position), body)
-    seq = tokens[row, 1:]
-    tok = study.models[model_id].tokenizer
-    left = tok.decode(seq[max(0, col - width) : col].tolist())
-    right = tok.decode(seq[col + 1 : col + 1 + width].tolist())
-    return f"{left}[[{tok.decode([int(seq[col])])}]]{right}".replace("\n", " ")
+    """The eval text around unit ``position``, the unit itself in [[double brackets]]."""
+    return study.acts[model_id]["eval"].context(position, study.models[model_id].tokenizer, width)
 
 
 def pair_table(study: Study, match: LayerMatch, n: int = 10) -> "pd.DataFrame":
@@ -315,7 +368,8 @@ def pair_table(study: Study, match: LayerMatch, n: int = 10) -> "pd.DataFrame":
 
 
 def layerwise(study: Study) -> "pd.DataFrame":
-    """Matching and SVCCA/RSA with nulls for every layer of A x every layer of B (one row per cell)."""
+    """Matching and the five metrics with ``similarity.layerwise_shuffles`` re-pairings for every layer of
+    A x every layer of B (one row per cell)."""
     import pandas as pd
 
     a, b = study.ids[:2]
@@ -323,8 +377,9 @@ def layerwise(study: Study) -> "pd.DataFrame":
     rows = []
     for la, lb in tqdm(cells, desc="layer pairs"):
         match = match_layers(study, la, lb)
-        s = compare_pairs(study, match)
-        row = {f"layer {a}": la, f"layer {b}": lb, "pairs": s["n"]}
+        s = compare_pairs(study, match, study.cfg.similarity["layerwise_shuffles"])
+        row = {f"layer {a}": la, f"layer {b}": lb, f"depth {a}": relative_depth(study, a, la),
+               f"depth {b}": relative_depth(study, b, lb), "pairs": s["n"]}
         for metric in METRICS:
             m = s.get(metric) or {}
             row |= {metric: m.get("score", np.nan), f"{metric} null": m.get("null_mean", np.nan),

@@ -34,7 +34,7 @@ from .config import Config
 from .models import LoadedModel, hook_name
 
 CODE_VERSION = 1
-TRAIN_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "epochs", "seed")
+TRAIN_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "epochs", "seed", "b_dec_init")
 
 
 def check_width(sae: Any, lm: LoadedModel, layer: int) -> None:
@@ -85,7 +85,19 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int) -> Any:
 
     # a plain text bar (the same in notebooks, terminals and logs) that shares the line of an outer bar
     trainer_module.tqdm = partial(tqdm, position=0, leave=False)
-    return SAETrainer(trainer_cfg, sae, _batches(acts, bs, seed)).fit()
+    trainer = SAETrainer(trainer_cfg, sae, _batches(acts, bs, seed))
+    if params["b_dec_init"] == "mean":
+        # start the decoder bias at the data mean (in sae-lens's scaled units, with its scale
+        # sqrt(d_in) / mean norm computed here on the same rows), so that the code first explains
+        # the variation around the mean: Gemma-3's residual stream is ~90 % constant offset
+        sample = np.asarray(acts[: 64 * bs], dtype=np.float64)
+        scale = d_in**0.5 / float(np.linalg.norm(sample, axis=1).mean())
+        trainer.activation_scaler.scaling_factor = scale
+        with torch.no_grad():
+            sae.b_dec.copy_(torch.from_numpy(sample.mean(axis=0) * scale))
+    elif params["b_dec_init"] != "zeros":
+        raise ValueError(f"sae.b_dec_init must be 'zeros' or 'mean', got {params['b_dec_init']!r}")
+    return trainer.fit()
 
 
 def train_spec(cfg: Config, acts: Activations, layer: int) -> dict[str, Any]:
@@ -219,6 +231,8 @@ def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batche
         fired |= (z > 0).any(0)
         n += len(x)
     tokens = torch.from_numpy(acts.tokens[: max(1, ce_batches) * 8])
+    # position j predicts token j + 1: count it only where that token is real (rows may be right-padded)
+    real = torch.arange(tokens.shape[1] - 1)[None, :] + 1 < torch.from_numpy(acts.lengths[: len(tokens)])[:, None]
     hook = hook_name(layer)
 
     def splice(value: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -230,9 +244,11 @@ def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batche
 
     def loss(hooks: list) -> float:
         total = 0.0
-        for batch in tokens.split(8):
-            total += float(lm.model.run_with_hooks(batch.to(lm.model.cfg.device), return_type="loss", fwd_hooks=hooks))
-        return total / len(tokens.split(8))
+        for batch, mask in zip(tokens.split(8), real.split(8)):
+            per_token = lm.model.run_with_hooks(batch.to(lm.model.cfg.device), return_type="loss",
+                                                loss_per_token=True, fwd_hooks=hooks)
+            total += float(per_token.float().cpu()[mask].sum())
+        return total / int(real.sum())
 
     ce_clean, ce_sae, ce_zero = loss([]), loss([(hook, splice)]), loss([(hook, zero)])
     return {

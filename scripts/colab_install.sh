@@ -7,5 +7,6 @@ torch_version="$(python -c 'import importlib.metadata as m; print(m.version("tor
 grep -v '^torch==' requirements.txt > /tmp/featuniv-requirements.txt
 { grep -v '^torch==' constraints.txt; echo "torch==${torch_version}"; } > /tmp/featuniv-constraints.txt
 pip install -q -r /tmp/featuniv-requirements.txt -c /tmp/featuniv-constraints.txt
+pip install -q --no-deps -r requirements-nodeps.txt
 pip install -q --no-deps -e .
 echo "featuniv installed (torch ${torch_version} kept)"

@@ -11,3 +11,5 @@ def test_quick_bench_is_exact(capsys):
         assert out["nulls"][metric]["max_abs_diff"] < 1e-8
     assert "speed-up" in capsys.readouterr().out
     assert out["universal"]["tokens_per_second"] > 0 and out["universal"]["n_latents"] == 2 * 768
+    extraction = out["extraction"]["smollm2-135m-instruct"]
+    assert extraction["max_rel_diff"] < 1e-5 and extraction["tokens"] == 4 * 127

@@ -36,6 +36,12 @@ def test_layer_pair_must_be_extracted():
         config.build("tiny", matching={"layer_pair": [2, 7]})
 
 
+def test_alignment_mode_is_checked():
+    assert config.build("tiny").data["align"] == "auto"
+    with pytest.raises(config.ConfigError, match="data.align must be 'auto', 'tokens', 'token_end' or 'word'"):
+        config.build("tiny", data=dict(config.load_profile("tiny")["data"], align="chars"))
+
+
 def test_layers_for_every_model():
     with pytest.raises(config.ConfigError, match="give a list of layers for every model"):
         config.build("tiny", layers={"A": [0]})

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from featlib import config, corpus, models, saes
+from featlib import activations, config, corpus, models, saes
 
 
 def sparsify_cfg(release, sae_id="layers.{layer}"):
@@ -54,7 +54,7 @@ def test_pythia_models_load_through_the_hub_and_read_block_outputs(standins):
             torch.testing.assert_close(cache[models.hook_name(layer)], out.hidden_states[layer + 1], atol=1e-5, rtol=1e-5)
     assert lm.model.cfg.parallel_attn_mlp and lm.model.cfg.positional_embedding_type == "rotary"
     other = models.load_model("B", cfg.models["B"], device="cpu")
-    models.require_shared_tokenizer([lm, other])
+    assert activations.shares_tokenizer([lm, other])
 
 
 def test_eleuther_saes_load_through_the_hub_and_reconstruct(standins):

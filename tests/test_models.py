@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from featlib import corpus, lm, models
+from featlib import activations, corpus, lm, models
 from featlib.config import REPO
 
 LM_A = REPO / "models/tiny/lm-a"
@@ -34,14 +34,21 @@ def test_missing_layer_is_a_clear_error(lm_a):
         models.check_layers(lm_a, [0, 4, 9])
 
 
-def test_same_tokenizer_passes_and_different_tokenizer_fails(lm_a, tmp_path):
-    models.require_shared_tokenizer([lm_a, models.load_local("A2", LM_A)])
+def test_tokenizers_decide_the_alignment(lm_a, tmp_path):
+    from featlib.config import build
+
+    cfg = build("smoke")
+    same = [lm_a, models.load_local("A2", LM_A)]
+    assert activations.resolve_align(cfg, same) == "tokens"
     other = tmp_path / "other"
     shutil.copytree(LM_A, other)
     tok = lm.train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 50, vocab_size=300)
     (other / "tokenizer.json").write_text(tok.to_str())
-    with pytest.raises(ValueError, match="different tokenizers.*Fix: pick models that share a tokenizer"):
-        models.require_shared_tokenizer([lm_a, models.load_local("C", other)])
+    different = [lm_a, models.load_local("C", other)]
+    assert activations.resolve_align(cfg, different) == "token_end"  # data.align: auto
+    strict = build("smoke", data=dict(cfg.data, align="tokens"))
+    with pytest.raises(ValueError, match="different tokenizers.*Fix: set data.align to 'token_end'"):
+        activations.resolve_align(strict, different)
 
 
 def test_missing_model_folder_says_make_models(tmp_path):

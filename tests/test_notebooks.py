@@ -56,6 +56,10 @@ def test_environment_files_name_the_same_versions():
         assert "python=3.11" in env["dependencies"]
         pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
         assert _pins(pip) == req, f"{env_file.name} pip section must use requirements.txt's pins"
+    nodeps = _pins((REPO / "requirements-nodeps.txt").read_text().splitlines())
+    assert nodeps and all(constraints[k] == v for k, v in nodeps.items()) and not set(nodeps) & set(req)
+    for installer in ("Makefile", "binder/postBuild", "scripts/colab_install.sh"):
+        assert re.search(r"pip install .*--no-deps -r requirements-nodeps\.txt", (REPO / installer).read_text()), installer
 
 
 def test_every_notebook_opens_in_colab_with_a_colab_only_setup_block():

@@ -26,6 +26,11 @@ def test_smoke_chain(tmp_path, monkeypatch):
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
         assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
         assert "all checks passed" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    # 04 re-pairs similarity.n_shuffles times, every cell of 05 similarity.layerwise_shuffles times
+    from featlib.cache import read_meta
+
+    shuffles = {read_meta(p)["spec"]["n_shuffles"] for p in (tmp_path / "cache" / "similarity").iterdir()}
+    assert shuffles == {100, 50}, shuffles
     # a second run reuses every cached artifact: nothing new appears in the cache
     before = sorted(p.name for p in (tmp_path / "cache").glob("*/*"))
     chain.run("smoke", only=["04"])
