@@ -37,7 +37,7 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 PYTHIA = {"pythia-70m": {"layers": 2, "d": 64}, "pythia-160m": {"layers": 3, "d": 96}}
 SAE_REPOS = {"pythia-70m": "EleutherAI/sae-pythia-70m-32k", "pythia-160m": "EleutherAI/sae-pythia-160m-32k"}
 GEMMA_RELEASE, GEMMA_SAE_ID, GEMMA_LAYER = "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", 12
-SAE_TRAINING = {"architecture": "topk", "expansion": 8, "k": 8, "l1_coefficient": 1.0, "lr": 3e-3, "batch_size": 512, "epochs": 6}
+SAE_TRAINING = {"architecture": "topk", "expansion": 8, "k": 8, "l1_coefficient": 1.0, "lr": 3e-3, "batch_size": 512, "epochs": 6, "b_dec_init": "zeros"}
 
 
 def snapshot(hub: Path, repo_id: str) -> Path:
