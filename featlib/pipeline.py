@@ -414,7 +414,9 @@ def subspace_scores(study: Study, match: LayerMatch) -> "pd.DataFrame":
         row: dict[str, Any] = {"group": name, "keywords": len(keywords),
                                f"features {a}": int(group_features(top_a, keywords).sum()),
                                f"features {b}": int(group_features(top_b, keywords).sum()), "pairs": len(members)}
-        scored = len(members) >= max(3, sub["min_features"])
+        # many-to-one pairs can put one feature in every pair of a group: no variance on that side, nothing to score
+        scored = len(members) >= max(3, sub["min_features"]) and all(
+            len(np.unique(idx[members])) > 1 for idx in (candidates.idx_a, candidates.idx_b))
         s = score_group(X_all, Y_all, members, sim["n_shuffles"], sub["n_random_sets"], sub["seed"], sim["variance"]) if scored else {}
         for metric in ("svcca", "rsa"):
             m = s.get(metric, {})
