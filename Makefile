@@ -1,5 +1,7 @@
 # featuniv: `make figures` regenerates every figure of a profile; `make test` runs all tests.
 PROFILE ?= tiny
+# overrides of single values, e.g. make figures SET="similarity.n_shuffles=100 layers.A=[1,2]"
+SET ?=
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -25,16 +27,16 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 
 ## Run notebooks 01-08 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
 figures: $(STAMP)
-	$(PY) -m featlib.chain --profile $(PROFILE)
+	$(PY) -m featlib.tools.chain --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)')
 
 ## Notebook 08 on PROFILE: the atlas page in build/atlas/PROFILE/ and, with Debian's chromium, its screenshot in figures/PROFILE/.
 atlas: $(STAMP)
-	$(PY) -m featlib.chain --profile $(PROFILE) --only 08
+	$(PY) -m featlib.tools.chain --profile $(PROFILE) --only 08
 	$(PY) -m featlib.atlas --profile $(PROFILE)
 
 ## Retrain the tiny profile's language models and tokenizer (seeded; reports held-out loss).
 models: $(STAMP)
-	$(OFFLINE) $(PY) -m featlib.lm --out models/tiny
+	$(OFFLINE) $(PY) -m featlib.tools.lm --out models/tiny
 
 # The committed notebooks are executed, and compared by nbval, on an empty cache: the same cells run
 # (and print the same progress) every time.
@@ -43,11 +45,11 @@ NB_CACHE := $(CURDIR)/build/notebook-cache
 ## Re-execute the committed notebooks in place with their defaults (the tiny profile).
 notebooks: $(STAMP)
 	rm -rf $(NB_CACHE)
-	$(OFFLINE) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m featlib.chain --profile tiny --in-place
+	$(OFFLINE) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m featlib.tools.chain --profile tiny --in-place
 
 ## Fast paths vs plain reference runs, measured in one process (a few minutes).
 bench: $(STAMP)
-	$(PY) -m featlib.bench
+	$(PY) -m featlib.tools.bench
 
 test: test-unit test-chain test-nbval
 

@@ -1,141 +1,403 @@
 """Profiles and parameters.
 
-A *profile* is one YAML file under ``params/`` (``smoke``, ``tiny``, ``pythia``). Its top-level keys
-are the notebooks' parameters: papermill injects them into every notebook, whose ``parameters``
-cell holds the same names with the ``tiny`` values as plain literals. ``build`` validates them into
-a :class:`Config`; unknown profiles, sections or keys raise :class:`ConfigError` naming the fix.
+A *profile* is one YAML file under ``params/`` (``smoke``, ``tiny``, ``pythia``, ...). Its top-level
+keys are the sections below; sections (and keys) a profile leaves out take the defaults written in
+the models of this module, once. ``build(profile, overrides)`` reads the profile, applies the
+overrides (dotted keys, e.g. ``{"similarity.n_shuffles": 100}``) on top, and validates the result
+into a :class:`Config`: every type, enum and range is checked here, so a wrong value fails at once
+with one line naming the key, the value, what is allowed, the profile file, and the fix, instead of
+minutes later in a notebook.
+
+A run with overrides is labelled ``<profile>+<hash of the overrides>`` (:attr:`Config.label`): its
+figures never land in the named profile's folder.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import annotated_types
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .cache import stable_hash
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_DIR = REPO / "params"
-NOTEBOOK_DEFAULTS = "tiny"  # the profile whose values the notebooks' parameters cells hold
-SECTIONS = ("profile", "models", "data", "layers", "sae", "matching", "similarity", "subspaces", "universal", "atlas")
-
-# Allowed keys per section (value = default, None = required).
-SCHEMA: dict[str, dict[str, Any]] = {
-    "data": {
-        "source": None,  # "sotu" | "text_file" | "hf_dataset"
-        "path": "",  # text_file: a UTF-8 file; hf_dataset: the dataset name
-        "split": "analysis",  # sotu: which split of the addresses (see featlib.corpus)
-        "text_field": "text",
-        "n_docs": 0,  # hf_dataset: how many documents (0 = as many as needed)
-        "seq_len": 128,
-        "n_train_tokens": 65536,  # tokens of activations to train SAEs on
-        "n_eval_tokens": 16384,  # tokens of activations to match features on
-        "batch_size": 16,
-        "prepend_bos": True,
-        # how the models' activations line up (featlib.alignment): "auto" = "tokens" when the models share
-        # a tokenizer, else "token_end"; "word" pools each model's tokens per word
-        "align": "auto",
-        "seed": 0,
-    },
-    "sae": {
-        "source": "train",  # "train" | "pretrained"
-        "architecture": "topk",  # "topk" | "standard" (ReLU + L1)
-        "expansion": 8,
-        "k": 16,
-        "l1_coefficient": 5.0,
-        "lr": 0.0003,
-        "batch_size": 1024,
-        "epochs": 4,
-        "seed": 0,
-        "b_dec_init": "zeros",  # "zeros" (sae-lens's default) | "mean": decoder bias starts at the data mean
-        "min_explained_variance": 0.5,
-        "ce_batches": 4,
-        "release": {},  # pretrained: per model, sae-lens release or hub repo
-        "sae_id": {},  # pretrained: per model, id with "{layer}" placeholder
-        "format": "sae_lens",  # pretrained: "sae_lens" (registry) | "sparsify" (EleutherAI layout)
-    },
-    "matching": {
-        "layer_pair": None,
-        "min_r": 0.1,
-        "one_to_one": True,
-        "top_k_tokens": 5,
-        "require_shared_token": True,
-        "chunk_tokens": 4096,
-        "max_bytes": 3 << 30,  # memory bound of the correlation accumulator (featlib.correlation)
-    },
-    "similarity": {"variance": 0.99, "n_shuffles": 1000, "seed": 0, "layerwise_shuffles": 200},
-    "subspaces": {"groups": "default", "min_features": 4, "n_random_sets": 200, "seed": 0},
-    # universal SAE (notebook 07, featlib.universal); layers: one per model, [] = matching.layer_pair
-    "universal": {
-        "layers": [], "expansion": 8, "k": 32, "lr": 3e-4, "lr_end": 1e-6, "warmup_steps": 100, "weight_decay": 1e-5,
-        "grad_clip": 1.0, "batch_size": 1024, "steps": 3000, "update": "own", "aux_k": 64, "aux_coef": 0.03125,
-        "dead_steps": 200, "fire_threshold": 0.1, "seed": 0, "concept": -1,
-    },
-    # feature atlas (notebook 08, featlib.atlas); layer_pair [] = matching.layer_pair
-    "atlas": {
-        "layer_pair": [], "matching": "best", "n_active": 300, "n_neighbors": 15, "min_dist": 0.05, "knn_k": 10,
-        "n_random": 200, "seed": 42,
-    },
-}
-MODEL_KEYS = {"source": None, "name": "", "path": "", "dtype": "float32"}
 
 
 class ConfigError(ValueError):
-    """A profile or parameter is wrong; the message names the problem and the fix."""
+    """A profile or parameter is wrong; the message (one line) names the key, the value, what is allowed and the fix."""
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# The schema: one model per section; the defaults below are the only ones.
+
+class _Section(BaseModel):
+    # strict: no silent coercion ("100" is not an int, 1 is not a bool); an int is accepted where a number is
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Layer = Annotated[int, Field(ge=0)]
+Dtype = Literal["float32", "float16", "bfloat16", "auto"]
+
+
+class ModelSpec(_Section):
+    """One language model: ``{source: local, path: ...}``, ``{source: hub, name: ...}`` or ``{source: gguf, name: ...}``."""
+
+    source: Literal["local", "hub", "gguf"]
+    name: str = ""  # hub / gguf: the model's name
+    path: str = ""  # local: a folder written by `make models` (relative to the repository or absolute)
+    dtype: Dtype = "float32"  # "auto": float16 on a T4, bfloat16 on newer GPUs, float32 on CPU
+
+
+class Data(_Section):
+    source: Literal["sotu", "text_file", "hf_dataset"]
+    path: str = ""  # text_file: a UTF-8 file; hf_dataset: the dataset name
+    split: Literal["analysis", "lm_heldout", "lm_train"] = "analysis"  # sotu: which addresses (featlib.corpus)
+    text_field: str = "text"
+    n_docs: NonNegInt = 0  # hf_dataset: how many documents (0 = as many as needed)
+    seq_len: int = Field(128, ge=2)
+    n_train_tokens: PosInt = 65536  # tokens of activations to train SAEs on
+    n_eval_tokens: PosInt = 16384  # tokens of activations to match features on
+    batch_size: PosInt = 16
+    prepend_bos: bool = True
+    # how the models' activations line up (featlib.alignment): "auto" = "tokens" when the models share
+    # a tokenizer, else "token_end"; "word" pools each model's tokens per word
+    align: Literal["auto", "tokens", "token_end", "word"] = "auto"
+    seed: int = 0
+
+
+class Sae(_Section):
+    source: Literal["train", "pretrained"] = "train"
+    architecture: Literal["topk", "standard"] = "topk"  # "standard": ReLU + L1
+    expansion: PosInt = 8
+    k: PosInt = 16
+    l1_coefficient: float = Field(5.0, ge=0)
+    lr: float = Field(0.0003, gt=0)
+    batch_size: PosInt = 1024
+    epochs: PosInt = 4
+    seed: int = 0
+    b_dec_init: Literal["zeros", "mean"] = "zeros"  # "zeros" (sae-lens's default) | "mean": decoder bias starts at the data mean
+    min_explained_variance: float = Field(0.5, le=1)
+    ce_batches: PosInt = 4
+    release: dict[str, str] = {}  # pretrained: per model, sae-lens release or hub repo
+    sae_id: dict[str, str] = {}  # pretrained: per model, id with "{layer}" placeholder
+    format: Literal["sae_lens", "sparsify"] = "sae_lens"  # pretrained: sae-lens registry | EleutherAI layout
+
+
+class Matching(_Section):
+    layer_pair: list[Layer] = Field(min_length=2, max_length=2)  # [layer of the first model, layer of the second]
+    min_r: float = Field(0.1, ge=0, lt=1)
+    one_to_one: bool = True
+    top_k_tokens: PosInt = 5
+    require_shared_token: bool = True
+    chunk_tokens: PosInt = 4096
+    max_bytes: PosInt = 3 << 30  # memory bound of the correlation accumulator (featlib.correlation)
+
+
+class Similarity(_Section):
+    variance: float = Field(0.99, gt=0, le=1)
+    n_shuffles: PosInt = 1000
+    seed: int = 0
+    layerwise_shuffles: PosInt = 200
+
+
+class Subspaces(_Section):
+    groups: str = "default"
+    min_features: PosInt = 4
+    n_random_sets: PosInt = 200
+    seed: int = 0
+
+
+class Universal(_Section):
+    """The universal SAE (notebook 07, featlib.universal)."""
+
+    layers: list[Layer] = []  # one per model; [] = matching.layer_pair
+    expansion: PosInt = 8
+    k: PosInt = 32
+    lr: float = Field(3e-4, gt=0)
+    lr_end: float = Field(1e-6, ge=0)
+    warmup_steps: NonNegInt = 100
+    weight_decay: float = Field(1e-5, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    batch_size: PosInt = 1024
+    steps: PosInt = 3000
+    update: Literal["own", "all_decoders"] = "own"
+    aux_k: NonNegInt = 64
+    aux_coef: float = Field(0.03125, ge=0)
+    dead_steps: PosInt = 200
+    fire_threshold: float = Field(0.1, ge=0)
+    seed: int = 0
+    concept: int = Field(-1, ge=-1)
+
+
+class Atlas(_Section):
+    """The feature atlas (notebook 08, featlib.atlas)."""
+
+    layer_pair: list[Layer] = []  # [] = matching.layer_pair
+    matching: Literal["best", "hungarian"] = "best"
+    n_active: PosInt = 300
+    n_neighbors: int = Field(15, ge=2)
+    min_dist: float = Field(0.05, ge=0)
+    knn_k: PosInt = 10
+    n_random: PosInt = 200
+    seed: int = 42
+
+
+COMPARISONS = ("cross", "seed")
+
+
+class Comparisons(_Section):
+    """Which comparisons of SAE sides the study computes.
+
+    ``cross``: the first model's SAE vs the second's at ``matching.layer_pair`` (the study as before);
+    ``seed``: ``seed_model``'s SAE at its ``matching.layer_pair`` layer vs a second SAE of the same model and
+    layer trained with ``sae.seed = second_seed``.
+    """
+
+    run: list[Literal["cross", "seed"]] = Field(["cross"], min_length=1)
+    seed_model: str = ""  # "" = the first model
+    second_seed: int = 1
+
+
+class Profile(_Section):
+    profile: str = ""
+    models: dict[str, ModelSpec] = Field(min_length=2)
+    data: Data
+    layers: dict[str, list[Layer]]
+    sae: Sae = Sae()
+    matching: Matching
+    similarity: Similarity = Similarity()
+    subspaces: Subspaces = Subspaces()
+    universal: Universal = Universal()
+    atlas: Atlas = Atlas()
+    comparisons: Comparisons = Comparisons()
+
+
+SECTIONS = tuple(Profile.model_fields)  # "profile" first, then the sections in order
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Profiles on disk
 
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
 
 
-def load_profile(name: str) -> dict[str, Any]:
-    """The raw parameters of profile ``name`` (``params/<name>.yaml``), or of a YAML file given by path."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PARAMS_DIR / f"{name}.yaml"
+def profile_path(name: str) -> Path:
+    """``params/<name>.yaml``, or ``name`` itself when it is a path to a YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) or "/" in name else PARAMS_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(
             f"unknown profile {name!r}. Available: {', '.join(available_profiles())}. "
             f"Fix: pick one of those, or add params/{name}.yaml."
         )
-    raw = yaml.safe_load(path.read_text()) or {}
-    unknown = set(raw) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(
-            f"{path} has unknown parameter(s) {sorted(unknown)}; known: {list(SECTIONS)}. "
-            "Fix: check the spelling."
-        )
-    missing = [s for s in SECTIONS if s not in raw]
-    if missing:  # papermill would leave the notebooks' tiny defaults in place for them
-        raise ConfigError(f"{path} lacks the section(s) {missing}. Fix: give every section ({', '.join(SECTIONS)}).")
+    return path
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """The raw parameters of profile ``name`` (``params/<name>.yaml``), or of a YAML file given by path."""
+    path = profile_path(name)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{_show(path)} is not valid YAML ({' '.join(str(e).split())}). Fix: correct its syntax.") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{_show(path)} must be a mapping of sections, got {type(raw).__name__}. Fix: see params/tiny.yaml.")
     return raw
 
 
-def _fill(section: str, given: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(given, dict):
-        raise ConfigError(f"parameter {section!r} must be a mapping, got {type(given).__name__}")
-    unknown = set(given) - set(schema)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {sorted(unknown)} in parameter {section!r}; known keys: {sorted(schema)}. "
-            "Fix: check the spelling in the profile YAML or the notebook's parameters cell."
-        )
-    out = {}
-    for key, default in schema.items():
-        if key in given:
-            out[key] = copy.deepcopy(given[key])
-        elif default is None:
-            raise ConfigError(f"parameter {section}.{key} is required. Fix: set it in the profile YAML.")
-        else:
-            out[key] = copy.deepcopy(default)
+def _show(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Error messages: one line from the schema itself
+
+def _constraints(metadata: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in metadata:
+        for name in ("ge", "gt", "le", "lt", "min_length", "max_length"):
+            if getattr(m, name, None) is not None:
+                out[name] = getattr(m, name)
+        if isinstance(m, annotated_types.Interval):
+            out.update({k: v for k, v in vars(m).items() if v is not None})
     return out
 
 
+def _unwrap(ann: Any, metadata: list[Any]) -> tuple[Any, list[Any]]:
+    while typing.get_origin(ann) is Annotated:
+        args = typing.get_args(ann)
+        ann, extra = args[0], args[1:]
+        metadata = metadata + [x for e in extra for x in (getattr(e, "metadata", None) or [e])]
+    return ann, metadata
+
+
+def _describe(ann: Any, metadata: list[Any], name: str) -> str:
+    """What a value of this annotation may be, in words (``'topk', 'standard'``; ``an integer >= 1``)."""
+    ann, metadata = _unwrap(ann, metadata)
+    c = _constraints(metadata)
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Literal:
+        return ", ".join(repr(a) for a in args)
+    if ann is bool:
+        return "true or false"
+    if ann in (int, float):
+        kind = "an integer" if ann is int else "a number"
+        lo = f"{c['ge']} <= " if "ge" in c else f"{c['gt']} < " if "gt" in c else ""
+        hi = f" <= {c['le']}" if "le" in c else f" < {c['lt']}" if "lt" in c else ""
+        if lo and hi:
+            return f"{kind}, {lo}{name}{hi}"
+        if lo:
+            return f"{kind} >= {c['ge']}" if "ge" in c else f"{kind} > {c['gt']}"
+        return f"{kind}{hi}"
+    if ann is str:
+        return "a string"
+    if origin is list:
+        lo, hi = c.get("min_length"), c.get("max_length")
+        size = f"a list of {lo}" if lo and lo == hi else "a non-empty list of" if lo else "a list of"
+        return f"{size} {_plural(_describe(args[0], [], name))}"
+    if origin is dict:
+        least = f" at least {c['min_length']}" if c.get("min_length") else ""
+        return f"a mapping of{least} ids to {_plural(_describe(args[1], [], name))}"
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return "a mapping with the keys " + ", ".join(ann.model_fields)
+    return str(ann)
+
+
+def _plural(desc: str) -> str:
+    for one, many in (("an integer", "integers"), ("a number", "numbers"), ("a string", "strings"),
+                      ("a mapping with", "mappings with")):
+        if desc.startswith(one):
+            return many + desc[len(one):]
+    return f"items from {desc}" if desc.startswith("'") else desc
+
+
+def _leaf(loc: tuple[Any, ...]) -> tuple[Any, list[Any], str, type[BaseModel] | None]:
+    """The annotation, constraints and field name at ``loc`` in :class:`Profile` (and the model holding it)."""
+    ann: Any = Profile
+    metadata: list[Any] = []
+    name, owner = "", None
+    for part in loc:
+        ann, metadata = _unwrap(ann, metadata)
+        origin = typing.get_origin(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if part not in ann.model_fields:
+                return None, [], str(part), ann
+            owner, f = ann, ann.model_fields[part]
+            ann, metadata, name = f.annotation, list(f.metadata), str(part)
+        elif origin is dict:
+            ann, metadata = (str, []) if part == "[key]" else (typing.get_args(ann)[1], [])
+        elif origin is list:
+            ann, metadata = typing.get_args(ann)[0], []
+    return ann, metadata, name, owner
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        if part == "[key]":
+            break
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return raw
+
+
+class _Where:
+    """Where a key's value came from: the profile file or an override (for the messages' "Fix")."""
+
+    def __init__(self, path: Path, overrides: dict[str, Any]):
+        self.file, self.overrides = _show(path), overrides
+
+    def override(self, key: str) -> str | None:
+        key = key.split("[")[0]
+        return next((o for o in self.overrides if key == o or key.startswith(o + ".") or o.startswith(key + ".")), None)
+
+    def source(self, key: str) -> str:
+        o = self.override(key)
+        return f"{self.file} (override {o})" if o else self.file
+
+    def fix(self, key: str, verb: str = "edit") -> str:
+        o = self.override(key)
+        base = key.split("[")[0]
+        return f"Fix: change the override {o}." if o else f"Fix: {verb} {base} in {self.file}."
+
+    def error(self, key: str, value: Any, allowed: str, fix: str | None = None, what: str = "is not allowed") -> ConfigError:
+        return ConfigError(f"{self.source(key)}: {key} = {value!r} {what}; allowed: {allowed}. {fix or self.fix(key)}")
+
+
+def _from_validation(e: ValidationError, raw: dict[str, Any], where: _Where) -> ConfigError:
+    err = e.errors()[0]
+    loc = tuple(err["loc"])
+    key = _dotted(loc)
+    ann, metadata, name, owner = _leaf(loc)
+    if err["type"] == "extra_forbidden":
+        parent = _dotted(loc[:-1])
+        known = ", ".join(owner.model_fields) if owner else ""
+        of = f" of {parent}" if parent else ""
+        return ConfigError(f"{where.source(key)}: unknown key {key}; known keys{of}: {known}. "
+                           f"Fix: check the spelling of {key}" + ("." if where.override(key) else f" in {where.file}."))
+    if err["type"] == "missing":
+        return ConfigError(f"{where.source(key)}: {key} is required (no default); allowed: {_describe(ann, metadata, name)}. "
+                           + where.fix(key, "set"))
+    if loc and loc[-1] == "[key]":
+        return where.error(key, err.get("input"), "a string id", what="has a key that is not a string")
+    return where.error(key, _lookup(raw, loc), _describe(ann, metadata, name))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Overrides
+
+def _apply(raw: dict[str, Any], overrides: dict[str, Any], where: _Where) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)*", key):
+            raise ConfigError(f"override key {key!r} is not a dotted key like 'similarity.n_shuffles'. "
+                              "Fix: write section.key (or models.<id>.key).")
+        if key == "profile":
+            raise ConfigError("override 'profile' is not allowed: the run's label is the profile plus a hash of the "
+                              "overrides. Fix: pass another profile name, or save a profile YAML file.")
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                sub = ".".join(parts[: i + 1])
+                raise ConfigError(f"{where.file}: override {key} goes inside {sub} = {nxt!r}, which is not a mapping. "
+                                  f"Fix: override {sub} itself.")
+            node = nxt
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The validated parameters of one run
+
 @dataclass(frozen=True)
 class Config:
-    """Validated parameters of one run (all sections filled with defaults)."""
+    """Validated parameters of one run: every section a plain dict, all keys filled in."""
 
     profile: str
     models: dict[str, dict[str, Any]]
@@ -147,6 +409,14 @@ class Config:
     subspaces: dict[str, Any]
     universal: dict[str, Any]
     atlas: dict[str, Any]
+    comparisons: dict[str, Any]
+    overrides: dict[str, Any] = field(default_factory=dict)  # as given to build()
+    source: str = field(default="", compare=False)  # the profile file (repository-relative when inside it)
+
+    @property
+    def label(self) -> str:
+        """The run's name for its output folders: the profile, plus a hash of the overrides when there are any."""
+        return f"{self.profile}+{stable_hash(self.overrides)[:6]}" if self.overrides else self.profile
 
     @property
     def universal_layers(self) -> dict[str, int]:
@@ -154,74 +424,122 @@ class Config:
         return dict(zip(self.models, self.universal["layers"] or self.matching["layer_pair"]))
 
     def as_dict(self) -> dict[str, Any]:
+        """The resolved profile: ``profile`` and every section (defaults and overrides applied)."""
         return {s: copy.deepcopy(getattr(self, s)) for s in SECTIONS}
 
     @property
     def params_hash(self) -> str:
-        return stable_hash(self.as_dict())
+        """Hash of the resolved values (not of the profile's name): same values, same hash."""
+        return stable_hash({k: v for k, v in self.as_dict().items() if k != "profile"})
+
+    def resolved_yaml(self) -> str:
+        """The whole resolved profile as YAML (``profile:`` is the label); building it gives the same values."""
+        head = [f"# Resolved profile {self.label!r}: {self.source or 'params/' + self.profile + '.yaml'}"]
+        head += [f"#   with overrides: {yaml.safe_dump(self.overrides, default_flow_style=True, width=10**6).strip()}"] \
+            if self.overrides else []
+        head += ["#   every default filled in; params_hash " + self.params_hash]
+        body = dict(self.as_dict(), profile=self.label)
+        return "\n".join(head) + "\n" + yaml.dump(body, Dumper=_Dumper, sort_keys=False, width=120)
 
 
-def _sections(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in raw.items() if k != "profile"}
+class _Dumper(yaml.SafeDumper):
+    """Block style, except flat lists and mappings of scalars (layers, model specs) on one line."""
 
 
-def build(profile: str, **sections: Any) -> Config:
-    """Validate notebook parameters into a :class:`Config`.
+def _flat(value: Any) -> bool:
+    items = value.values() if isinstance(value, dict) else value
+    return all(not isinstance(v, (dict, list)) for v in items)
 
-    Sections not given are taken from ``params/<profile>.yaml``; when every section is given (as
-    papermill injects them) ``profile`` is only the label of the run's output folders. A notebook
-    whose parameters cell had only ``profile`` changed (every section still holds the ``tiny``
-    defaults) gets that profile's sections.
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=_flat(v)))
+_Dumper.add_representer(dict, lambda d, v: d.represent_mapping(
+    "tag:yaml.org,2002:map", v.items(), flow_style=_flat(v) and len(v) <= 4 and bool(v)))
+
+
+def build(profile: str, overrides: dict[str, Any] | None = None) -> Config:
+    """Read profile ``profile`` (a name in ``params/`` or a YAML file), apply ``overrides`` and validate.
+
+    ``overrides`` maps dotted keys to values (``{"similarity.n_shuffles": 100, "layers.A": [1, 2],
+    "models.B": {"source": "local", "path": "..."}}``); each replaces the value at its key. Any wrong
+    value raises :class:`ConfigError` with a one-line message.
     """
-    given = {k: v for k, v in sections.items() if v is not None}
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", profile):
-        raise ConfigError(f"profile {profile!r} must be a plain name (letters, digits, '_', '-', '.'): it names output folders")
-    if profile != NOTEBOOK_DEFAULTS and given and given == _sections(load_profile(NOTEBOOK_DEFAULTS)) \
-            and (PARAMS_DIR / f"{profile}.yaml").exists():
-        print(f"profile {profile!r}: taking its parameters from params/{profile}.yaml (the parameters cell holds the "
-              f"{NOTEBOOK_DEFAULTS!r} values)")
-        given = {}
-    raw = {} if set(given) >= set(SECTIONS) - {"profile"} else load_profile(profile)
-    raw.update(given)
-    unknown = set(raw) - set(SECTIONS)
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {sorted(unknown)}; known: {list(SECTIONS)}.")
-    models = raw.get("models") or {}
-    if len(models) < 2:
-        raise ConfigError("parameter 'models' must name at least two models (e.g. A and B).")
-    models = {mid: _fill(f"models.{mid}", spec, MODEL_KEYS) for mid, spec in models.items()}
-    layers = raw.get("layers") or {}
-    if set(layers) != set(models):
-        raise ConfigError(
-            f"parameter 'layers' has keys {sorted(layers)} but the models are {sorted(models)}. "
-            "Fix: give a list of layers for every model."
-        )
+    overrides = dict(overrides or {})
+    path = profile_path(profile)
+    raw = load_profile(profile)
+    label = raw.get("profile") or path.stem
+    if not isinstance(label, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", label) or label.startswith("."):
+        raise ConfigError(f"{_show(path)}: profile = {label!r} is not allowed; allowed: a plain name (letters, digits, "
+                          f"'_', '-', '.', '+'): it names output folders. Fix: edit profile in {_show(path)}.")
+    where = _Where(path, overrides)
+    raw = _apply(raw, overrides, where)
+    raw["profile"] = label
+    try:
+        p = Profile.model_validate(raw)
+    except ValidationError as e:
+        raise _from_validation(e, raw, where) from None
+    d = p.model_dump()
+    _check(d, where)
+    return Config(**d, overrides=overrides, source=_show(path))
+
+
+def _check(d: dict[str, Any], where: _Where) -> None:
+    """The checks across keys (the schema checks each value on its own); fills comparisons.seed_model."""
+    ids = list(d["models"])
+    for mid, spec in d["models"].items():
+        need = "path" if spec["source"] == "local" else "name"
+        if not spec[need]:
+            key = f"models.{mid}.{need}"
+            raise where.error(key, spec[need], f"a non-empty {need} for source {spec['source']!r}",
+                              what="is empty")
+    layers = d["layers"]
+    if set(layers) != set(ids):
+        raise where.error("layers", layers, f"one list of layers for each of the models {', '.join(ids)}",
+                          fix=where.fix("layers").rstrip(".") + ": give a list of layers for every model.")
     for mid, ls in layers.items():
-        if not ls or not all(isinstance(x, int) and x >= 0 for x in ls):
-            raise ConfigError(f"layers[{mid!r}] must be a non-empty list of non-negative integers, got {ls!r}")
-    sec = {s: _fill(s, raw.get(s) or {}, SCHEMA[s]) for s in ("data", "sae", "matching", "similarity", "subspaces", "universal", "atlas")}
-    pair = sec["matching"]["layer_pair"]
-    ids = list(models)
-    if not (isinstance(pair, list) and len(pair) == 2):
-        raise ConfigError(f"matching.layer_pair must be [layer of {ids[0]}, layer of {ids[1]}], got {pair!r}")
-    for mid, layer in zip(ids, pair):
-        if layer not in layers[mid]:
+        if not ls:
+            raise where.error(f"layers.{mid}", ls, "a non-empty list of integers >= 0")
+    comp = d["comparisons"]
+    run = comp["run"]
+    if len(set(run)) != len(run):
+        raise where.error("comparisons.run", run, "a non-empty list of distinct items from "
+                          + ", ".join(map(repr, COMPARISONS)), what="repeats an item")
+    comp["seed_model"] = comp["seed_model"] or ids[0]
+    if comp["seed_model"] not in ids:
+        raise where.error("comparisons.seed_model", comp["seed_model"], ", ".join(map(repr, ids)))
+    if "seed" in run:
+        if d["sae"]["source"] != "train":
             raise ConfigError(
-                f"matching.layer_pair names layer {layer} of model {mid}, which is not among its "
-                f"extracted layers {layers[mid]}. Fix: add it to 'layers' or pick another pair."
+                f"{where.source('sae.source' if where.override('sae.source') else 'comparisons.run')}: comparisons.run = "
+                f"{run!r} is not allowed with sae.source = "
+                f"{d['sae']['source']!r}; allowed: 'seed' only with sae.source 'train'. Fix: the seed comparison trains "
+                "two SAEs here; set sae.source: train or drop 'seed' from comparisons.run."
             )
-    uni = sec["universal"]["layers"] or pair
-    if len(uni) != len(ids) or any(layer not in layers[mid] for mid, layer in zip(ids, uni)):
-        raise ConfigError(
-            f"universal.layers must give one extracted layer per model ({', '.join(ids)}), got {uni!r}. "
-            "Fix: list one layer of each model's 'layers', or [] for matching.layer_pair."
-        )
-    at = sec["atlas"]["layer_pair"] or pair
-    if len(at) != 2 or any(layer not in layers[mid] for mid, layer in zip(ids, at)):
-        raise ConfigError(f"atlas.layer_pair must name one extracted layer of {ids[0]} and of {ids[1]}, got {at!r}. "
-                          "Fix: pick them from 'layers', or [] for matching.layer_pair.")
-    if sec["data"]["align"] not in ("auto", "tokens", "token_end", "word"):
-        raise ConfigError(f"data.align must be 'auto', 'tokens', 'token_end' or 'word', got {sec['data']['align']!r}")
-    if sec["atlas"]["matching"] not in ("best", "hungarian"):
-        raise ConfigError(f"atlas.matching must be 'best' or 'hungarian', got {sec['atlas']['matching']!r}")
-    return Config(profile=profile, models=models, layers={k: list(v) for k, v in layers.items()}, **sec)
+        if comp["second_seed"] == d["sae"]["seed"]:
+            raise where.error("comparisons.second_seed", comp["second_seed"], f"any integer but sae.seed "
+                              f"({d['sae']['seed']})", what="equals sae.seed")
+    if d["data"]["source"] != "sotu" and not d["data"]["path"]:
+        raise where.error("data.path", "", f"a file (text_file) or a dataset name (hf_dataset) for data.source "
+                          f"{d['data']['source']!r}", what="is empty")
+    if d["sae"]["source"] == "pretrained":
+        for key in ("release", "sae_id"):
+            missing = [m for m in ids if m not in d["sae"][key]]
+            if missing:
+                raise where.error(f"sae.{key}", d["sae"][key], f"one entry per model ({', '.join(ids)}) for "
+                                  f"sae.source 'pretrained'", what=f"lacks {', '.join(missing)}")
+
+    def pair_check(key: str, pair: list[int], n: int) -> None:
+        what = f"one extracted layer of each of {', '.join(ids[:n])}: " + "; ".join(f"{m} {layers[m]}" for m in ids[:n])
+        if len(pair) != n:
+            raise where.error(key, pair, what)
+        for mid, layer in zip(ids, pair):
+            if layer not in layers[mid]:
+                raise where.error(key, pair, what, what=f"names layer {layer} of model {mid}, which is not among "
+                                  f"its extracted layers",
+                                  fix=where.fix(key).rstrip(".") + " (or add the layer to layers." + mid + ").")
+
+    pair = d["matching"]["layer_pair"]
+    pair_check("matching.layer_pair", pair, 2)
+    if d["universal"]["layers"]:
+        pair_check("universal.layers", d["universal"]["layers"], len(ids))
+    if d["atlas"]["layer_pair"]:
+        pair_check("atlas.layer_pair", d["atlas"]["layer_pair"], 2)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from featlib import alignment, corpus, lm, models
+from featlib import alignment, corpus, models
+from featlib.tools import lm
 from featlib.activations import Activations, extract
 from featlib.config import REPO
 

@@ -1,6 +1,6 @@
 """The benchmark runs at a small size and its fast paths agree with the references (no timing asserts)."""
 
-from featlib import bench
+from featlib.tools import bench
 
 
 def test_quick_bench_is_exact(capsys):

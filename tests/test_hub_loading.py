@@ -11,8 +11,8 @@ from featlib import activations, config, corpus, models, saes
 
 
 def sparsify_cfg(release, sae_id="layers.{layer}"):
-    return config.build("pythia", sae={"source": "pretrained", "format": "sparsify", "release": {"A": str(release), "B": str(release)},
-                                       "sae_id": {"A": sae_id, "B": sae_id}})
+    return config.build("pythia", {"sae": {"source": "pretrained", "format": "sparsify", "release": {"A": str(release), "B": str(release)},
+                                           "sae_id": {"A": sae_id, "B": sae_id}}})
 
 
 def test_sparsify_folder_reads_like_eai_sparsify(tmp_path):
@@ -74,8 +74,7 @@ def test_eleuther_saes_load_through_the_hub_and_reconstruct(standins):
 
 
 def test_sae_of_another_layer_is_a_clear_error(standins):
-    cfg = config.build("pythia", sae={"source": "pretrained", "format": "sparsify", "release": {"A": "EleutherAI/sae-pythia-70m-32k",
-                                      "B": "EleutherAI/sae-pythia-160m-32k"}, "sae_id": {"A": "layers.1", "B": "layers.1"}})
+    cfg = config.build("pythia", {"sae.sae_id": {"A": "layers.1", "B": "layers.1"}})  # pythia's releases, another layer
     with pytest.raises(ValueError, match=r"reads 'blocks\.1\.hook_resid_post', but featlib extracts 'blocks\.0\.hook_resid_post'.*Fix"):
         saes.load_pretrained(cfg, "A", 0)
 

@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from featlib import activations, corpus, lm, models
+from featlib import activations, corpus, models
+from featlib.tools import lm
 from featlib.config import REPO
 
 LM_A = REPO / "models/tiny/lm-a"
@@ -46,7 +47,7 @@ def test_tokenizers_decide_the_alignment(lm_a, tmp_path):
     (other / "tokenizer.json").write_text(tok.to_str())
     different = [lm_a, models.load_local("C", other)]
     assert activations.resolve_align(cfg, different) == "token_end"  # data.align: auto
-    strict = build("smoke", data=dict(cfg.data, align="tokens"))
+    strict = build("smoke", {"data.align": "tokens"})
     with pytest.raises(ValueError, match="different tokenizers.*Fix: set data.align to 'token_end'"):
         activations.resolve_align(strict, different)
 

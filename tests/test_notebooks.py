@@ -7,8 +7,8 @@ import nbformat
 import pytest
 import yaml
 
-from featlib import chain, config
 from featlib.config import REPO
+from featlib.tools import chain, colab
 
 NOTEBOOKS = chain.notebooks()
 
@@ -27,12 +27,13 @@ def test_notebook_layout(path):
     assert setup.cell_type == "code" and "import" in setup.source
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert tagged == [params], "exactly one cell tagged 'parameters', right after the setup cell"
-    # plain literals only, and exactly the defaults of the tiny profile
+    # exactly `profile = "tiny"` and `overrides = {}`, plain literals (papermill injects the same two names)
     values = {}
     for stmt in ast.parse(params.source).body:
-        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
         values[stmt.targets[0].id] = ast.literal_eval(stmt.value)
-    assert values == yaml.safe_load((config.PARAMS_DIR / "tiny.yaml").read_text())
+    assert values == {"profile": "tiny", "overrides": {}}
+    assert chain.notebook_parameters(path) == ("tiny", {})
     assert f'NOTEBOOK = "{path.stem}"' in setup.source
     assert any("plots.save_figure" in c.source for c in nb.cells), "figures go through featlib.plots.save_figure"
     assert "assert" in nb.cells[-1].source, "closing asserts on scientific invariants"
@@ -63,25 +64,56 @@ def test_environment_files_name_the_same_versions():
 
 
 def test_every_notebook_opens_in_colab_with_a_colab_only_setup_block():
-    from featlib import colab
-
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
-        assert colab.has_header(nb, path.name), f"{path.name}: run `python -m featlib.colab`"
+        assert colab.has_header(nb, path.name), f"{path.name}: run `python -m featlib.tools.colab`"
         assert f"/blob/main/notebooks/{path.name})" in nb.cells[0].source
     script = (REPO / "scripts/colab_install.sh").read_text()
     assert "grep -v '^torch==' requirements.txt" in script and 'torch==${torch_version}' in script, "Colab's torch is kept"
 
 
-def test_colab_stamp_is_idempotent_and_replaces_an_old_header(tmp_path, monkeypatch):
-    from featlib import colab
+def test_colab_block_is_short_with_one_featlib_call():
+    block = colab.setup_block().splitlines()
+    assert len(block) <= 5 and colab.MARK in block[0] and block[1] == 'if "google.colab" in sys.modules:'
+    assert "git clone" in block[2] and block[-1].strip().endswith("colab.setup()")
+    assert sum("featlib" in line for line in block) == 1
+    colab.setup()  # not on Colab: nothing happens (no install, no chdir, no restart)
 
-    path = tmp_path / NOTEBOOKS[0].name
-    path.write_bytes(NOTEBOOKS[0].read_bytes())
-    assert not colab.stamp(path)
+
+OLD_BLOCK = """# Colab only: fetch featuniv and install its pinned requirements, keeping Colab's torch; the runtime
+# then restarts once (run the notebook again). Elsewhere this block does nothing.
+import os, sys
+if "google.colab" in sys.modules:
+    done = "/content/featuniv/.colab-installed"
+    if not os.path.exists(done):
+        !git clone -q --depth 1 -b main https://github.com/featuniv/featuniv /content/featuniv || true
+        !bash /content/featuniv/scripts/colab_install.sh && touch {done}
+        assert os.path.exists(done), "featuniv's Colab install failed: see the output above"
+        os.kill(os.getpid(), 9)  # restart so that the new packages load
+    os.chdir("/content/featuniv/notebooks")
+"""
+
+
+def test_colab_stamp_is_idempotent_and_replaces_an_old_header(tmp_path, monkeypatch):
+    """On a minimal notebook of its own, with the long pre-featlib.tools block in its setup cell."""
+    old_badge = colab.badge("01_x.ipynb")
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell(old_badge + "\n\n# 01 · title"),
+        nbformat.v4.new_code_cell(OLD_BLOCK + "\n%matplotlib inline\nNOTEBOOK = \"01_x\""),
+        nbformat.v4.new_code_cell('profile = "tiny"\noverrides = {}'),
+    ])
+    path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb, path)
+    assert not colab.has_header(nbformat.read(path, as_version=4), path.name)
+    assert colab.stamp(path) and not colab.stamp(path)  # the old block replaced, then nothing to do
+    setup = nbformat.read(path, as_version=4).cells[1].source
+    assert setup == colab.setup_block() + "\n%matplotlib inline\nNOTEBOOK = \"01_x\""
     monkeypatch.setattr(colab, "REPO_URL", "https://github.com/someone/fork")
     assert colab.stamp(path) and not colab.stamp(path)
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].source.count("colab-badge.svg") == 1 and "someone/fork" in nb.cells[0].source
-    setup = next(c for c in nb.cells if c.cell_type == "code").source
-    assert setup.count(colab.MARK) == 1 and "featuniv/featuniv" not in setup and "%matplotlib inline" in setup
+    assert nb.cells[0].source.endswith("# 01 · title")
+    setup = nb.cells[1].source
+    assert setup.count(colab.MARK) == 1 and "featuniv/featuniv" not in setup and "someone/fork" in setup
+    assert setup.endswith("\n%matplotlib inline\nNOTEBOOK = \"01_x\"") and "os.kill" not in setup
+    assert nb.cells[2].source == 'profile = "tiny"\noverrides = {}'

@@ -67,8 +67,8 @@ def test_same_seed_same_sae():
 
 def test_save_and_load_as_pretrained(trained, tmp_path):
     trained.save_inference_model(tmp_path / "layers.1")
-    cfg = config.build("smoke", sae={"source": "pretrained", "release": {"A": str(tmp_path), "B": str(tmp_path)},
-                                     "sae_id": {"A": "layers.{layer}", "B": "layers.{layer}"}})
+    cfg = config.build("smoke", {"sae": {"source": "pretrained", "release": {"A": str(tmp_path), "B": str(tmp_path)},
+                                         "sae_id": {"A": "layers.{layer}", "B": "layers.{layer}"}}, "comparisons.run": ["cross"]})
     loaded = saes.load_pretrained(cfg, "A", 1)
     x = torch.from_numpy(sparse_data(n=256, seed=2))
     with torch.no_grad():

@@ -7,7 +7,7 @@ are stored in float16 (``model.safetensors``); the reported held-out loss is mea
 stored weights, against a unigram baseline (add-one-smoothed token frequencies of the training
 split).
 
-Run: ``python -m featlib.lm --out models/tiny``.
+Run: ``python -m featlib.tools.lm --out models/tiny``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .cache import write_json_atomic
-from .corpus import sotu_documents, token_stream
+from ..cache import write_json_atomic
+from ..corpus import sotu_documents, token_stream
 
 BOS = "<|endoftext|>"
 VOCAB_SIZE = 4096
@@ -124,7 +124,7 @@ def save_model(model: Any, name: str, seed: int, folder: Path, tokenizer_json: s
 def main(argv: list[str] | None = None) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    from .models import load_local
+    from ..models import load_local
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="models/tiny")

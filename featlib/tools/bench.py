@@ -20,7 +20,7 @@ Prints, for this machine:
   against a bare transformers forward pass through the same blocks (the model cut after the deepest
   layer, hidden states kept in memory) on the same rows, and the largest difference of the two.
 
-``python -m featlib.bench --quick`` runs every part at a small size (used by the tests).
+``python -m featlib.tools.bench --quick`` runs every part at a small size (used by the tests).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .correlation import SparseCodes, correlate, dense_reference
-from . import similarity
+from ..correlation import SparseCodes, correlate, dense_reference
+from .. import similarity
 
 
 def _rss() -> int:
@@ -166,7 +166,7 @@ def bench_nulls(n: int, shuffles: int, naive_shuffles: int) -> dict[str, Any]:
 def bench_universal(d_models: dict[str, int], expansion: int, k: int, batch_size: int, steps: int) -> dict[str, Any]:
     """Training throughput and peak memory of a universal SAE on synthetic activations, beside one
     plain TopK SAE step of the same dictionary on the largest model (encode, decode, backward, AdamW)."""
-    from .universal import USAEParams, train
+    from ..universal import USAEParams, train
 
     g = np.random.default_rng(0)
     n = batch_size * 8
@@ -203,10 +203,10 @@ def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, ba
 
     from transformers import AutoModelForCausalLM
 
-    from .activations import Activations, extract
-    from .alignment import token_rowset
-    from .corpus import sotu_documents, token_stream
-    from .models import converted_gguf, load_gguf
+    from ..activations import Activations, extract
+    from ..alignment import token_rowset
+    from ..corpus import sotu_documents, token_stream
+    from ..models import converted_gguf, load_gguf
 
     lm = load_gguf("A", name, device="cpu")
     rows = token_stream(lm.tokenizer, sotu_documents("analysis"), seq_len, n_rows * (seq_len - 1), lm.bos_id)
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _extraction(sizes: dict[str, Any]) -> dict[str, Any]:
-    from .config import load_profile
+    from ..config import load_profile
 
     prof = load_profile("smollm-gemma")
     layers = {spec["name"]: prof["layers"][mid] for mid, spec in prof["models"].items()}

@@ -1,0 +1,78 @@
+"""The chain's command line (featlib.tools.chain) without running any notebook: --list, --set, errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from featlib import config
+from featlib.tools import chain
+
+
+def test_list_prints_every_profile_with_its_first_comment(capsys):
+    assert chain.main(["--list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == config.available_profiles()
+    tiny = next(line for line in out if line.startswith("tiny "))
+    assert "The default profile" in tiny
+
+
+def test_set_values_are_read_as_yaml():
+    assert chain.parse_sets(["similarity.n_shuffles=100", "layers.A=[1, 2]", "matching.one_to_one=false",
+                             "models.B={source: hub, name: pythia-70m}", "sae.lr=0.001"]) == {
+        "similarity.n_shuffles": 100, "layers.A": [1, 2], "matching.one_to_one": False,
+        "models.B": {"source": "hub", "name": "pythia-70m"}, "sae.lr": 0.001}
+    assert chain.parse_sets(["similarity.n_shuffles='100'"]) == {"similarity.n_shuffles": "100"}  # then rejected by build
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--profile", "tiny", "--set", "similarity.n_shufles=10"], "unknown key similarity.n_shufles"),
+    (["--profile", "tiny", "--set", "sae.architecture=jumprelu"], "sae.architecture = 'jumprelu' is not allowed"),
+    (["--profile", "tiny", "--set", "similarity.n_shuffles"], "is not KEY=VALUE"),
+    (["--profile", "tiny", "--set", "layers.A=[1, 2"], "not valid YAML"),
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--profile", "tiny", "--set", "similarity.n_shuffles=5", "--in-place"], "--in-place runs the notebooks"),
+])
+def test_a_bad_profile_or_set_is_one_line_and_exit_2(capsys, argv, says):
+    assert chain.main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("featuniv: ") and says in err and "Fix" in err
+    assert "\n" not in err and "Traceback" not in captured.err + captured.out
+
+
+def test_the_module_exits_2_with_one_line_on_stderr():
+    r = subprocess.run([sys.executable, "-m", "featlib.tools.chain", "--profile", "tiny", "--set", "universal.update=everything"],
+                       capture_output=True, text=True, cwd=config.REPO, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("featuniv: params/tiny.yaml (override universal.update): ")
+
+
+def test_run_injects_profile_and_overrides_and_writes_the_resolved_profile(tmp_path, monkeypatch):
+    """papermill gets exactly {profile, overrides}; outputs go to the label's folders (no notebook is run)."""
+    import papermill
+
+    calls = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **kw: calls.append((src, dst, parameters)))
+    monkeypatch.setattr(chain, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(chain, "REPO", tmp_path)
+    timings = chain.run("smoke", overrides={"similarity.n_shuffles": 10})
+    cfg = config.build("smoke", {"similarity.n_shuffles": 10})
+    assert cfg.label != "smoke" and set(timings) == {nb.stem for nb in chain.notebooks()}
+    assert all(p == {"profile": "smoke", "overrides": {"similarity.n_shuffles": 10}} for _, _, p in calls)
+    assert all(dst.startswith(str(tmp_path / "build" / cfg.label)) for _, dst, _ in calls)
+    folder = tmp_path / "figures" / cfg.label
+    assert (folder / "profile.yaml").read_text() == cfg.resolved_yaml()
+    import json
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["label"] == cfg.label and manifest["profile"] == "smoke"
+    assert manifest["overrides"] == {"similarity.n_shuffles": 10} and manifest["params_hash"] == cfg.params_hash
+    assert manifest["resolved"] == cfg.as_dict() and set(manifest["seconds"]) == set(timings)
+    # a profile file by path is injected as its absolute path (the notebooks run in notebooks/)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text((config.PARAMS_DIR / "smoke.yaml").read_text().replace("profile: smoke", "profile: mine"))
+    calls.clear()
+    chain.run(str(mine), only=["01"])
+    assert calls and calls[0][2] == {"profile": str(mine.resolve()), "overrides": {}}
+    assert (tmp_path / "figures" / "mine" / "profile.yaml").exists() and not (tmp_path / "figures" / "mine" / "manifest.json").exists()
