@@ -29,10 +29,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 figures: $(STAMP)
 	$(PY) -m featlib.tools.chain --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)')
 
-## Notebook 08 on PROFILE: the atlas page in build/atlas/PROFILE/ and, with Debian's chromium, its screenshot in figures/PROFILE/.
+## Notebook 08 on PROFILE: the atlas page in build/atlas/LABEL/ and, with Debian's chromium, its screenshot in figures/LABEL/.
 atlas: $(STAMP)
-	$(PY) -m featlib.tools.chain --profile $(PROFILE) --only 08
-	$(PY) -m featlib.atlas --profile $(PROFILE)
+	$(PY) -m featlib.tools.chain --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)') --only 08
+	$(PY) -m featlib.atlas --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)')
 
 ## Retrain the tiny profile's language models and tokenizer (seeded; reports held-out loss).
 models: $(STAMP)

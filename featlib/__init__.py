@@ -1,8 +1,9 @@
 """featlib: the helper package behind the featuniv notebooks.
 
-Modules are named for what they do (``config``, ``cache``, ``corpus``, ``models``, ``activations``,
-``saes``, ``correlation``, ``matching``, ``similarity``, ``subspaces``, ``universal``, ``pipeline``,
-``plots``). The command-line tools around the study (``chain``, ``lm``, ``bench``, ``colab``) live in
+Modules are named for what they do (``config``, ``corpus``, ``models``, ``alignment``, ``activations``,
+``saes``, ``sparse_rows``, ``correlation``, ``matching``, ``similarity``, ``subspaces``, ``universal``,
+``atlas``, ``plots``); ``step`` is the one cached-step mechanism (over ``cache``), and ``featlib.study``
+holds the study itself, one stage module per notebook. The command-line tools around the study (``chain``, ``lm``, ``bench``, ``colab``) live in
 ``featlib.tools``. Importing the package has no side effects; import the submodule you need.
 """
 

@@ -11,7 +11,7 @@ split and layer we store ``layer_L.npy``, a (n_units, d_model) float32 array of
 for aligned text, ``spans.npy`` and ``texts.json``.
 
 Arrays are written straight into memory-mapped ``.npy`` files batch by batch (memory bounded by
-one batch), in a temporary folder that is renamed when complete (:func:`featlib.cache.publish`).
+one batch), in a temporary folder that is renamed when complete (:func:`featlib.step.run`).
 The cache key covers the model weights, every model's tokenizer, data parameters, layers, hook and
 code version. Extraction stops after the deepest requested layer.
 """
@@ -28,15 +28,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import cache
+from . import step
 from .alignment import RowSet, aligned_rowsets, token_rowset
 from .config import Config
 from .corpus import documents, token_stream
 from .models import LoadedModel, check_layers, hook_name
 
-CODE_VERSION = 2
+CODE_VERSION = 3
 SPLITS = ("eval", "train")
-DATA_KEYS = ("source", "path", "split", "text_field", "n_docs", "seq_len", "n_train_tokens", "n_eval_tokens", "align")
+DATA_KEYS = ("source", "path", "split", "text_field", "n_docs", "seq_len", "n_train_tokens", "n_eval_tokens")
 
 
 @dataclass
@@ -45,6 +45,11 @@ class Activations:
 
     path: Path
     layers: list[int]
+
+    @property
+    def key(self) -> str:
+        """The key of the artifact (an input key of every step that reads these activations)."""
+        return self.path.name
 
     @cached_property
     def tokens(self) -> np.ndarray:
@@ -165,13 +170,14 @@ def rowsets(cfg: Config, lms: list[LoadedModel], align: str) -> dict[str, dict[s
     return dict(zip(SPLITS, parts))
 
 
-def spec(cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: str, lms: list[LoadedModel]) -> dict[str, Any]:
-    """Everything that determines one activation artifact (aligned units depend on every model's tokenizer)."""
+def params(cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: str, lms: list[LoadedModel]) -> dict[str, Any]:
+    """The parameters of one activation artifact besides the model's weights (aligned units depend on
+    every model's tokenizer)."""
     return {
-        "model": lm.fingerprint, "tokenizer": lm.tokenizer_fingerprint, "split": split,
+        "tokenizer": lm.tokenizer_fingerprint, "split": split,
         "data": {k: cfg.data[k] for k in DATA_KEYS} | {"align": align}, "layers": sorted(layers),
         "tokenizers": sorted(m.tokenizer_fingerprint for m in lms) if align != "tokens" else [],
-        "hook": "blocks.L.hook_resid_post", "version": CODE_VERSION,
+        "hook": "blocks.L.hook_resid_post",
     }
 
 
@@ -187,7 +193,7 @@ def extract(lm: LoadedModel, layers: list[int], rows: RowSet, batch_size: int, o
     np.save(out / "positions.npy", rows.positions)
     if rows.spans is not None:
         np.save(out / "spans.npy", rows.spans)
-        cache.write_json_atomic(out / "texts.json", rows.texts)
+        step.write_json(out / "texts.json", rows.texts)
     arrays = {
         L: np.lib.format.open_memmap(out / f"layer_{L}.npy", mode="w+", dtype=np.float32, shape=(rows.n_units, lm.d_model))
         for L in layers
@@ -229,13 +235,15 @@ def ensure_activations(cfg: Config, lms: list[LoadedModel]) -> dict[str, dict[st
             layers = split_layers(cfg, lm.id, split)
             if not layers:
                 continue
-            s = spec(cfg, lm, split, layers, align, lms)
-            path = cache.artifact_dir("activations", s)
-            if not cache.is_complete(path):
+
+            def produce(tmp: Path, lm: LoadedModel = lm, split: str = split, layers: list[int] = layers) -> None:
+                nonlocal parts
                 parts = parts or rowsets(cfg, lms, align)
-                with cache.publish("activations", s, meta={"align": align}) as tmp:
-                    extract(lm, layers, parts[split][lm.id], cfg.data["batch_size"], tmp)
-            out[lm.id][split] = Activations(path, layers)
+                extract(lm, layers, parts[split][lm.id], cfg.data["batch_size"], tmp)
+
+            art = step.run("activations", params(cfg, lm, split, layers, align, lms), {"model": lm.fingerprint},
+                           produce, version=CODE_VERSION, meta={"align": align})
+            out[lm.id][split] = Activations(art.path, layers)
     return out
 
 

@@ -166,23 +166,27 @@ def screenshot(html: Path, png: Path, chromium: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m featlib.atlas --profile NAME``: screenshot each page of ``build/atlas/NAME/`` into
-    ``figures/NAME/08_atlas__page[_N].png`` (needs Debian's chromium; ``make atlas`` calls it)."""
+    """``python -m featlib.atlas --profile NAME [--set KEY=VALUE ...]``: screenshot each page of
+    ``build/atlas/<label>/`` into ``figures/<label>/08_atlas__page[_N].png`` (needs Debian's chromium;
+    ``make atlas`` calls it)."""
     import argparse
     import shutil
 
-    from .config import REPO
+    from .config import REPO, build
+    from .tools.chain import parse_sets
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", dest="sets")
     args = ap.parse_args(argv)
+    label = build(args.profile, parse_sets(args.sets)).label
     chromium = shutil.which("chromium")
     if chromium is None:
         print("no screenshot: Debian's chromium is not installed (apt-get install chromium); the pages are in build/atlas/")
         return
-    pages = sorted((REPO / "build" / "atlas" / args.profile).glob("*.html"))
+    pages = sorted((REPO / "build" / "atlas" / label).glob("*.html"))
     for k, html in enumerate(pages):
-        png = REPO / "figures" / args.profile / f"08_atlas__page{'' if k == 0 else f'_{k}'}.png"
+        png = REPO / "figures" / label / f"08_atlas__page{'' if k == 0 else f'_{k}'}.png"
         print(f"{html.relative_to(REPO)} -> {screenshot(html, png, chromium).relative_to(REPO)}")
 
 

@@ -25,7 +25,7 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .cache import stable_hash
+from .step import stable_hash
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_DIR = REPO / "params"

@@ -52,7 +52,7 @@ def top_activations(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
     """Top-k strictly positive activations of every feature, from codes stored as sparse rows.
 
     ``indptr`` (n + 1,), ``indices`` / ``values`` (nnz,): token t's codes are at
-    ``indptr[t]:indptr[t + 1]`` (see :func:`featlib.pipeline.sae_codes`). Returns ``values`` (d, k)
+    ``indptr[t]:indptr[t + 1]`` (see :func:`featlib.study.sae_codes`). Returns ``values`` (d, k)
     float32, descending, 0 where a feature has fewer than k positive activations, and ``positions``
     (d, k) int64 token indices, -1 there; ties go to the lowest position.
     """

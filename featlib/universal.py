@@ -45,7 +45,8 @@ from tqdm import tqdm
 
 @dataclass(frozen=True)
 class USAEParams:
-    """Hyper-parameters of a universal SAE (the ``universal`` section of a profile, minus ``layers``)."""
+    """Training hyper-parameters of a universal SAE (the ``universal`` section of a profile, minus ``layers``
+    and the measurement settings ``fire_threshold`` and ``concept``, which are not part of its key)."""
 
     expansion: int = 8  # dictionary size = expansion x the largest d_model
     k: int = 32
@@ -60,7 +61,6 @@ class USAEParams:
     aux_k: int = 64
     aux_coef: float = 1 / 32
     dead_steps: int = 200
-    fire_threshold: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -126,15 +126,25 @@ def test_sparse_codes_round_trip(codes):
 
 
 def test_cached_code_rows_round_trip_into_sparse_chunks():
-    from featlib.pipeline import code_chunks, pack_codes
+    from featlib import sparse_rows
 
     z = topk_codes(1000, 50, 4, seed=9)
     z[[3, 500]] = 0  # tokens where nothing fires
     z[7, :20] = 1.0  # one token with many active features
-    packed = pack_codes(z.split(300), 50)
-    assert packed["indptr"][-1] == int((z != 0).sum()) and packed["indices"].dtype == np.int32
-    chunks = list(code_chunks(packed, 128))
+    packed = sparse_rows.pack(z.split(300), 50)
+    assert packed.shape == (1000, 50) and packed.nnz == int((z != 0).sum()) and packed.data.dtype == np.float32
+    chunks = list(sparse_rows.chunks(packed, 128))
     assert [len(c) for c in chunks] == [128] * 7 + [104]
     torch.testing.assert_close(torch.cat([c.to_dense() for c in chunks]), z)
-    res = correlate(lambda: zip(code_chunks(packed, 128), code_chunks(packed, 128)), 50, 50, keep_matrix=True)
+    res = correlate(lambda: zip(sparse_rows.chunks(packed, 128), sparse_rows.chunks(packed, 128)), 50, 50, keep_matrix=True)
     torch.testing.assert_close(res.matrix, dense_reference(z, z), atol=1e-5, rtol=0)
+
+
+def test_restricted_chunks_are_the_codes_of_a_feature_subset():
+    from featlib import sparse_rows
+
+    z = topk_codes(600, 40, 5, seed=3)
+    keep = np.array([3, 17, 18, 39])
+    lookup = sparse_rows.lookup(keep, 40)
+    sub = [sparse_rows.restrict(c, lookup, len(keep)).to_dense() for c in sparse_rows.chunks(sparse_rows.pack([z], 40), 256)]
+    torch.testing.assert_close(torch.cat(sub), z[:, keep])

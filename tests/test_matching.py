@@ -73,7 +73,7 @@ def test_concept_filter_counts():
 
 
 def test_top_activations_from_sparse_rows_equal_a_dense_sort():
-    from featlib.pipeline import pack_codes
+    from featlib.sparse_rows import pack
 
     gen = torch.Generator().manual_seed(5)
     n, d, k = 2000, 16, 5
@@ -83,8 +83,8 @@ def test_top_activations_from_sparse_rows_equal_a_dense_sort():
     codes[[10, 1500], 4] = torch.tensor([0.2, 0.7])   # only two positives
     codes[:, 5] = -torch.rand(n, generator=gen)         # negatives never count
     codes[[7, 3, 900], 6] = 5.0                         # a tie: lowest positions first
-    packed = pack_codes(codes.split(333), d)
-    values, positions = top_activations(packed["indptr"], packed["indices"], packed["values"], d, k)
+    packed = pack(codes.split(333), d)
+    values, positions = top_activations(packed.indptr, packed.indices, packed.data, d, k)
 
     full = [c for c in range(d) if c not in (3, 4, 5)]
     ref = torch.topk(codes.T, k, dim=1)

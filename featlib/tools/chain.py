@@ -5,7 +5,8 @@ injected (papermill sets exactly ``profile`` and ``overrides`` in each notebook'
 writes the executed copies to ``build/<label>/`` (the sources stay as they are), and writes
 ``figures/<label>/profile.yaml`` (the resolved profile: every default and override filled in) and
 ``figures/<label>/manifest.json``: the resolved profile, seconds per notebook, and for every figure
-the notebook and profile that made it and the hash of the parameters.
+the notebook and profile that made it and the hash of the parameters, and every result table
+(``results/<label>/<notebook>__<name>.csv``) with its notebook.
 
 ``--set KEY=VALUE`` (repeatable) overrides one value of the profile; VALUE is read as YAML
 (``--set similarity.n_shuffles=100 --set layers.A=[1,2]``). A run with overrides is labelled
@@ -26,11 +27,11 @@ from typing import Any
 
 import yaml
 
-from ..cache import write_json_atomic
 from ..config import PARAMS_DIR, REPO, ConfigError, available_profiles, build, profile_path
+from ..plots import FIGURES, RESULTS
+from ..step import write_json as write_json_atomic
 
 NOTEBOOKS = REPO / "notebooks"
-FIGURES = REPO / "figures"
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -122,6 +123,8 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
              "params_hash": cfg.params_hash}
             for p in figures
         ],
+        "results": [{"table": str(p.relative_to(REPO)), "notebook": f"notebooks/{p.name.split('__')[0]}.ipynb"}
+                    for p in sorted((RESULTS / label).glob("*.csv"))],
     }
     if not only:
         write_json_atomic(fig_dir / "manifest.json", manifest)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..cache import write_json_atomic
+from ..step import write_json as write_json_atomic
 from ..corpus import sotu_documents, token_stream
 
 BOS = "<|endoftext|>"

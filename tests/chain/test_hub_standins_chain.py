@@ -7,8 +7,8 @@ import json
 import nbformat
 import yaml
 
-from featlib import chain
-from featlib.cache import read_meta
+from featlib import step
+from featlib.tools import chain
 from featlib.config import PARAMS_DIR, REPO
 
 
@@ -41,6 +41,6 @@ def test_pythia_chain_runs_offline_on_standins(standins, tmp_path, monkeypatch):
         text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
         assert "all checks passed" in text
     # published SAEs need no SAE-training activations: the train split holds only the universal SAE's layers
-    stored = sorted((read_meta(p)["spec"]["split"], tuple(read_meta(p)["spec"]["layers"]))
-                    for p in (tmp_path / "cache" / "activations").iterdir())
+    params = [step.Artifact("activations", p).meta["spec"]["params"] for p in (tmp_path / "cache" / "activations").iterdir()]
+    stored = sorted((p["split"], tuple(p["layers"])) for p in params)
     assert stored == [("eval", (0, 1)), ("eval", (0, 1, 2)), ("train", (1,)), ("train", (1,))], stored

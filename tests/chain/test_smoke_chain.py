@@ -4,7 +4,8 @@ import json
 
 import nbformat
 
-from featlib import chain
+from featlib import step
+from featlib.tools import chain
 from featlib.config import REPO
 
 
@@ -27,10 +28,17 @@ def test_smoke_chain(tmp_path, monkeypatch):
         assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
         assert "all checks passed" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     # 04 re-pairs similarity.n_shuffles times, every cell of 05 similarity.layerwise_shuffles times
-    from featlib.cache import read_meta
-
-    shuffles = {read_meta(p)["spec"]["n_shuffles"] for p in (tmp_path / "cache" / "similarity").iterdir()}
+    shuffles = {step.Artifact("similarity", p).meta["spec"]["params"]["n_shuffles"]
+                for p in (tmp_path / "cache" / "similarity").iterdir()}
     assert shuffles == {100, 50}, shuffles
+    # every comparison of the profile ran: the seed comparison trained a second SAE of A's focus layer
+    compared = {step.Artifact("matching", p).meta["comparison"] for p in (tmp_path / "cache" / "matching").iterdir()}
+    assert {"cross A2–B3", "seed A2–A2 (seed 1)"} <= compared, compared
+    assert {step.Artifact("sae", p).meta["seed"] for p in (tmp_path / "cache" / "sae").iterdir()} == {0, 1}
+    # tidy tables of every notebook, listed in the manifest
+    tables = {t["notebook"] for t in manifest["results"]}
+    assert tables == {f"notebooks/{nb.name}" for nb in nbs}, tables
+    assert all((REPO / t["table"]).stat().st_size > 0 for t in manifest["results"])
     # a second run reuses every cached artifact: nothing new appears in the cache
     before = sorted(p.name for p in (tmp_path / "cache").glob("*/*"))
     chain.run("smoke", only=["04"])
@@ -42,18 +50,19 @@ def test_atlas_hungarian_pairs_on_the_smoke_cache(tmp_path, monkeypatch):
     pools, and the Hungarian pairs use every feature once."""
     import numpy as np
 
-    from featlib import config, pipeline
+    from featlib import config, sparse_rows
+    from featlib import study as fs
     from featlib.correlation import correlate
 
     monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
-    cfg = config.build("smoke", atlas=dict(config.load_profile("smoke")["atlas"], matching="hungarian"))
-    study = pipeline.open_study(cfg, device="cpu")
-    at = pipeline.feature_atlas(study)
-    (la, lb), ids = at.layers, study.ids
+    cfg = config.build("smoke", {"atlas.matching": "hungarian", "comparisons.run": ["cross"]})
+    study = fs.open_study(cfg, device="cpu")
+    at = fs.feature_atlas(study)
+    comp = fs.atlas_comparison(study)
     assert len(np.unique(at.pairs[:, 0])) == len(at.pairs) == len(np.unique(at.pairs[:, 1])) >= 3
-    ca, cb = pipeline.sae_codes(study, ids[0], la), pipeline.sae_codes(study, ids[1], lb)
-    full = correlate(lambda: zip(pipeline.code_chunks(ca, 4096), pipeline.code_chunks(cb, 4096)),
-                     int(ca["d_sae"]), int(cb["d_sae"]), keep_matrix=True).matrix.numpy()
-    np.testing.assert_allclose(pipeline.pool_correlations(study, la, lb, at.pool_a, at.pool_b),
+    ca, cb = fs.sae_codes(study, comp.a), fs.sae_codes(study, comp.b)
+    full = correlate(lambda: zip(sparse_rows.chunks(ca, 4096), sparse_rows.chunks(cb, 4096)),
+                     ca.shape[1], cb.shape[1], keep_matrix=True).matrix.numpy()
+    np.testing.assert_allclose(fs.pool_correlations(study, comp, at.pool_a, at.pool_b),
                                full[np.ix_(at.pool_a, at.pool_b)], atol=1e-6)
     np.testing.assert_allclose(at.r, full[at.pool_a[at.pairs[:, 0]], at.pool_b[at.pairs[:, 1]]], atol=1e-5)

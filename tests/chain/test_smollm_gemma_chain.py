@@ -7,7 +7,9 @@ import nbformat
 import numpy as np
 import yaml
 
-from featlib import chain, config, pipeline
+from featlib import config
+from featlib import study as fs
+from featlib.tools import chain
 from featlib.config import PARAMS_DIR, REPO
 
 
@@ -44,9 +46,9 @@ def test_smollm_gemma_chain_runs_offline(tmp_path, monkeypatch):
         assert "all checks passed" in text, nb.name
 
     # the two models stored the same aligned units, fewer than either read tokens
-    cfg = config.build(profile.pop("profile"), **profile)
-    study = pipeline.open_study(cfg, device="cpu")
-    assert pipeline.same_units(study)
+    cfg = config.build(str(path))
+    study = fs.open_study(cfg, device="cpu")
+    assert fs.same_units(study)
     ev = {m: study.acts[m]["eval"] for m in study.ids}
     assert ev["A"].n_units == ev["B"].n_units >= 2048
     read = {m: int((a.lengths - 1).sum()) for m, a in ev.items()}

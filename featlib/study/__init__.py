@@ -1,0 +1,34 @@
+"""The study, stage by stage: one module per notebook over one cached-step mechanism (:mod:`featlib.step`).
+
+======================  ===========================================================================
+``core``                :class:`Study` (models, activations, memoised SAEs), :class:`Side`,
+                        :class:`Comparison`, :func:`open_study`
+``codes``               each side's SAE codes (sparse rows), top-activating units, firing frequency
+``extraction``  (01)    what every model read and stored, a sample of the units, residual norms
+``sae_quality`` (02)    every SAE's explained variance, L0, dead latents, CE loss recovered
+``pairs``       (03)    correlation matching of a comparison, its filter funnel, the strongest pairs
+``geometry``    (04–05) SVCCA, RSA, CKA, mutual k-NN, Procrustes vs re-pairing nulls; the layer grid
+``groups``      (06)    concept groups (semantic subspaces) vs re-pairing and random-set nulls
+``usae``        (07)    the universal SAE and what it shares
+``atlas_view``  (08)    the feature atlas of a comparison
+======================  ===========================================================================
+"""
+
+from .atlas_view import atlas_comparison, atlas_page, feature_atlas, pool_correlations
+from .codes import FeatureTokens, feature_tokens, sae_codes, top_token_strings
+from .core import COMPARISON_KINDS, Comparison, Side, Study, open_study
+from .extraction import extraction_table, residual_norms, same_units, unit_sample
+from .geometry import METRIC_NAMES, METRICS, Geometry, Score, compare_pairs, geometry_table, grid_matrix, layer_grid
+from .groups import subspace_scores
+from .pairs import Match, funnel_table, match, pair_table
+from .sae_quality import sae_metrics, sae_table
+from .usae import USAEResults, counterpart_table, firing_summary, pick_concept, universal_metrics, universal_sae
+
+__all__ = [
+    "COMPARISON_KINDS", "Comparison", "FeatureTokens", "Geometry", "METRICS", "METRIC_NAMES", "Match", "Score", "Side",
+    "Study", "USAEResults", "atlas_comparison", "atlas_page", "compare_pairs", "counterpart_table", "extraction_table",
+    "feature_atlas", "feature_tokens", "firing_summary", "funnel_table", "geometry_table", "grid_matrix", "layer_grid",
+    "match", "open_study", "pair_table", "pick_concept", "pool_correlations", "residual_norms", "sae_codes",
+    "sae_metrics", "sae_table", "same_units", "subspace_scores", "top_token_strings", "unit_sample",
+    "universal_metrics", "universal_sae",
+]

@@ -1,0 +1,176 @@
+"""The study: a profile's models, their cached activations, and the *sides* and *comparisons* it scores.
+
+A :class:`Side` is one sparse dictionary: a model, a layer and an SAE variant (the profile's SAE —
+published, or trained here with ``sae.seed`` — or an SAE trained here with another seed). A
+:class:`Comparison` is two sides read over the same units. Matching (03), the geometry metrics with
+their nulls (04–05), concept groups (06) and the atlas (08) take comparisons, so the same chain scores
+model A against model B (``cross``) and one model's SAE against a second SAE of the same model and
+layer trained with another seed (``seed``: how alike can two dictionaries of one network be?).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .. import step
+from ..activations import Activations, ensure_activations
+from ..config import Config
+from ..models import LoadedModel, load_model
+from ..saes import check_width, load_pretrained, published_identity, trained_sae, load_trained
+
+COMPARISON_KINDS = {
+    "cross": "model A vs model B (each with the profile's SAE)",
+    "seed": "one model's SAE vs a second SAE of the same model and layer trained with another seed",
+}
+
+
+@dataclass(frozen=True)
+class Side:
+    """One sparse dictionary: model ``model`` at layer ``layer`` with its SAE; ``seed`` None is the
+    profile's SAE (published, or trained here with ``sae.seed``), an int an SAE trained here with that seed."""
+
+    model: str
+    layer: int
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        """E.g. ``A2`` or ``A2 (seed 1)``."""
+        return f"{self.model}{self.layer}" + ("" if self.seed is None else f" (seed {self.seed})")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two sides compared over the same eval units."""
+
+    kind: str  # a key of COMPARISON_KINDS
+    a: Side
+    b: Side
+
+    @property
+    def name(self) -> str:
+        """E.g. ``cross A2–B3`` or ``seed A2–A2 (seed 1)``."""
+        return f"{self.kind} {self.a.name}–{self.b.name}"
+
+    def at(self, la: int, lb: int) -> "Comparison":
+        """The same comparison (models and SAE variants) at other layers."""
+        return replace(self, a=replace(self.a, layer=la), b=replace(self.b, layer=lb))
+
+
+@dataclass
+class Study:
+    """Models and cached activations of one profile, with its SAEs memoised per side."""
+
+    cfg: Config
+    models: dict[str, LoadedModel]
+    acts: dict[str, dict[str, Activations]]
+    _saes: dict[Side, Any] = field(default_factory=dict, repr=False)
+    _strings: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.models)
+
+    # ---- sides and comparisons -------------------------------------------------------------
+    @property
+    def comparisons(self) -> list[Comparison]:
+        """The comparisons the profile lists (``comparisons.run``), at ``matching.layer_pair``."""
+        cfg = self.cfg
+        a, b = self.ids[:2]
+        la, lb = cfg.matching["layer_pair"]
+        out = []
+        for kind in cfg.comparisons["run"]:
+            if kind == "cross":
+                out.append(Comparison("cross", Side(a, la), Side(b, lb)))
+            elif kind == "seed":
+                m = cfg.comparisons["seed_model"]
+                layer = cfg.matching["layer_pair"][self.ids.index(m)]
+                out.append(Comparison("seed", Side(m, layer), Side(m, layer, cfg.comparisons["second_seed"])))
+        return out
+
+    def comparison(self, kind: str) -> Comparison:
+        """The profile's comparison of ``kind`` (``cross``, ``seed``)."""
+        found = [c for c in self.comparisons if c.kind == kind]
+        if not found:
+            raise ValueError(f"comparison {kind!r} is not in comparisons.run {self.cfg.comparisons['run']}. "
+                             f"Fix: add it to comparisons.run in the profile (or overrides).")
+        return found[0]
+
+    @property
+    def focus(self) -> Comparison:
+        """The comparison notebooks 05–08 study: ``cross`` when listed, else the first listed."""
+        kinds = [c.kind for c in self.comparisons]
+        return self.comparison("cross" if "cross" in kinds else kinds[0])
+
+    def grid(self, comparison: Comparison) -> list[Comparison]:
+        """``comparison`` at every extracted layer of its side A x every extracted layer of its side B."""
+        la_all, lb_all = self.cfg.layers[comparison.a.model], self.cfg.layers[comparison.b.model]
+        return [comparison.at(la, lb) for la in la_all for lb in lb_all]
+
+    # ---- SAEs ------------------------------------------------------------------------------
+    def sae_input(self, side: Side) -> step.Input:
+        """What identifies a side's SAE as a step input, without training it: the trained SAE's
+        artifact, or the published SAE's name (release, id, format, layer)."""
+        return self._sae_source(side, make=False)
+
+    def _sae_source(self, side: Side, make: bool) -> step.Input:
+        if self.cfg.sae["source"] == "pretrained" and side.seed is None:
+            return published_identity(self.cfg, side.model, side.layer)
+        return trained_sae(self.cfg, side.model, side.layer, self.acts[side.model].get("train"),
+                           self.cfg.sae["seed"] if side.seed is None else side.seed, make=make)
+
+    def sae(self, side: Side) -> Any:
+        """The SAE of ``side`` (loaded once per study; trained and cached first when needed)."""
+        if side not in self._saes:
+            lm = self.models[side.model]
+            device = str(lm.model.cfg.device)
+            source = self._sae_source(side, make=True)
+            sae = load_trained(source, device) if isinstance(source, step.Artifact) else \
+                load_pretrained(self.cfg, side.model, side.layer, device)
+            check_width(sae, lm, side.layer)
+            self._saes[side] = sae.eval()
+        return self._saes[side]
+
+    def decoder_rows(self, side: Side, idx: np.ndarray) -> np.ndarray:
+        """(len(idx), d_model) float64 decoder vectors of features ``idx`` of ``side``'s SAE."""
+        W = self.sae(side).W_dec.detach()
+        return W[np.asarray(idx, dtype=np.int64)].double().cpu().numpy()
+
+    # ---- units and text --------------------------------------------------------------------
+    def eval_acts(self, model_id: str) -> Activations:
+        return self.acts[model_id]["eval"]
+
+    def token_strings(self, model_id: str) -> list[str]:
+        """Decoded string of every token id of a model's tokenizer (decoded once per study)."""
+        if model_id not in self._strings:
+            tok = self.models[model_id].tokenizer
+            self._strings[model_id] = [tok.decode([i]) for i in range(len(tok))]
+        return self._strings[model_id]
+
+    def unit_strings(self, model_id: str, units: np.ndarray) -> list[str]:
+        """The text of each of ``units`` (eval units of ``model_id``)."""
+        acts = self.eval_acts(model_id)
+        return acts.unit_strings(units, self.token_strings(model_id) if acts.spans is None else [])
+
+    def context(self, model_id: str, unit: int, width: int = 8) -> str:
+        """The eval text around ``unit``, the unit itself in [[double brackets]]."""
+        return self.eval_acts(model_id).context(unit, self.models[model_id].tokenizer, width)
+
+    def relative_depth(self, model_id: str, layer: int) -> float:
+        """(layer + 1) / n_layers: the fraction of the model's blocks that have run at our layer ``layer``."""
+        return (layer + 1) / self.models[model_id].n_layers
+
+    def layer_labels(self, model_id: str) -> list[str]:
+        """Tick labels "L (relative depth)" of a model's profile layers, for comparing models of other depths."""
+        return [f"{L} ({self.relative_depth(model_id, L):.2f})" for L in self.cfg.layers[model_id]]
+
+
+def open_study(cfg: Config, device: str = "auto") -> Study:
+    """Load the profile's models on ``device`` ("auto": CUDA when present, else CPU; see
+    :func:`featlib.models.resolve_device`) and extract (or reuse) their activations on the same units
+    (tokens, or positions aligned across tokenizers: ``data.align``)."""
+    models = {mid: load_model(mid, spec, device) for mid, spec in cfg.models.items()}
+    return Study(cfg, models, ensure_activations(cfg, list(models.values())))

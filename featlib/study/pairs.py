@@ -1,0 +1,125 @@
+"""Notebook 03: matching the features of a comparison's two sides by the correlation of their codes.
+
+Every active feature of side B gets its best side-A partner (many-to-one); one-to-one keeps, per A
+feature, the pair with the highest r; then r > ``min_r``; then pairs whose features' top units are
+concept tokens (no punctuation, whitespace or special tokens); then, if asked, pairs whose features
+share a top token. The funnel records how many pairs survive each stage, in that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import matching, sparse_rows, step
+from ..correlation import SparseCodes, correlate
+from .codes import codes_artifact, feature_tokens, feature_tokens_artifact, sae_codes, top_token_strings
+from .core import Comparison, Study
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+VERSION = 3
+MATCH_KEYS = ("min_r", "one_to_one", "require_shared_token")
+
+
+@dataclass(frozen=True)
+class Match:
+    """The matching of one comparison: every stage's pairs and the funnel."""
+
+    comparison: Comparison
+    many_to_one: matching.Matches  # best A partner of every active B feature
+    pairs: matching.Matches  # the final pairs (after one-to-one if asked, threshold, token filters)
+    funnel: dict[str, int]  # features, active features, then pairs kept after each stage, in order
+    artifact: step.Artifact
+
+    @property
+    def key(self) -> str:
+        return self.artifact.key
+
+
+def code_pairs(study: Study, comparison: Comparison) -> tuple[int, int, Callable[[], Iterator[tuple[SparseCodes, SparseCodes]]]]:
+    """(d_A, d_B, chunks): the two sides' cached codes replayed chunk by chunk, as the correlation engine reads them."""
+    ca, cb = sae_codes(study, comparison.a), sae_codes(study, comparison.b)
+    n = study.cfg.matching["chunk_tokens"]
+
+    def chunks() -> Iterator[tuple[SparseCodes, SparseCodes]]:
+        return zip(sparse_rows.chunks(ca, n), sparse_rows.chunks(cb, n))
+
+    return ca.shape[1], cb.shape[1], chunks
+
+
+def matching_artifact(study: Study, comparison: Comparison) -> step.Artifact:
+    """The cached matching of ``comparison`` (inputs: both sides' codes and top units; parameters:
+    ``matching.min_r``, ``one_to_one``, ``require_shared_token``)."""
+    m = study.cfg.matching
+    a, b = comparison.a, comparison.b
+    inputs = {"codes_A": codes_artifact(study, a), "codes_B": codes_artifact(study, b),
+              "tokens_A": feature_tokens_artifact(study, a), "tokens_B": feature_tokens_artifact(study, b)}
+
+    def produce(tmp: Path) -> None:
+        d_a, d_b, chunks = code_pairs(study, comparison)
+        n_chunks = -(-study.eval_acts(a.model).n_units // m["chunk_tokens"])
+        res = correlate(chunks, d_a, d_b, max_bytes=m["max_bytes"],
+                        progress=partial(tqdm, total=n_chunks, desc=f"correlating {comparison.name}", position=0, leave=False))
+        m2o = res.matches()
+        funnel = {"features_A": len(res.active_a), "features_B": len(res.active_b), "active_A": int(res.active_a.sum()),
+                  "active_B": int(res.active_b.sum()), "many_to_one": len(m2o)}
+        pairs = m2o
+        if m["one_to_one"]:
+            pairs = matching.one_to_one(pairs)
+            funnel["one_to_one"] = len(pairs)
+        pairs = matching.threshold(pairs, m["min_r"])
+        funnel["r_above_threshold"] = len(pairs)
+        pairs, filt = matching.concept_filter(pairs, top_token_strings(study, a), top_token_strings(study, b),
+                                              require_shared=m["require_shared_token"])
+        funnel["concept_tokens"] = filt["non_concept"]  # kept: no punctuation/whitespace/special top token
+        if m["require_shared_token"]:
+            funnel["shared_top_token"] = filt["shared_token"]
+        np.savez(tmp / "pairs.npz", m2o_a=m2o.idx_a, m2o_b=m2o.idx_b, m2o_r=m2o.r,
+                 idx_a=pairs.idx_a, idx_b=pairs.idx_b, r=pairs.r)
+        step.write_json(tmp / "funnel.json", list(funnel.items()))  # a list: the order is the pipeline's
+
+    return step.run("matching", {k: m[k] for k in MATCH_KEYS}, inputs, produce, version=VERSION,
+                    meta={"comparison": comparison.name})
+
+
+def match(study: Study, comparison: Comparison) -> Match:
+    """Correlation matching of ``comparison`` (see the module doc and :func:`matching_artifact`)."""
+    art = matching_artifact(study, comparison)
+    f = art.arrays("pairs.npz")
+    return Match(comparison, matching.Matches(f["m2o_a"], f["m2o_b"], f["m2o_r"]),
+                 matching.Matches(f["idx_a"], f["idx_b"], f["r"]), dict(art.json("funnel.json")), art)
+
+
+def funnel_table(matches: list[Match]) -> "pd.DataFrame":
+    """Features and pairs kept after each stage, one column per comparison, stages in pipeline order."""
+    import pandas as pd
+
+    return pd.DataFrame({m.comparison.name: pd.Series(m.funnel) for m in matches})
+
+
+def pair_table(study: Study, match: Match, n: int = 10) -> "pd.DataFrame":
+    """The ``n`` highest-correlation final pairs with each feature's top tokens and top context
+    (``n`` = None: every pair)."""
+    import pandas as pd
+
+    sides = (match.comparison.a, match.comparison.b)
+    tops = [top_token_strings(study, s) for s in sides]
+    pos = [feature_tokens(study, s).positions for s in sides]
+    order = np.argsort(-match.pairs.r, kind="stable")[:n]
+    rows = []
+    for i in order:
+        f = (int(match.pairs.idx_a[i]), int(match.pairs.idx_b[i]))
+        row = {f"{sides[0].name} feature": f[0], f"{sides[1].name} feature": f[1], "r": float(match.pairs.r[i])}
+        for j, s in enumerate(sides):
+            row[f"top tokens {s.name}"] = " | ".join(t.strip() for t in tops[j][f[j]])
+        for j, s in enumerate(sides):
+            row[f"top context {s.name}"] = study.context(s.model, int(pos[j][f[j], 0]))
+        rows.append(row)
+    return pd.DataFrame(rows)

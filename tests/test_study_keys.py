@@ -1,0 +1,63 @@
+"""Cache keys of the study's steps (featlib.step): a step's key is its inputs' keys plus its own
+parameters, so an upstream change re-keys everything downstream and a parameter a step does not read
+leaves it alone. Computed with step.planning(): nothing is extracted or trained."""
+
+import pytest
+
+from featlib import config, step
+from featlib import study as fs
+from featlib.study import codes, pairs, usae
+
+
+def keys(overrides=None):
+    cfg = config.build("smoke", overrides or {})
+    with step.planning():
+        study = fs.open_study(cfg, device="cpu")
+        cross, seed = study.comparison("cross"), study.comparison("seed")
+        return {
+            "acts_A": study.eval_acts("A").key, "acts_B": study.eval_acts("B").key,
+            "codes_A": codes.codes_artifact(study, cross.a).key, "codes_B": codes.codes_artifact(study, cross.b).key,
+            "codes_A_seed": codes.codes_artifact(study, seed.b).key,
+            "matching": pairs.matching_artifact(study, cross).key, "matching_seed": pairs.matching_artifact(study, seed).key,
+            "usae": usae.usae_artifact(study).key, "usae_metrics": usae.metrics_artifact(study).key,
+        }
+
+
+@pytest.fixture(scope="module")
+def base():
+    return keys()
+
+
+def changed(a, b):
+    return {k for k in a if a[k] != b[k]}
+
+
+def test_same_profile_twice_same_keys(base):
+    assert keys() == base
+    assert len(set(base.values())) == len(base), "every step has its own key"
+
+
+def test_planning_makes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path))
+    keys()
+    assert not any(tmp_path.iterdir()), "step.planning() must not write any artifact"
+
+
+def test_editing_model_b_rekeys_everything_downstream_of_b_only(base):
+    other = keys({"models.B.dtype": "float16"})
+    assert changed(base, other) == {"acts_B", "codes_B", "matching", "usae", "usae_metrics"}
+    other = keys({"models.B.path": "models/tiny/lm-a"})  # another checkpoint
+    assert {"acts_B", "codes_B", "matching"} <= changed(base, other) and "codes_A" not in changed(base, other)
+
+
+def test_measurement_parameters_do_not_retrain(base):
+    assert changed(base, keys({"universal.fire_threshold": 0.2})) == {"usae_metrics"}
+    assert changed(base, keys({"universal.concept": 3})) == set()
+    assert changed(base, keys({"similarity.n_shuffles": 7, "atlas.n_random": 9})) == set()
+    assert changed(base, keys({"universal.steps": 201})) == {"usae", "usae_metrics"}
+
+
+def test_matching_and_seed_parameters_reach_the_right_steps(base):
+    assert changed(base, keys({"matching.min_r": 0.2})) == {"matching", "matching_seed", "usae_metrics"}
+    assert changed(base, keys({"comparisons.second_seed": 2})) == {"codes_A_seed", "matching_seed"}
+    assert changed(base, keys({"sae.k": 8})) == {"codes_A", "codes_B", "codes_A_seed", "matching", "matching_seed", "usae_metrics"}
