@@ -165,7 +165,7 @@ def rowsets(cfg: Config, lms: list[LoadedModel], align: str) -> dict[str, dict[s
         return {split: {m.id: token_rowset(r) for m in lms} for split, r in parts.items()}
     toks = {lm.id: lm.tokenizer for lm in lms}
     pad = {lm.id: lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.bos_id for lm in lms}
-    need = [d["n_eval_tokens"]] + ([d["n_train_tokens"]] if d["n_train_tokens"] > 0 else [])
+    need = [d["n_eval_tokens"], d["n_train_tokens"]]
     parts = aligned_rowsets(documents(d), toks, {lm.id: lm.bos_id for lm in lms}, pad, d["seq_len"], need, align)
     return dict(zip(SPLITS, parts))
 
@@ -233,8 +233,6 @@ def ensure_activations(cfg: Config, lms: list[LoadedModel]) -> dict[str, dict[st
     for lm in lms:
         for split in SPLITS:
             layers = split_layers(cfg, lm.id, split)
-            if not layers:
-                continue
 
             def produce(tmp: Path, lm: LoadedModel = lm, split: str = split, layers: list[int] = layers) -> None:
                 nonlocal parts
@@ -249,7 +247,7 @@ def ensure_activations(cfg: Config, lms: list[LoadedModel]) -> dict[str, dict[st
 
 def split_layers(cfg: Config, model_id: str, split: str) -> list[int]:
     """The layers stored for one split: every profile layer for ``eval``; for ``train``, every layer
-    when SAEs are trained here, else only the universal SAE's layer (none without training tokens)."""
+    when SAEs are trained here, else only the universal SAE's layer."""
     if split == "eval" or cfg.sae["source"] == "train":
         return sorted(cfg.layers[model_id])
-    return [cfg.universal_layers[model_id]] if cfg.data["n_train_tokens"] > 0 else []
+    return [cfg.universal_layers[model_id]]

@@ -106,14 +106,11 @@ def sae_seed(seed: int, model_id: str, layer: int) -> int:
     return int(step.stable_hash([seed, model_id, layer], 8), 16)
 
 
-def trained_sae(cfg: Config, model_id: str, layer: int, train: Activations | None, seed: int,
+def trained_sae(cfg: Config, model_id: str, layer: int, train: Activations, seed: int,
                 make: bool = True) -> step.Artifact:
     """The SAE of ``model_id`` at ``layer`` trained with ``seed`` on its ``train`` activations (a cached
     step: inputs the activations, parameters the training keys, the layer and the derived seed). With
     ``make`` False it is only located (its key), not trained."""
-    if train is None:
-        raise ValueError(f"training the SAE of {model_id} layer {layer} needs training activations, and "
-                         "data.n_train_tokens is 0. Fix: set data.n_train_tokens > 0 in the profile.")
     torch_seed = sae_seed(seed, model_id, layer)
     params = {"layer": layer, "sae": {k: cfg.sae[k] for k in TRAIN_KEYS}, "seed": torch_seed}
 

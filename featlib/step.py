@@ -26,7 +26,6 @@ import numpy as np
 
 from . import cache
 
-CorruptCacheError = cache.CorruptCacheError
 stable_hash = cache.stable_hash
 file_sha256 = cache.file_sha256
 write_json = cache.write_json_atomic
@@ -110,10 +109,4 @@ def planning() -> Iterator[None]:
         _planning = before
 
 
-def exists(artifact: Artifact) -> bool:
-    """True if ``artifact`` is published (and intact)."""
-    return cache.is_complete(artifact.path)
-
-
-cache_root = cache.cache_root
 model_cache_root = cache.model_cache_root

@@ -14,24 +14,23 @@ from .. import matching, sparse_rows, step
 from ..config import REPO
 from ..correlation import correlate
 from ..subspaces import group_features, resolve_groups
-from .codes import feature_tokens, sae_codes, top_token_strings
+from .codes import feature_tokens, top_token_strings
 from .core import Comparison, Side, Study
-from .pairs import match
+from .pairs import code_pairs, match
 
 VERSION = 3
 
 
 def pool_correlations(study: Study, comparison: Comparison, pool_a: np.ndarray, pool_b: np.ndarray) -> np.ndarray:
     """(len(pool_a), len(pool_b)) Pearson correlations of two feature subsets of the sides over the eval units."""
-    codes = [sae_codes(study, comparison.a), sae_codes(study, comparison.b)]
-    lookups = [sparse_rows.lookup(pool, c.shape[1]) for pool, c in zip((pool_a, pool_b), codes)]
-    n = study.cfg.matching["chunk_tokens"]
+    d_a, d_b, chunks = code_pairs(study, comparison)
+    look_a, look_b = sparse_rows.lookup(pool_a, d_a), sparse_rows.lookup(pool_b, d_b)
 
-    def chunks():
-        return ((sparse_rows.restrict(x, lookups[0], len(pool_a)), sparse_rows.restrict(y, lookups[1], len(pool_b)))
-                for x, y in zip(sparse_rows.chunks(codes[0], n), sparse_rows.chunks(codes[1], n)))
+    def restricted():
+        return ((sparse_rows.restrict(x, look_a, len(pool_a)), sparse_rows.restrict(y, look_b, len(pool_b)))
+                for x, y in chunks())
 
-    return correlate(chunks, len(pool_a), len(pool_b), keep_matrix=True).matrix.numpy()
+    return correlate(restricted, len(pool_a), len(pool_b), keep_matrix=True).matrix.numpy()
 
 
 def atlas_comparison(study: Study) -> Comparison:

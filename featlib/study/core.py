@@ -119,7 +119,7 @@ class Study:
     def _sae_source(self, side: Side, make: bool) -> step.Input:
         if self.cfg.sae["source"] == "pretrained" and side.seed is None:
             return published_identity(self.cfg, side.model, side.layer)
-        return trained_sae(self.cfg, side.model, side.layer, self.acts[side.model].get("train"),
+        return trained_sae(self.cfg, side.model, side.layer, self.acts[side.model]["train"],
                            self.cfg.sae["seed"] if side.seed is None else side.seed, make=make)
 
     def sae(self, side: Side) -> Any:

@@ -38,10 +38,6 @@ class Match:
     funnel: dict[str, int]  # features, active features, then pairs kept after each stage, in order
     artifact: step.Artifact
 
-    @property
-    def key(self) -> str:
-        return self.artifact.key
-
 
 def code_pairs(study: Study, comparison: Comparison) -> tuple[int, int, Callable[[], Iterator[tuple[SparseCodes, SparseCodes]]]]:
     """(d_A, d_B, chunks): the two sides' cached codes replayed chunk by chunk, as the correlation engine reads them."""
@@ -104,22 +100,22 @@ def funnel_table(matches: list[Match]) -> "pd.DataFrame":
     return pd.DataFrame({m.comparison.name: pd.Series(m.funnel) for m in matches})
 
 
-def pair_table(study: Study, match: Match, n: int = 10) -> "pd.DataFrame":
-    """The ``n`` highest-correlation final pairs with each feature's top tokens and top context
-    (``n`` = None: every pair)."""
+def pair_table(study: Study, match: Match, n: int | None = 10) -> "pd.DataFrame":
+    """The ``n`` highest-correlation final pairs (``n`` None: all), strongest first: the comparison, each
+    side's name and feature, r, and each feature's top tokens and top context (``[[unit]]`` marked)."""
     import pandas as pd
 
-    sides = (match.comparison.a, match.comparison.b)
-    tops = [top_token_strings(study, s) for s in sides]
-    pos = [feature_tokens(study, s).positions for s in sides]
+    c = match.comparison
+    sides = {"A": c.a, "B": c.b}
+    tops = {k: top_token_strings(study, s) for k, s in sides.items()}
+    pos = {k: feature_tokens(study, s).positions for k, s in sides.items()}
     order = np.argsort(-match.pairs.r, kind="stable")[:n]
     rows = []
     for i in order:
-        f = (int(match.pairs.idx_a[i]), int(match.pairs.idx_b[i]))
-        row = {f"{sides[0].name} feature": f[0], f"{sides[1].name} feature": f[1], "r": float(match.pairs.r[i])}
-        for j, s in enumerate(sides):
-            row[f"top tokens {s.name}"] = " | ".join(t.strip() for t in tops[j][f[j]])
-        for j, s in enumerate(sides):
-            row[f"top context {s.name}"] = study.context(s.model, int(pos[j][f[j], 0]))
+        f = {"A": int(match.pairs.idx_a[i]), "B": int(match.pairs.idx_b[i])}
+        row = {"comparison": c.name, "side A": c.a.name, "feature A": f["A"], "side B": c.b.name, "feature B": f["B"],
+               "r": float(match.pairs.r[i])}
+        row |= {f"top tokens {k}": " | ".join(t.strip() for t in tops[k][f[k]]) for k in sides}
+        row |= {f"top context {k}": study.context(s.model, int(pos[k][f[k], 0])) for k, s in sides.items()}
         rows.append(row)
     return pd.DataFrame(rows)
