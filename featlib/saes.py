@@ -106,11 +106,10 @@ def sae_seed(seed: int, model_id: str, layer: int) -> int:
     return int(step.stable_hash([seed, model_id, layer], 8), 16)
 
 
-def trained_sae(cfg: Config, model_id: str, layer: int, train: Activations, seed: int,
-                make: bool = True) -> step.Artifact:
+def trained_sae(cfg: Config, model_id: str, layer: int, train: Activations, seed: int) -> step.Artifact:
     """The SAE of ``model_id`` at ``layer`` trained with ``seed`` on its ``train`` activations (a cached
-    step: inputs the activations, parameters the training keys, the layer and the derived seed). With
-    ``make`` False it is only located (its key), not trained."""
+    step: inputs the activations, parameters the training keys, the layer and the derived seed; inside
+    :func:`featlib.step.planning` it is only located, not trained)."""
     torch_seed = sae_seed(seed, model_id, layer)
     params = {"layer": layer, "sae": {k: cfg.sae[k] for k in TRAIN_KEYS}, "seed": torch_seed}
 
@@ -118,8 +117,6 @@ def trained_sae(cfg: Config, model_id: str, layer: int, train: Activations, seed
         train_sae(train.layer(layer), cfg.sae, torch_seed).save_inference_model(tmp)
 
     meta = {"model": model_id, "layer": layer, "seed": seed, "torch_seed": torch_seed}
-    if not make:
-        return step.locate("sae", params, {"activations": train.key}, CODE_VERSION)
     return step.run("sae", params, {"activations": train.key}, produce, version=CODE_VERSION, meta=meta)
 
 

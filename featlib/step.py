@@ -71,12 +71,6 @@ def spec(params: Mapping[str, Any], inputs: Mapping[str, Input], version: int) -
     return {"inputs": keys, "params": dict(params), "version": version}
 
 
-def locate(kind: str, params: Mapping[str, Any], inputs: Mapping[str, Input], version: int,
-           root: Path | None = None) -> Artifact:
-    """The artifact a step would make (it may not exist yet)."""
-    return Artifact(kind, cache.artifact_dir(kind, spec(params, inputs, version), root))
-
-
 def run(kind: str, params: Mapping[str, Any], inputs: Mapping[str, Input], produce: Callable[[Path], Any], *,
         version: int, meta: Mapping[str, Any] | None = None, root: Path | None = None, verify: bool = True) -> Artifact:
     """The artifact of one step: reused when it is published, else made by ``produce(folder)``, which
@@ -100,7 +94,8 @@ def run(kind: str, params: Mapping[str, Any], inputs: Mapping[str, Input], produ
 def planning() -> Iterator[None]:
     """Inside this block :func:`run` makes nothing: it returns the artifact each step *would* make, so
     the keys of a whole chain can be computed (and compared) without training or extracting anything.
-    Only the ``*_artifact`` functions of :mod:`featlib.study` are meant to be called inside it."""
+    Only the ``*_artifact`` functions of :mod:`featlib.study` (and ``Study.sae_input``, which locates a
+    trained SAE this way) are meant to be called inside it."""
     global _planning
     before, _planning = _planning, True
     try:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from featlib import config
+from featlib import config, plots
 from featlib.tools import chain
 
 
@@ -54,7 +54,7 @@ def test_run_injects_profile_and_overrides_and_writes_the_resolved_profile(tmp_p
 
     calls = []
     monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **kw: calls.append((src, dst, parameters)))
-    monkeypatch.setattr(chain, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(plots, "FIGURES", tmp_path / "figures")
     monkeypatch.setattr(chain, "REPO", tmp_path)
     timings = chain.run("smoke", overrides={"similarity.n_shuffles": 10})
     cfg = config.build("smoke", {"similarity.n_shuffles": 10})

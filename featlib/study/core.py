@@ -113,21 +113,23 @@ class Study:
     # ---- SAEs ------------------------------------------------------------------------------
     def sae_input(self, side: Side) -> step.Input:
         """What identifies a side's SAE as a step input, without training it: the trained SAE's
-        artifact, or the published SAE's name (release, id, format, layer)."""
-        return self._sae_source(side, make=False)
+        artifact (located under :func:`featlib.step.planning`), or the published SAE's name (release,
+        id, format, layer)."""
+        with step.planning():
+            return self._sae_source(side)
 
-    def _sae_source(self, side: Side, make: bool) -> step.Input:
+    def _sae_source(self, side: Side) -> step.Input:
         if self.cfg.sae["source"] == "pretrained" and side.seed is None:
             return published_identity(self.cfg, side.model, side.layer)
         return trained_sae(self.cfg, side.model, side.layer, self.acts[side.model]["train"],
-                           self.cfg.sae["seed"] if side.seed is None else side.seed, make=make)
+                           self.cfg.sae["seed"] if side.seed is None else side.seed)
 
     def sae(self, side: Side) -> Any:
         """The SAE of ``side`` (loaded once per study; trained and cached first when needed)."""
         if side not in self._saes:
             lm = self.models[side.model]
             device = str(lm.model.cfg.device)
-            source = self._sae_source(side, make=True)
+            source = self._sae_source(side)
             sae = load_trained(source, device) if isinstance(source, step.Artifact) else \
                 load_pretrained(self.cfg, side.model, side.layer, device)
             check_width(sae, lm, side.layer)

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from ..config import PARAMS_DIR, REPO, ConfigError, available_profiles, build, profile_path
-from ..plots import FIGURES, RESULTS
+from ..plots import RESULTS, resolved_profile
 from ..step import write_json as write_json_atomic
 
 NOTEBOOKS = REPO / "notebooks"
@@ -100,9 +100,7 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
     params = {"profile": profile_ref(profile), "overrides": overrides}
     out_dir = REPO / "build" / label
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig_dir = FIGURES / label
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    (fig_dir / "profile.yaml").write_text(cfg.resolved_yaml())
+    fig_dir = resolved_profile(cfg)
     timings: dict[str, float] = {}
     for nb in notebooks(only):
         t0 = time.time()
