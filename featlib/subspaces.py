@@ -3,8 +3,11 @@
 A feature *joins* a concept group when one of its top-activating tokens (over the eval text, in
 context), lower-cased and stripped, equals one of the group's keywords. A matched pair (many-to-one,
 r above the threshold) belongs to a group when both of its features join it. For each group we
-compare the paired decoder vectors with SVCCA and RSA against two nulls: random re-pairings within
-the group, and random same-size sets of matched pairs drawn from all such pairs of the layer pair.
+compare the paired decoder vectors with SVCCA, RSA and debiased CKA (:data:`GROUP_METRICS`) against
+two nulls: random re-pairings within the group, and random same-size sets of matched pairs drawn from
+all such pairs of the layer pair. A metric that is degenerate at the group's size
+(:func:`featlib.similarity.not_scorable`, e.g. SVCCA keeping more than n/2 components) is reported
+with ``None`` for every number and a ``reason``, never as a number with a p-value.
 """
 
 from __future__ import annotations
@@ -86,16 +89,28 @@ def group_mask(pairs: Matches, top_a: list[list[str]], top_b: list[list[str]], k
     return in_a[pairs.idx_a] & in_b[pairs.idx_b]
 
 
+#: Metrics of :func:`score_group`, in order.
+GROUP_METRICS: tuple[str, ...] = ("svcca", "rsa", "cka_debiased")
+
+
 def score_group(X_all: np.ndarray, Y_all: np.ndarray, members: np.ndarray, n_shuffles: int, n_random_sets: int,
                 seed: int, variance: float) -> dict[str, Any]:
     """Scores of one group's pairs (rows ``members`` of the paired decoder matrices) with both nulls.
 
     X_all (n_pairs, d_A), Y_all (n_pairs, d_B): decoder vectors of all final pairs of the layer pair.
+    Returns ``{"n": int, metric: entry}`` for each of :data:`GROUP_METRICS`: the entry of
+    :func:`featlib.similarity.compare` (``score``, ``null_mean``, ``null_std``, ``p``; SVCCA also ``k_x``,
+    ``k_y``) plus ``random_set_mean`` and ``random_set_p`` over the random sets on which the metric
+    is defined; a metric not scorable for the group has ``None`` for all six numbers and a ``reason``.
     """
     X, Y = X_all[members], Y_all[members]
-    out = similarity.compare(X, Y, n_shuffles, seed, variance, metrics=("svcca", "rsa"))
-    rand = similarity.random_subset_null(X_all, Y_all, len(members), n_random_sets, seed, variance)
-    for metric in ("svcca", "rsa"):
-        out[metric]["random_set_mean"] = float(rand[metric].mean())
-        out[metric]["random_set_p"] = similarity.p_value(out[metric]["score"], rand[metric])
+    out = similarity.compare(X, Y, n_shuffles, seed, variance, metrics=GROUP_METRICS)
+    scorable = [m for m in GROUP_METRICS if out[m]["score"] is not None]
+    rand = similarity.random_subset_null(X_all, Y_all, len(members), n_random_sets, seed, variance,
+                                         metrics=scorable) if scorable else {}
+    for metric in GROUP_METRICS:
+        r = rand.get(metric, np.empty(0))
+        r = r[~np.isnan(r)]                                  # draws where the metric is undefined
+        out[metric]["random_set_mean"] = float(r.mean()) if r.size else None
+        out[metric]["random_set_p"] = similarity.p_value(out[metric]["score"], r) if r.size else None
     return out

@@ -265,7 +265,7 @@ def test_compare_all_metrics_share_permutations() -> None:
     summary, nulls = sim.compare_with_nulls(X, Y, n_shuffles=60, seed=3)
     json.dumps(summary)
     assert list(summary) == ["n", *sim.METRICS] and list(nulls) == list(sim.METRICS)
-    assert sim.METRICS == ("svcca", "rsa", "cka", "mutual_knn", "procrustes")
+    assert sim.METRICS == ("svcca", "svcca_heldout", "rsa", "cka", "cka_debiased", "mutual_knn", "procrustes")
     for key in ("rsa", "cka", "procrustes"):
         assert set(summary[key]) == {"score", "null_mean", "null_std", "p"}
     assert set(summary["svcca"]) == {"score", "null_mean", "null_std", "p", "k_x", "k_y"}
@@ -295,7 +295,7 @@ def test_compare_planted_structure_all_significant() -> None:
     summary = sim.compare(X, Y, n_shuffles=200, seed=0)
     for key in sim.METRICS:
         s = summary[key]
-        assert s["p"] == pytest.approx(1 / 201), key
+        assert s["p"] == pytest.approx((2 if key == "svcca_heldout" else 1) / 201), key  # heldout: 2 * mean p
         assert s["score"] > s["null_mean"] + 5 * s["null_std"], key
     assert summary["cka"]["score"] > 0.99 and summary["procrustes"]["score"] > 0.99
     assert summary["mutual_knn"]["score"] > 0.8
@@ -312,7 +312,8 @@ def test_compare_independent_not_significant() -> None:
 def test_compare_small_n_and_bad_metrics() -> None:
     X, Y = decaying(5, 3, seed=28), decaying(5, 4, seed=29)
     summary = sim.compare(X, Y, n_shuffles=20, seed=0, knn_k=10)
-    assert summary["mutual_knn"] == {"score": 1.0, "null_mean": 1.0, "null_std": 0.0, "p": 1.0, "k": 4}
+    knn = summary["mutual_knn"]                            # k = 10 >= (5 - 1)/2: not scorable, k not shrunk
+    assert knn["score"] is None and knn["p"] is None and knn["k"] == 10 and "k/(n - 1)" in knn["reason"]
     with pytest.raises(ValueError, match="metrics"):
         sim.compare(X, Y, 5, 0, metrics=("svcca", "cca"))
     with pytest.raises(ValueError, match="metrics"):

@@ -163,6 +163,25 @@ def test_p_value() -> None:
     assert sim.p_value(2.5, null) == pytest.approx(2 / 4)
     assert sim.p_value(0.0, null) == pytest.approx(1.0)
     assert sim.p_value(0.0, np.array([])) == 1.0
+    # ties within 1e-9 * max(1, |observed|) count as >=
+    assert sim.p_value(2.0 + 5e-10, null) == pytest.approx(3 / 4)
+    assert sim.p_value(2.0 + 5e-9, null) == pytest.approx(2 / 4)
+    assert sim.p_value(1e6, np.array([1e6 - 1e-4])) == 1.0
+
+
+def test_p_value_rounding_ties_give_one() -> None:
+    """10 pairs in 20 dimensions: SVCCA keeps k = 9 = n - 1 components per side, so every
+    canonical correlation is 1 and every re-pairing reproduces the observed score up to
+    rounding. An exact ``>=`` gave p anywhere between about 0.5 and 1 (rounding noise)."""
+    old = []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        X, Y = rng.standard_normal((10, 20)), rng.standard_normal((10, 20))
+        observed, null = sim.svcca(X, Y).score, sim.svcca_null(X, Y, 200, seed=0)
+        assert abs(observed - 1) < 1e-12 and np.ptp(null) < 1e-12
+        assert sim.p_value(observed, null) == 1.0
+        old.append((1 + np.count_nonzero(null >= observed)) / (1 + null.size))   # the previous rule
+    assert min(old) < 0.9
 
 
 def test_compare_planted_structure() -> None:
