@@ -4,7 +4,7 @@ from featlib.tools import bench
 
 
 def test_quick_bench_is_exact(capsys):
-    out = bench.main(["--quick"])
+    out = bench.main(["--quick", "--parts", "matching", "nulls", "universal", "extraction"])
     assert out["topk"]["method"] == "sparse" and out["topk"]["planted_recovered"] == 1.0
     assert out["topk"]["max_abs_diff"] < 1e-5
     for metric in ("rsa", "svcca"):
@@ -13,3 +13,13 @@ def test_quick_bench_is_exact(capsys):
     assert out["universal"]["tokens_per_second"] > 0 and out["universal"]["n_latents"] == 2 * 768
     extraction = out["extraction"]["smollm2-135m-instruct"]
     assert extraction["max_rel_diff"] < 1e-5 and extraction["tokens"] == 4 * 127
+
+
+def test_quick_planted_part(capsys, tmp_path):
+    """The planted part (featlib.planted, asserted in tests/test_planted.py) prints its table and saves its figure."""
+    out = bench.main(["--quick", "--parts", "planted", "--figure-dir", str(tmp_path)])["planted"]
+    assert out["shares"] == [0.0, 0.25, 0.5, 0.75, 1.0] and len(out["table"]) == 5 * len(out["tell_apart"])
+    assert out["planted"][0] == 0 and out["planted"][-1] > 0.9
+    assert (tmp_path / "planted_response.png").stat().st_size > 0 and out["figure"] == str(tmp_path / "planted_response.png")
+    printed = capsys.readouterr().out
+    assert "tell s = 0.25 from 0.5" in printed and "calibrated score" in printed

@@ -29,6 +29,7 @@ import argparse
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -237,8 +238,9 @@ def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, ba
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds), for tests")
-    parts = ["matching", "nulls", "universal", "extraction"]
+    parts = ["matching", "nulls", "universal", "extraction", "planted"]
     ap.add_argument("--parts", nargs="+", choices=parts, default=parts)
+    ap.add_argument("--figure-dir", default=None, help="where the planted part saves its figure (default figures/bench)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if args.quick:
@@ -257,7 +259,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["universal"] = _universal(sizes)
     if "extraction" in args.parts:
         out["extraction"] = _extraction(sizes)
+    if "planted" in args.parts:
+        out["planted"] = _planted(args.quick, args.figure_dir)
     return out
+
+
+def _planted(quick: bool, figure_dir: str | None) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import planted
+    from ..plots import FIGURES
+
+    # quick: a smoke run (half the test size's tokens, few draws); full: 4x the test size's tokens, 200 draws
+    params = planted.PlantedParams(n_tokens=4096, draws=10) if quick else planted.PlantedParams(n_tokens=32768, draws=200)
+    run = measure(lambda: planted.run(params))
+    r = run.value
+    table = planted.response_table(r)
+    apart = planted.can_tell_apart(r, 0.25, 0.5)
+    print(f"planted-truth benchmark: {params.n_tokens} units, widths {params.d_a} and {params.d_b}, {params.n_features} true"
+          f" features per model, SAEs of {params.sae['expansion']}x width (k = {params.sae['k']}), matching r > {params.min_r},"
+          f" {params.draws} draws: {run.seconds:.0f} s")
+    print("  s:            " + "".join(f"{x.share:>20g}" for x in r.shares))
+    print("  final pairs n:" + "".join(f"{x.n:>20d}" for x in r.shares) + f"   (ceiling {r.ceiling.n}, floor {r.floor.n})")
+    print("  planted share:" + "".join(f"{x.planted:>20.2f}" for x in r.shares)
+          + f"   (ceiling {r.ceiling.planted:.2f}, floor {r.floor.planted:.2f})")
+    print("  pairs/draw m: " + "".join(f"{x.calibration[r.metrics[0]].m:>20d}" for x in r.shares))
+    print("  calibrated score [2.5 %, 97.5 %] (0 = random-model floor, 1 = seed ceiling; * = above the floor):")
+    for k in r.metrics:
+        cells = []
+        for x in r.shares:
+            c = x.calibration[k]
+            band = f"{c.calibrated.mean:5.2f} [{c.calibrated.lo:5.2f},{c.calibrated.hi:5.2f}]"
+            cells.append(band + ("*" if c.above_floor else " ") if c.scorable else "not scorable")
+        print(f"  {k:14s}" + "".join(f"{cell:>20s}" for cell in cells))
+    print("  raw score of all final pairs (n differs between columns):")
+    print(f"  {'':14s}" + "".join(f"{'s = ' + format(x.share, 'g'):>20s}" for x in r.shares) + f"{'floor':>10s}{'ceiling':>10s}")
+    for k in r.metrics:
+        print(f"  {k:14s}" + "".join(f"{x.raw[k]:20.3f}" for x in r.shares)
+              + f"{r.floor.raw[k]:10.3f}{r.ceiling.raw[k]:10.3f}")
+    told = [k for k, v in apart.items() if v]
+    print(f"  tell s = 0.25 from 0.5 (calibrated intervals apart): {', '.join(told) if told else 'none'}")
+    fig = planted.response_figure(r)
+    folder = Path(figure_dir) if figure_dir else FIGURES / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "planted_response.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    print(f"  figure: {path}\n")
+    return {"seconds": run.seconds, "shares": [x.share for x in r.shares], "n": [x.n for x in r.shares],
+            "planted": [x.planted for x in r.shares], "ceiling_n": r.ceiling.n, "floor_n": r.floor.n,
+            "ceiling_planted": r.ceiling.planted, "explained_variance": r.explained_variance,
+            "table": table.to_dict("records"), "tell_apart": apart, "figure": str(path)}
 
 
 def _extraction(sizes: dict[str, Any]) -> dict[str, Any]:
