@@ -152,20 +152,34 @@ class Atlas(_Section):
     seed: int = 42
 
 
-COMPARISONS = ("cross", "seed")
+COMPARISONS = ("cross", "seed", "random_init")
 
 
 class Comparisons(_Section):
-    """Which comparisons of SAE sides the study computes.
+    """Which comparisons of SAE sides the study computes (featlib.study).
 
-    ``cross``: the first model's SAE vs the second's at ``matching.layer_pair`` (the study as before);
-    ``seed``: ``seed_model``'s SAE at its ``matching.layer_pair`` layer vs a second SAE of the same model and
-    layer trained with ``sae.seed = second_seed``.
+    ``cross``: the first model's SAE vs the second's at ``matching.layer_pair`` (and every layer pair in 05);
+    ``seed`` (the *ceiling*): each of ``models``' SAE vs a second SAE of the same model and layer trained with
+    ``sae.seed = second_seed``; ``random_init`` (the *floor*): each of ``models``' SAE vs the SAE, trained
+    identically, of a random re-initialisation of the same architecture (``init_seed``). Ceilings and floors
+    are computed at ``layers``: ``focus`` (``matching.layer_pair``), ``diagonal`` (also every layer pair of
+    equal relative depth) or ``all`` (every extracted layer).
     """
 
-    run: list[Literal["cross", "seed"]] = Field(["cross"], min_length=1)
-    seed_model: str = ""  # "" = the first model
+    run: list[Literal["cross", "seed", "random_init"]] = Field(["cross"], min_length=1)
+    models: list[str] = []  # [] = every model
     second_seed: int = 1
+    init_seed: int = 0
+    layers: Literal["focus", "diagonal", "all"] = "diagonal"
+
+
+class Calibration(_Section):
+    """Calibrated scores (featlib.calibration): ``draws`` subsamples of ``fraction`` of the fewest pairs."""
+
+    fraction: float = Field(0.5, gt=0, le=1)
+    draws: PosInt = 50
+    grid_draws: PosInt = 20  # per cell of the layer grid (05)
+    seed: int = 0
 
 
 class Profile(_Section):
@@ -180,6 +194,7 @@ class Profile(_Section):
     universal: Universal = Universal()
     atlas: Atlas = Atlas()
     comparisons: Comparisons = Comparisons()
+    calibration: Calibration = Calibration()
 
 
 SECTIONS = tuple(Profile.model_fields)  # "profile" first, then the sections in order
@@ -410,6 +425,7 @@ class Config:
     universal: dict[str, Any]
     atlas: dict[str, Any]
     comparisons: dict[str, Any]
+    calibration: dict[str, Any]
     overrides: dict[str, Any] = field(default_factory=dict)  # as given to build()
     source: str = field(default="", compare=False)  # the profile file (repository-relative when inside it)
 
@@ -483,7 +499,7 @@ def build(profile: str, overrides: dict[str, Any] | None = None) -> Config:
 
 
 def _check(d: dict[str, Any], where: _Where) -> None:
-    """The checks across keys (the schema checks each value on its own); fills comparisons.seed_model."""
+    """The checks across keys (the schema checks each value on its own); fills comparisons.models."""
     ids = list(d["models"])
     for mid, spec in d["models"].items():
         need = "path" if spec["source"] == "local" else "name"
@@ -503,20 +519,21 @@ def _check(d: dict[str, Any], where: _Where) -> None:
     if len(set(run)) != len(run):
         raise where.error("comparisons.run", run, "a non-empty list of distinct items from "
                           + ", ".join(map(repr, COMPARISONS)), what="repeats an item")
-    comp["seed_model"] = comp["seed_model"] or ids[0]
-    if comp["seed_model"] not in ids:
-        raise where.error("comparisons.seed_model", comp["seed_model"], ", ".join(map(repr, ids)))
-    if "seed" in run:
-        if d["sae"]["source"] != "train":
-            raise ConfigError(
-                f"{where.source('sae.source' if where.override('sae.source') else 'comparisons.run')}: comparisons.run = "
-                f"{run!r} is not allowed with sae.source = "
-                f"{d['sae']['source']!r}; allowed: 'seed' only with sae.source 'train'. Fix: the seed comparison trains "
-                "two SAEs here; set sae.source: train or drop 'seed' from comparisons.run."
-            )
-        if comp["second_seed"] == d["sae"]["seed"]:
-            raise where.error("comparisons.second_seed", comp["second_seed"], f"any integer but sae.seed "
-                              f"({d['sae']['seed']})", what="equals sae.seed")
+    comp["models"] = comp["models"] or ids[:2]
+    if not set(comp["models"]) <= set(ids[:2]) or len(set(comp["models"])) != len(comp["models"]):
+        raise where.error("comparisons.models", comp["models"], "distinct model ids among " + ", ".join(map(repr, ids[:2])))
+    trained_here = [k for k in ("seed", "random_init") if k in run]
+    if trained_here and d["sae"]["source"] != "train":
+        raise ConfigError(
+            f"{where.source('sae.source' if where.override('sae.source') else 'comparisons.run')}: comparisons.run = "
+            f"{run!r} is not allowed with sae.source = "
+            f"{d['sae']['source']!r}; allowed: 'seed' and 'random_init' only with sae.source 'train'. Fix: the ceiling "
+            "and floor compare SAEs trained here; set sae.source: train or drop 'seed' and 'random_init' from "
+            "comparisons.run."
+        )
+    if "seed" in run and comp["second_seed"] == d["sae"]["seed"]:
+        raise where.error("comparisons.second_seed", comp["second_seed"], f"any integer but sae.seed "
+                          f"({d['sae']['seed']})", what="equals sae.seed")
     if d["data"]["source"] != "sotu" and not d["data"]["path"]:
         raise where.error("data.path", "", f"a file (text_file) or a dataset name (hf_dataset) for data.source "
                           f"{d['data']['source']!r}", what="is empty")

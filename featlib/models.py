@@ -229,6 +229,20 @@ def load_gguf(model_id: str, name: str, device: str = "cpu", dtype: str = "float
     )
 
 
+def random_init(lm: LoadedModel, seed: int) -> LoadedModel:
+    """A seeded random re-initialisation of ``lm``'s architecture: a fresh transformer-lens model of the
+    same config whose weight matrices are drawn by its ``init_weights`` (``cfg.init_mode``, e.g. GPT-2's
+    normal with ``cfg.initializer_range``; norm weights 1, biases 0), with ``lm``'s tokenizer and id. Its
+    fingerprint derives from ``lm``'s and ``seed``, so its activations and SAEs are cached apart."""
+    import dataclasses
+
+    from transformer_lens import HookedTransformer
+
+    cfg = dataclasses.replace(lm.model.cfg, seed=seed, init_weights=True)
+    model = HookedTransformer(cfg, move_to_device=False).to(cfg.device, print_details=False).eval()
+    return dataclasses.replace(lm, model=model, fingerprint=stable_hash([lm.fingerprint, "random_init", seed]))
+
+
 def resolve_device(device: str = "auto") -> str:
     """``"auto"``: the ``FEATUNIV_DEVICE`` environment variable if set, else ``"cuda"`` when a CUDA GPU
     is visible, else ``"cpu"``. Any other value is returned as it is."""

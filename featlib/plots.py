@@ -84,3 +84,69 @@ def null_histogram(ax: Any, null: np.ndarray, observed: float, title: str, p: fl
     ax.axvline(observed, color="C3", lw=2, label=f"paired: {observed:.3f} (p = {p:.3g})")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+
+
+SCALE_ROLES = (("null", "re-paired (null)", "0.55", "_"), ("floor", "random-model floor", "C3", "v"),
+               ("cross", "cross-model", "C0", "o"), ("ceiling", "seed ceiling", "C2", "^"))
+
+
+def scale_dots(ax: Any, table: "pd.DataFrame", metric: str, title: str) -> None:
+    """One metric's null, floor, cross and ceiling (mean and 2.5–97.5 % interval over the draws) for
+    each cell of a :func:`featlib.study.calibration_table` table, with the calibrated score written above;
+    a not scorable metric is left blank with its reason."""
+    rows = table[table.metric == metric].reset_index(drop=True)
+    for i, r in rows.iterrows():
+        if not np.isfinite(r["cross"]):
+            ax.text(i, 0.5, "not scorable:\n" + str(r["verdict"]).split(": ", 1)[-1], ha="center", va="center",
+                    fontsize=7, wrap=True, transform=ax.get_xaxis_transform())
+            continue
+        for j, (role, label, color, marker) in enumerate(SCALE_ROLES):
+            x = i + (j - 1.5) * 0.15
+            ax.errorbar(x, r[role], yerr=[[r[role] - r[f"{role} lo"]], [r[f"{role} hi"] - r[role]]], fmt=marker,
+                        color=color, capsize=3, label=label if i == 0 else None)
+        ax.annotate(f"cal. {r['calibrated']:.2f}\n[{r['calibrated lo']:.2f}, {r['calibrated hi']:.2f}]",
+                    (i, r["ceiling hi"]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xticks(range(len(rows)), [f"{c}\n(m={m})" for c, m in zip(rows.comparison, rows.m)], fontsize=7)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.margins(y=0.25)
+    ax.set_title(title, fontsize=10)
+    if len(rows) and np.isfinite(rows["cross"]).any():
+        ax.legend(fontsize=7, loc="lower right")
+
+
+def calibrated_heatmap(ax: Any, grid: "pd.DataFrame", metric: str, rows: Sequence[Any], cols: Sequence[Any],
+                       layers_a: Sequence[int], layers_b: Sequence[int], title: str) -> None:
+    """Calibrated score of ``metric`` per layer pair (rows: ``layers_a``, columns: ``layers_b``) from a
+    :func:`featlib.study.calibrated_grid` table; cells not above the random-model floor are hatched and
+    marked "n.s.", cells without a ceiling and floor (or not scorable) are blank."""
+    from matplotlib.patches import Rectangle
+
+    values = np.full((len(layers_a), len(layers_b)), np.nan)
+    below = np.zeros_like(values, dtype=bool)
+    for _, r in grid[grid.metric == metric].iterrows():
+        i, j = list(layers_a).index(r["layer A"]), list(layers_b).index(r["layer B"])
+        values[i, j] = r["calibrated"]
+        below[i, j] = np.isfinite(r["calibrated"]) and r["verdict"] != "above the floor"
+    heatmap(ax, values, rows, cols, title, vmin=0, vmax=1, cmap="viridis")
+    ax.tick_params(axis="x", labelrotation=45)
+    for i, j in zip(*np.nonzero(below)):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.3", lw=0))
+        ax.text(j, i - 0.3, "n.s.", ha="center", va="center", fontsize=6, color="0.2")
+
+
+def group_scale(ax: Any, groups: "pd.DataFrame", metric: str, title: str) -> None:
+    """Per concept group (scorable in the cross comparison): the cross-model ``metric`` (bar) beside each
+    ceiling (``seed``, triangles up) and floor (``random_init``, triangles down) of the same group, from a
+    :func:`featlib.study.subspace_scores` table of several comparisons."""
+    cross = groups[(groups.kind == "cross") & groups.scorable].reset_index(drop=True)
+    x = np.arange(len(cross))
+    ax.bar(x, cross[metric], color="C0", label="cross-model")
+    for kind, color, marker, label in (("seed", "C2", "^", "seed ceiling"), ("random_init", "C3", "v", "random-model floor")):
+        ref = groups[groups.kind == kind]
+        for i, g in enumerate(cross.group):
+            vals = ref[ref.group == g][metric].to_numpy(dtype=float)
+            ax.scatter(np.full(len(vals), i), vals, color=color, marker=marker, zorder=3, label=label if i == 0 else None)
+    ax.set_xticks(x, [f"{g}\n(n={n})" for g, n in zip(cross.group, cross.pairs)], fontsize=8)
+    ax.set_title(title, fontsize=10)
+    if len(cross):
+        ax.legend(fontsize=7)

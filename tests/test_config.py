@@ -11,15 +11,17 @@ def test_profiles_exist_and_validate():
         cfg = config.build(name)
         assert cfg.profile == name == cfg.label and cfg.overrides == {}
         assert len(cfg.params_hash) == 16
-        assert cfg.comparisons["seed_model"] in cfg.models
+        assert set(cfg.comparisons["models"]) <= set(cfg.models)
 
 
 def test_defaults_fill_every_key():
     cfg = config.build("pythia")  # pythia's sae section gives no architecture, epochs, ...
     assert cfg.sae["architecture"] == "topk" and cfg.sae["epochs"] == 4 and cfg.sae["b_dec_init"] == "zeros"
     assert cfg.data["align"] == "auto" and cfg.matching["max_bytes"] == 3 << 30
-    assert cfg.comparisons == {"run": ["cross"], "seed_model": "A", "second_seed": 1}
-    assert config.build("tiny").comparisons == {"run": ["cross", "seed"], "seed_model": "A", "second_seed": 1}
+    assert cfg.comparisons == {"run": ["cross"], "models": ["A", "B"], "second_seed": 1, "init_seed": 0, "layers": "diagonal"}
+    assert cfg.calibration == {"fraction": 0.5, "draws": 50, "grid_draws": 20, "seed": 0}
+    assert config.build("tiny").comparisons == {"run": ["cross", "seed", "random_init"], "models": ["A", "B"],
+                                                "second_seed": 1, "init_seed": 0, "layers": "diagonal"}
 
 
 # (key, bad value, what the one-line message says about it: key = value, what is allowed)
@@ -30,13 +32,13 @@ BAD = [
     ("similarity.n_shuffles", "100", f"similarity.n_shuffles = '100' {NA} an integer >= 1."),
     ("models.A.source", "hubb", f"models.A.source = 'hubb' {NA} 'local', 'hub', 'gguf'."),
     ("matching.min_r", 1.5, f"matching.min_r = 1.5 {NA} a number, 0 <= min_r < 1."),
-    ("comparisons.run", ["cross", "sed"], f"comparisons.run[1] = 'sed' {NA} 'cross', 'seed'."),
+    ("comparisons.run", ["cross", "sed"], f"comparisons.run[1] = 'sed' {NA} 'cross', 'seed', 'random_init'."),
     ("similarity.n_shuffles", 0, f"similarity.n_shuffles = 0 {NA} an integer >= 1."),
     ("models.B.dtype", "fp8", f"models.B.dtype = 'fp8' {NA} 'float32', 'float16', 'bfloat16', 'auto'."),
     ("matching.min_r", -0.1, f"matching.min_r = -0.1 {NA} a number, 0 <= min_r < 1."),
     ("similarity.variance", 0, f"similarity.variance = 0 {NA} a number, 0 < variance <= 1."),
-    ("comparisons.run", [], f"comparisons.run = [] {NA} a non-empty list of items from 'cross', 'seed'."),
-    ("comparisons.run", ["cross", "cross"], "comparisons.run = ['cross', 'cross'] repeats an item; allowed: a non-empty list of distinct items from 'cross', 'seed'."),
+    ("comparisons.run", [], f"comparisons.run = [] {NA} a non-empty list of items from 'cross', 'seed', 'random_init'."),
+    ("comparisons.run", ["cross", "cross"], "comparisons.run = ['cross', 'cross'] repeats an item; allowed: a non-empty list of distinct items from 'cross', 'seed', 'random_init'."),
     ("data.source", "wiki", f"data.source = 'wiki' {NA} 'sotu', 'text_file', 'hf_dataset'."),
     ("data.align", "chars", f"data.align = 'chars' {NA} 'auto', 'tokens', 'token_end', 'word'."),
     ("data.split", "train", f"data.split = 'train' {NA} 'analysis', 'lm_heldout', 'lm_train'."),
@@ -60,7 +62,11 @@ BAD = [
     ("matching.layer_pair", [2], f"matching.layer_pair = [2] {NA} a list of 2 integers >= 0."),
     ("universal.layers", [2], f"universal.layers = [2] {NA} one extracted layer of each of A, B: A [0, 1, 2, 3]; B [0, 1, 2, 3, 4, 5]."),
     ("atlas.layer_pair", [9, 3], "atlas.layer_pair = [9, 3] names layer 9 of model A"),
-    ("comparisons.seed_model", "C", f"comparisons.seed_model = 'C' {NA} 'A', 'B'."),
+    ("comparisons.models", ["C"], f"comparisons.models = ['C'] {NA} distinct model ids among 'A', 'B'."),
+    ("comparisons.models", ["A", "A"], f"comparisons.models = ['A', 'A'] {NA} distinct model ids among 'A', 'B'."),
+    ("comparisons.layers", "grid", f"comparisons.layers = 'grid' {NA} 'focus', 'diagonal', 'all'."),
+    ("calibration.fraction", 0, f"calibration.fraction = 0 {NA} a number, 0 < fraction <= 1."),
+    ("calibration.draws", 0, f"calibration.draws = 0 {NA} an integer >= 1."),
     ("comparisons.second_seed", 0, "comparisons.second_seed = 0 equals sae.seed; allowed: any integer but sae.seed (0)."),
 ]
 
@@ -111,13 +117,16 @@ def test_the_message_reads_as_documented(tmp_path):
     assert path.exists()
 
 
-def test_seed_comparison_needs_trained_saes():
+def test_ceiling_and_floor_need_trained_saes():
     pretrained = {"sae.source": "pretrained", "sae.release": {"A": "r", "B": "r"}, "sae.sae_id": {"A": "x", "B": "x"}}
     with pytest.raises(config.ConfigError) as e:
         config.build("tiny", pretrained)
     msg = str(e.value)
     assert "\n" not in msg and "comparisons.run" in msg and "'pretrained'" in msg
-    assert msg.endswith("Fix: the seed comparison trains two SAEs here; set sae.source: train or drop 'seed' from comparisons.run.")
+    assert msg.endswith("Fix: the ceiling and floor compare SAEs trained here; set sae.source: train or drop 'seed' and "
+                        "'random_init' from comparisons.run.")
+    with pytest.raises(config.ConfigError, match="'random_init' only with sae.source 'train'"):
+        config.build("tiny", dict(pretrained, **{"comparisons.run": ["cross", "random_init"]}))
     cfg = config.build("tiny", dict(pretrained, **{"comparisons.run": ["cross"]}))
     assert cfg.sae["source"] == "pretrained"
 
@@ -136,7 +145,7 @@ def test_unknown_keys_and_sections_fail_naming_the_fix(tmp_path):
     raw = config.load_profile("smoke")
     raw["colour"] = "red"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(config.ConfigError, match=r"bad\.yaml: unknown key colour; known keys: profile, models, .*comparisons\. "
+    with pytest.raises(config.ConfigError, match=r"bad\.yaml: unknown key colour; known keys: profile, models, .*comparisons, calibration\. "
                        r"Fix: check the spelling of colour in"):
         config.build(str(tmp_path / "bad.yaml"))
     with pytest.raises(config.ConfigError, match=r"not a mapping.*Fix: override sae\.k itself"):
@@ -161,7 +170,7 @@ def test_layers_for_every_model():
 
 def test_sections_left_out_take_the_defaults_and_required_ones_are_named(tmp_path):
     raw = config.load_profile("smoke")
-    for section in ("sae", "similarity", "subspaces", "universal", "atlas", "comparisons"):
+    for section in ("sae", "similarity", "subspaces", "universal", "atlas", "comparisons", "calibration"):
         del raw[section]
     del raw["profile"]
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))

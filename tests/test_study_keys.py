@@ -6,19 +6,21 @@ import pytest
 
 from featlib import config, step
 from featlib import study as fs
-from featlib.study import codes, pairs, usae
+from featlib.study import codes, pairs, scale, usae
 
 
 def keys(overrides=None):
     cfg = config.build("smoke", overrides or {})
     with step.planning():
         study = fs.open_study(cfg, device="cpu")
-        cross, seed = study.comparison("cross"), study.comparison("seed")
+        cross, seed, rand = study.comparison("cross"), study.comparison("seed"), study.comparison("random_init")
         return {
             "acts_A": study.eval_acts("A").key, "acts_B": study.eval_acts("B").key,
             "codes_A": codes.codes_artifact(study, cross.a).key, "codes_B": codes.codes_artifact(study, cross.b).key,
-            "codes_A_seed": codes.codes_artifact(study, seed.b).key,
+            "codes_A_seed": codes.codes_artifact(study, seed.b).key, "codes_A_random": codes.codes_artifact(study, rand.b).key,
             "matching": pairs.matching_artifact(study, cross).key, "matching_seed": pairs.matching_artifact(study, seed).key,
+            "matching_random": pairs.matching_artifact(study, rand).key,
+            "calibration": scale.calibration_artifact(study, cross, cfg.calibration["draws"]).key,
             "usae": usae.usae_artifact(study).key, "usae_metrics": usae.metrics_artifact(study).key,
         }
 
@@ -45,7 +47,7 @@ def test_planning_makes_nothing(tmp_path, monkeypatch):
 
 def test_editing_model_b_rekeys_everything_downstream_of_b_only(base):
     other = keys({"models.B.dtype": "float16"})
-    assert changed(base, other) == {"acts_B", "codes_B", "matching", "usae", "usae_metrics"}
+    assert changed(base, other) == {"acts_B", "codes_B", "matching", "usae", "usae_metrics", "calibration"}
     other = keys({"models.B.path": "models/tiny/lm-a"})  # another checkpoint
     assert {"acts_B", "codes_B", "matching"} <= changed(base, other) and "codes_A" not in changed(base, other)
 
@@ -53,11 +55,24 @@ def test_editing_model_b_rekeys_everything_downstream_of_b_only(base):
 def test_measurement_parameters_do_not_retrain(base):
     assert changed(base, keys({"universal.fire_threshold": 0.2})) == {"usae_metrics"}
     assert changed(base, keys({"universal.concept": 3})) == set()
-    assert changed(base, keys({"similarity.n_shuffles": 7, "atlas.n_random": 9})) == set()
+    assert changed(base, keys({"similarity.n_shuffles": 7, "atlas.n_random": 9, "calibration.grid_draws": 3})) == set()
+    assert changed(base, keys({"calibration.draws": 7})) == {"calibration"}
     assert changed(base, keys({"universal.steps": 201})) == {"usae", "usae_metrics"}
 
 
 def test_matching_and_seed_parameters_reach_the_right_steps(base):
-    assert changed(base, keys({"matching.min_r": 0.2})) == {"matching", "matching_seed", "usae_metrics"}
-    assert changed(base, keys({"comparisons.second_seed": 2})) == {"codes_A_seed", "matching_seed"}
-    assert changed(base, keys({"sae.k": 8})) == {"codes_A", "codes_B", "codes_A_seed", "matching", "matching_seed", "usae_metrics"}
+    every_matching = {"matching", "matching_seed", "matching_random", "calibration"}
+    assert changed(base, keys({"matching.min_r": 0.2})) == every_matching | {"usae_metrics"}
+    assert changed(base, keys({"comparisons.second_seed": 2})) == {"codes_A_seed", "matching_seed", "calibration"}
+    assert changed(base, keys({"comparisons.init_seed": 3})) == {"codes_A_random", "matching_random", "calibration"}
+    assert changed(base, keys({"sae.k": 8})) == every_matching | {"codes_A", "codes_B", "codes_A_seed", "codes_A_random",
+                                                                 "usae_metrics"}
+
+
+def test_only_cells_with_both_models_ceiling_and_floor_are_calibrated():
+    cfg = config.build("smoke")  # comparisons.layers: focus, so only A2 and B3 have a ceiling and a floor
+    with step.planning():
+        study = fs.open_study(cfg, device="cpu")
+        assert scale.calibration_artifact(study, study.cross(2, 3), 5) is not None
+        assert scale.calibration_artifact(study, study.cross(2, 2), 5) is None, "B2 has no ceiling or floor"
+        assert scale.calibration_artifact(study, study.cross(1, 3), 5) is None, "A1 has no ceiling or floor"

@@ -2,12 +2,15 @@
 
 ======================  ===========================================================================
 ``core``                :class:`Study` (models, activations, memoised SAEs), :class:`Side`,
-                        :class:`Comparison`, :func:`open_study`
+                        :class:`Comparison` (cross, seed ceiling, random-init floor), :func:`open_study`
 ``codes``               each side's SAE codes (sparse rows), top-activating units, firing frequency
 ``extraction``  (01)    what every model read and stored, a sample of the units, residual norms
 ``sae_quality`` (02)    every SAE's explained variance, L0, dead latents, CE loss recovered
 ``pairs``       (03)    correlation matching of a comparison, its filter funnel, the strongest pairs
-``geometry``    (04–05) SVCCA, RSA, CKA, mutual k-NN, Procrustes vs re-pairing nulls; the layer grid
+``geometry``    (04–05) SVCCA, held-out CCA, RSA, CKA, debiased CKA, mutual k-NN, Procrustes vs
+                        re-pairing nulls; the layer grid; the ceilings and floors at every layer
+``scale``       (03–06) every cross score between its random-model floor and seed ceiling
+``findings``    (03–06) the "What we find" paragraphs, written from the numbers
 ``groups``      (06)    concept groups (semantic subspaces) vs re-pairing and random-set nulls
 ``usae``        (07)    the universal SAE and what it shares
 ``atlas_view``  (08)    the feature atlas of a comparison
@@ -18,17 +21,21 @@ from .atlas_view import atlas_comparison, atlas_page, feature_atlas, pool_correl
 from .codes import FeatureTokens, feature_tokens, sae_codes, top_token_strings
 from .core import COMPARISON_KINDS, Comparison, Side, Study, open_study
 from .extraction import extraction_table, residual_norms, same_units, unit_sample
-from .geometry import METRIC_NAMES, METRICS, Geometry, Score, compare_pairs, geometry_table, grid_matrix, layer_grid
+from .findings import grid_findings, group_findings, matching_findings, scale_findings
+from .geometry import (METRIC_NAMES, METRICS, Geometry, Score, compare_pairs, geometry_table, grid_matrix, layer_grid,
+                       reference_grid)
 from .groups import subspace_scores
 from .pairs import Match, funnel_table, match, pair_table
 from .sae_quality import sae_metrics, sae_table
+from .scale import calibrate, calibrated_grid, calibration_table
 from .usae import USAEResults, counterpart_table, firing_summary, pick_concept, universal_metrics, universal_sae
 
 __all__ = [
     "COMPARISON_KINDS", "Comparison", "FeatureTokens", "Geometry", "METRICS", "METRIC_NAMES", "Match", "Score", "Side",
-    "Study", "USAEResults", "atlas_comparison", "atlas_page", "compare_pairs", "counterpart_table", "extraction_table",
-    "feature_atlas", "feature_tokens", "firing_summary", "funnel_table", "geometry_table", "grid_matrix", "layer_grid",
-    "match", "open_study", "pair_table", "pick_concept", "pool_correlations", "residual_norms", "sae_codes",
-    "sae_metrics", "sae_table", "same_units", "subspace_scores", "top_token_strings", "unit_sample",
-    "universal_metrics", "universal_sae",
+    "Study", "USAEResults", "atlas_comparison", "atlas_page", "calibrate", "calibrated_grid", "calibration_table",
+    "compare_pairs", "counterpart_table", "extraction_table", "feature_atlas", "feature_tokens", "firing_summary",
+    "funnel_table", "geometry_table", "grid_findings", "grid_matrix", "group_findings", "layer_grid", "match",
+    "matching_findings", "open_study", "pair_table", "pick_concept", "pool_correlations", "reference_grid",
+    "residual_norms", "sae_codes", "sae_metrics", "sae_table", "same_units", "scale_findings", "subspace_scores",
+    "top_token_strings", "unit_sample", "universal_metrics", "universal_sae",
 ]

@@ -19,7 +19,7 @@ VERSION = 3
 
 def codes_artifact(study: Study, side: Side) -> step.Artifact:
     """The cached codes of ``side`` (inputs: the SAE and the eval activations)."""
-    acts = study.eval_acts(side.model)
+    acts = study.acts_of(side)
     chunk = study.cfg.matching["chunk_tokens"]
 
     def produce(tmp: Path) -> None:

@@ -4,8 +4,11 @@ A :class:`Side` is one sparse dictionary: a model, a layer and an SAE variant (t
 published, or trained here with ``sae.seed`` — or an SAE trained here with another seed). A
 :class:`Comparison` is two sides read over the same units. Matching (03), the geometry metrics with
 their nulls (04–05), concept groups (06) and the atlas (08) take comparisons, so the same chain scores
-model A against model B (``cross``) and one model's SAE against a second SAE of the same model and
-layer trained with another seed (``seed``: how alike can two dictionaries of one network be?).
+model A against model B (``cross``), each model's SAE against a second SAE of the same model and layer
+trained with another seed (``seed``, the *ceiling*: how alike can two dictionaries of one network be?) and
+each model's SAE against the SAE of a random re-initialisation of the same architecture (``random_init``,
+the *floor*: what token identity and architecture give without learning). Ceilings and floors are
+computed at the layers ``comparisons.layers`` names (:meth:`Study.reference_layers`).
 """
 
 from __future__ import annotations
@@ -18,28 +21,33 @@ import numpy as np
 from .. import step
 from ..activations import Activations, ensure_activations
 from ..config import Config
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, load_model, random_init
 from ..saes import check_width, load_pretrained, published_identity, trained_sae, load_trained
 
 COMPARISON_KINDS = {
     "cross": "model A vs model B (each with the profile's SAE)",
-    "seed": "one model's SAE vs a second SAE of the same model and layer trained with another seed",
+    "seed": "one model's SAE vs a second SAE of the same model and layer trained with another seed (ceiling)",
+    "random_init": "one model's SAE vs the SAE of a random re-initialisation of its architecture (floor)",
 }
 
 
 @dataclass(frozen=True)
 class Side:
     """One sparse dictionary: model ``model`` at layer ``layer`` with its SAE; ``seed`` None is the
-    profile's SAE (published, or trained here with ``sae.seed``), an int an SAE trained here with that seed."""
+    profile's SAE (published, or trained here with ``sae.seed``), an int an SAE trained here with that seed;
+    ``random_init``: the model's architecture randomly re-initialised (``comparisons.init_seed``), its SAE
+    trained like the profile's."""
 
     model: str
     layer: int
     seed: int | None = None
+    random_init: bool = False
 
     @property
     def name(self) -> str:
-        """E.g. ``A2`` or ``A2 (seed 1)``."""
-        return f"{self.model}{self.layer}" + ("" if self.seed is None else f" (seed {self.seed})")
+        """E.g. ``A2``, ``A2 (seed 1)`` or ``A2 (random init)``."""
+        return (f"{self.model}{self.layer}" + (" (random init)" if self.random_init else "")
+                + ("" if self.seed is None else f" (seed {self.seed})"))
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class Study:
     models: dict[str, LoadedModel]
     acts: dict[str, dict[str, Activations]]
     _saes: dict[Side, Any] = field(default_factory=dict, repr=False)
+    _random: dict[str, tuple[LoadedModel, dict[str, Activations]]] = field(default_factory=dict, repr=False)
     _strings: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     @property
@@ -77,22 +86,62 @@ class Study:
     # ---- sides and comparisons -------------------------------------------------------------
     @property
     def comparisons(self) -> list[Comparison]:
-        """The comparisons the profile lists (``comparisons.run``), at ``matching.layer_pair``."""
-        cfg = self.cfg
+        """The comparisons the profile lists (``comparisons.run``) at ``matching.layer_pair``: ``cross``, then
+        ``seed`` and ``random_init`` for each of ``comparisons.models``."""
+        la, lb = self.cfg.matching["layer_pair"]
+        return [self.cross(la, lb)] * ("cross" in self.cfg.comparisons["run"]) + self.references(la, lb)
+
+    def cross(self, la: int, lb: int) -> Comparison:
+        """Model A's SAE at ``la`` vs model B's at ``lb``."""
         a, b = self.ids[:2]
-        la, lb = cfg.matching["layer_pair"]
-        out = []
-        for kind in cfg.comparisons["run"]:
-            if kind == "cross":
-                out.append(Comparison("cross", Side(a, la), Side(b, lb)))
-            elif kind == "seed":
-                m = cfg.comparisons["seed_model"]
-                layer = cfg.matching["layer_pair"][self.ids.index(m)]
-                out.append(Comparison("seed", Side(m, layer), Side(m, layer, cfg.comparisons["second_seed"])))
+        return Comparison("cross", Side(a, la), Side(b, lb))
+
+    def references(self, la: int, lb: int, kind: str | None = None) -> list[Comparison]:
+        """The ceilings (``seed``) and floors (``random_init``) of the cross cell (``la``, ``lb``): for each
+        of ``comparisons.models`` at its layer of the cell, when listed in ``comparisons.run`` and computed
+        at that layer (:meth:`reference_layers`); ``kind`` keeps one kind."""
+        comp, out = self.cfg.comparisons, []
+        for k in ("seed", "random_init"):
+            if k not in comp["run"] or kind not in (None, k):
+                continue
+            for m in comp["models"]:
+                layer = (la, lb)[self.ids.index(m)]
+                if layer in self.reference_layers(m):
+                    other = Side(m, layer, seed=comp["second_seed"]) if k == "seed" else Side(m, layer, random_init=True)
+                    out.append(Comparison(k, Side(m, layer), other))
         return out
 
+    def diagonal(self) -> list[tuple[int, int]]:
+        """The layer pairs of equal relative depth: each extracted layer of the model with fewer of them
+        with the other model's extracted layer nearest in relative depth (ties: the shallower one)."""
+        a, b = self.ids[:2]
+        la_all, lb_all = self.cfg.layers[a], self.cfg.layers[b]
+        flip = len(la_all) > len(lb_all)
+        (x, xs), (y, ys) = ((b, lb_all), (a, la_all)) if flip else ((a, la_all), (b, lb_all))
+        out = []
+        for lx in xs:
+            ly = min(ys, key=lambda L: (round(abs(self.relative_depth(y, L) - self.relative_depth(x, lx)), 9), L))
+            out.append((ly, lx) if flip else (lx, ly))
+        return out
+
+    def reference_layers(self, model_id: str) -> list[int]:
+        """The layers of ``model_id`` with a ceiling and a floor (``comparisons.layers``: ``focus`` =
+        ``matching.layer_pair``; ``diagonal`` = also :meth:`diagonal`; ``all`` = every extracted layer)."""
+        where, i = self.cfg.comparisons["layers"], self.ids.index(model_id)
+        if where == "all":
+            return list(self.cfg.layers[model_id])
+        cells = [tuple(self.cfg.matching["layer_pair"])] + (self.diagonal() if where == "diagonal" else [])
+        return sorted({cell[i] for cell in cells})
+
+    def reference_sides(self) -> list[Side]:
+        """Every side of a ceiling or floor at every layer where they are computed."""
+        la_all, lb_all = (self.cfg.layers[m] for m in self.ids[:2])
+        cells = [(la, lb) for la in la_all for lb in lb_all]
+        sides = {c.b for cell in cells for c in self.references(*cell)}
+        return sorted(sides, key=lambda s: (s.model, s.layer, s.random_init))
+
     def comparison(self, kind: str) -> Comparison:
-        """The profile's comparison of ``kind`` (``cross``, ``seed``)."""
+        """The profile's first comparison of ``kind`` (``cross``, ``seed``, ``random_init``) at ``matching.layer_pair``."""
         found = [c for c in self.comparisons if c.kind == kind]
         if not found:
             raise ValueError(f"comparison {kind!r} is not in comparisons.run {self.cfg.comparisons['run']}. "
@@ -119,15 +168,15 @@ class Study:
             return self._sae_source(side)
 
     def _sae_source(self, side: Side) -> step.Input:
-        if self.cfg.sae["source"] == "pretrained" and side.seed is None:
+        if self.cfg.sae["source"] == "pretrained" and side.seed is None and not side.random_init:
             return published_identity(self.cfg, side.model, side.layer)
-        return trained_sae(self.cfg, side.model, side.layer, self.acts[side.model]["train"],
+        return trained_sae(self.cfg, side.model, side.layer, self.acts_of(side, "train"),
                            self.cfg.sae["seed"] if side.seed is None else side.seed)
 
     def sae(self, side: Side) -> Any:
         """The SAE of ``side`` (loaded once per study; trained and cached first when needed)."""
         if side not in self._saes:
-            lm = self.models[side.model]
+            lm = self.model_of(side)
             device = str(lm.model.cfg.device)
             source = self._sae_source(side)
             sae = load_trained(source, device) if isinstance(source, step.Artifact) else \
@@ -135,6 +184,22 @@ class Study:
             check_width(sae, lm, side.layer)
             self._saes[side] = sae.eval()
         return self._saes[side]
+
+    def _random_model(self, model_id: str) -> tuple[LoadedModel, dict[str, Activations]]:
+        """The random re-initialisation of ``model_id`` and its activations on the profile's units (made once)."""
+        if model_id not in self._random:
+            lm = random_init(self.models[model_id], self.cfg.comparisons["init_seed"])
+            others = [lm if m == model_id else self.models[m] for m in self.ids]
+            self._random[model_id] = lm, ensure_activations(self.cfg, others)[model_id]
+        return self._random[model_id]
+
+    def model_of(self, side: Side) -> LoadedModel:
+        """The model ``side`` reads: the profile's, or its random re-initialisation."""
+        return self._random_model(side.model)[0] if side.random_init else self.models[side.model]
+
+    def acts_of(self, side: Side, split: str = "eval") -> Activations:
+        """The ``split`` activations ``side``'s SAE reads (same units for every side of a model)."""
+        return self._random_model(side.model)[1][split] if side.random_init else self.acts[side.model][split]
 
     def decoder_rows(self, side: Side, idx: np.ndarray) -> np.ndarray:
         """(len(idx), d_model) float64 decoder vectors of features ``idx`` of ``side``'s SAE."""

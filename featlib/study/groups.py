@@ -1,5 +1,5 @@
 """Notebook 06: semantic subspaces — the pairs of one concept group (months, emotions, countries, ...)
-scored with SVCCA and RSA against re-pairings and against random same-size sets of pairs."""
+scored with SVCCA, RSA and debiased CKA against re-pairings and against random same-size sets of pairs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import matching
-from ..subspaces import group_features, group_mask, resolve_groups, score_group
+from ..subspaces import GROUP_METRICS, group_features, group_mask, resolve_groups, score_group
 from .codes import top_token_strings
 from .core import Study
 from .pairs import Match
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def subspace_scores(study: Study, m: Match) -> "pd.DataFrame":
-    """SVCCA/RSA of every concept group's pairs of one matching, with both nulls (see :mod:`featlib.subspaces`).
+    """SVCCA, RSA and debiased CKA of every concept group's pairs of one matching, with both nulls (see :mod:`featlib.subspaces`).
 
     The candidates are the many-to-one pairs above the correlation threshold (every B feature with
     its best A partner; one-to-one would discard most of a small group). A pair belongs to a group
@@ -39,17 +39,18 @@ def subspace_scores(study: Study, m: Match) -> "pd.DataFrame":
     rows = []
     for name, keywords in tqdm(resolve_groups(sub["groups"]).items(), desc="concept groups"):
         members = np.flatnonzero(group_mask(candidates, top_a, top_b, keywords))
-        row: dict[str, Any] = {"comparison": m.comparison.name, "group": name, "keywords": len(keywords),
+        row: dict[str, Any] = {"comparison": m.comparison.name, "kind": m.comparison.kind, "group": name, "keywords": len(keywords),
                                "features A": int(group_features(top_a, keywords).sum()),
                                "features B": int(group_features(top_b, keywords).sum()), "pairs": len(members)}
         scored = len(members) >= max(3, sub["min_features"]) and all(
             len(np.unique(idx[members])) > 1 for idx in (candidates.idx_a, candidates.idx_b))
         s = score_group(X_all, Y_all, members, sim["n_shuffles"], sub["n_random_sets"], sub["seed"], sim["variance"]) if scored else {}
         row["scorable"] = scored
-        for metric in ("svcca", "rsa"):
+        for metric in GROUP_METRICS:
             sc = s.get(metric, {})
-            row |= {metric: sc.get("score", np.nan), f"{metric} null (re-pair)": sc.get("null_mean", np.nan),
-                    f"{metric} p (re-pair)": sc.get("p", np.nan), f"{metric} null (random set)": sc.get("random_set_mean", np.nan),
-                    f"{metric} p (random set)": sc.get("random_set_p", np.nan)}
+            num = {k: np.nan if sc.get(k) is None else sc[k] for k in ("score", "null_mean", "p", "random_set_mean", "random_set_p")}
+            row |= {metric: num["score"], f"{metric} null (re-pair)": num["null_mean"], f"{metric} p (re-pair)": num["p"],
+                    f"{metric} null (random set)": num["random_set_mean"], f"{metric} p (random set)": num["random_set_p"],
+                    f"{metric} not scorable": sc.get("reason", "")}
         rows.append(row)
     return pd.DataFrame(rows)

@@ -20,11 +20,11 @@ VERSION = 3
 def sae_metrics(study: Study, side: Side) -> dict[str, Any]:
     """:func:`featlib.saes.evaluate` of ``side``'s SAE on the eval units (cached; inputs: the SAE and the
     eval activations, whose key covers the model; parameter: ``sae.ce_batches``)."""
-    acts = study.eval_acts(side.model)
+    acts = study.acts_of(side)
     ce_batches = study.cfg.sae["ce_batches"]
 
     def produce(tmp: Path) -> None:
-        m = evaluate(study.sae(side), study.models[side.model], acts, side.layer, ce_batches)
+        m = evaluate(study.sae(side), study.model_of(side), acts, side.layer, ce_batches)
         step.write_json(tmp / "metrics.json", m)
 
     art = step.run("sae_metrics", {"ce_batches": ce_batches}, {"sae": study.sae_input(side), "eval": acts.key},
@@ -32,14 +32,19 @@ def sae_metrics(study: Study, side: Side) -> dict[str, Any]:
     return art.json("metrics.json")
 
 
+def sae_label(side: Side) -> str:
+    """``profile``, ``seed N`` or ``random init``: which SAE of its model and layer ``side`` is."""
+    return "random init" if side.random_init else "profile" if side.seed is None else f"seed {side.seed}"
+
+
 def sae_table(study: Study, sides: list[Side] | None = None) -> "pd.DataFrame":
     """Metrics of SAEs, one row per side (default: the profile's SAE at every model and layer, then the
-    comparisons' other SAEs, e.g. the second seed's)."""
+    ceilings' and floors' SAEs: the second seed's, the random re-initialisation's)."""
     import pandas as pd
 
     if sides is None:
         sides = [Side(mid, L) for mid in study.ids for L in study.cfg.layers[mid]]
-        sides += [s for c in study.comparisons for s in (c.a, c.b) if s not in sides]
-    rows = [{"model": s.model, "layer": s.layer, "sae": "profile" if s.seed is None else f"seed {s.seed}", **sae_metrics(study, s)}
+        sides += study.reference_sides()
+    rows = [{"model": s.model, "layer": s.layer, "sae": sae_label(s), **sae_metrics(study, s)}
             for s in tqdm(sides, desc="SAEs")]
     return pd.DataFrame(rows)

@@ -1,0 +1,103 @@
+"""The "What we find" paragraphs that end notebooks 03–06, written from the computed numbers (markdown)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..calibration import ABOVE
+from ..similarity import METRIC_NAMES
+from .pairs import Match
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+HEAD = "**What we find.** "
+
+
+def _share(lo: float, x: float, hi: float) -> str:
+    return f"{(x - lo) / (hi - lo):.0%} of the way from the floor to the ceiling" if hi > lo else "the ceiling is not above the floor"
+
+
+def matching_findings(matches: list[Match]) -> str:
+    """How many pairs survive and how strongly they correlate, cross beside the ceilings and floors."""
+    def line(m: Match) -> str:
+        n, active = len(m.pairs), m.funnel["active_B"]
+        return (f"{m.comparison.name}: {n} final pairs ({n / max(active, 1):.0%} of {active} active features of "
+                f"side B), median best r {np.median(m.many_to_one.r):.2f}")
+
+    by_kind = {k: [m for m in matches if m.comparison.kind == k] for k in ("cross", "seed", "random_init")}
+    text = HEAD + "; ".join(line(m) for m in matches) + "."
+    if all(by_kind.values()):
+        med = {k: float(np.mean([np.median(m.many_to_one.r) for m in ms])) for k, ms in by_kind.items()}
+        share = {k: float(np.mean([len(m.pairs) / max(m.funnel["active_B"], 1) for m in ms])) for k, ms in by_kind.items()}
+        text += (f" The cross-model median best r ({med['cross']:.2f}) is {_share(med['random_init'], med['cross'], med['seed'])}"
+                 f" (floor {med['random_init']:.2f}, ceiling {med['seed']:.2f}, each the mean over models); the share of "
+                 f"features kept as pairs ({share['cross']:.0%}) is {_share(share['random_init'], share['cross'], share['seed'])}.")
+    return text
+
+
+def scale_findings(table: "pd.DataFrame") -> str:
+    """Per metric of one cell's calibration table: floor, cross, ceiling, the calibrated score and verdict."""
+    if table.empty:
+        return HEAD + "no ceiling and floor were computed for this layer pair (comparisons.run, comparisons.layers)."
+    lines, above = [], []
+    for _, r in table.iterrows():
+        name = METRIC_NAMES[r.metric]
+        if not np.isfinite(r["calibrated"]):
+            lines.append(f"- {name}: — ({r.verdict.split(': ', 1)[-1]})")
+            continue
+        above += [name] if r.verdict == ABOVE else []
+        lines.append(f"- {name}: cross {r.cross:.3f}; floor {r.floor:.3f} [{r['floor lo']:.3f}, {r['floor hi']:.3f}]; "
+                     f"ceiling {r.ceiling:.3f}; re-pairing null {r.null:.3f}: calibrated **{r.calibrated:.2f}** "
+                     f"[{r['calibrated lo']:.2f}, {r['calibrated hi']:.2f}], {r.verdict}")
+    m = int(table.m.iloc[0])
+    return (HEAD + f"at {m} pairs per draw ({table.comparison.iloc[0]}), {len(above)} of {len(table)} metrics place "
+            f"the cross-model score above the random-model floor" + (f" ({', '.join(above)})" if above else "")
+            + ":\n\n" + "\n".join(lines))
+
+
+def grid_findings(grid: "pd.DataFrame", diagonal: list[tuple[int, int]]) -> str:
+    """Per metric over the calibrated layer grid: cells above the floor, the best cell, and whether the best
+    layer pair of equal relative depth is a middle one (neither the shallowest nor the deepest)."""
+    if grid.empty:
+        return HEAD + "no layer pair has a ceiling and a floor (comparisons.run, comparisons.layers)."
+    lines, middle = [], []
+    for metric, t in grid.groupby("metric", sort=False):
+        t = t[np.isfinite(t.calibrated)]
+        if t.empty:
+            lines.append(f"- {METRIC_NAMES[metric]}: not scorable in any cell")
+            continue
+        best = t.loc[t.calibrated.idxmax()]
+        diag = t[[(a, b) in diagonal for a, b in zip(t["layer A"], t["layer B"])]].sort_values("depth A")
+        where = ""
+        if len(diag) >= 3:
+            top = diag.calibrated.to_numpy().argmax()
+            is_middle = 0 < top < len(diag) - 1
+            middle += [METRIC_NAMES[metric]] if is_middle else []
+            where = (f"; along equal relative depth the highest is at depth {diag['depth A'].iloc[top]:.2f} "
+                     f"({'a middle' if is_middle else 'an outer'} pair)")
+        lines.append(f"- {METRIC_NAMES[metric]}: {int((t.verdict == ABOVE).sum())} of {len(t)} calibrated cells above "
+                     f"the floor; highest {best.calibrated:.2f} at layers {best['layer A']:.0f}–{best['layer B']:.0f}{where}")
+    return (HEAD + f"middle layers are the most similar (after calibration) for {len(middle)} metric(s)"
+            + (f": {', '.join(middle)}" if middle else "") + ".\n\n" + "\n".join(lines))
+
+
+def group_findings(groups: "pd.DataFrame", metric: str = "rsa") -> str:
+    """Concept groups whose cross-model ``metric`` beats its re-pairing null (p < 0.05) and every floor's
+    score of the same group (not scorable floors do not count as beaten)."""
+    cross = groups[(groups.kind == "cross") & groups.scorable]
+    floors = groups[groups.kind == "random_init"].groupby("group")[metric].max()
+    ceilings = groups[groups.kind == "seed"].groupby("group")[metric].mean()
+    lines, above = [], []
+    for _, r in cross.iterrows():
+        fl, ce = floors.get(r.group, np.nan), ceilings.get(r.group, np.nan)
+        ok = r[f"{metric} p (re-pair)"] < 0.05 and np.isfinite(fl) and r[metric] > fl
+        above += [r.group] if ok else []
+        lines.append(f"- {r.group} ({r.pairs} pairs): cross {r[metric]:.3f} (p {r[f'{metric} p (re-pair)']:.3g}), "
+                     f"best floor {fl:.3f}, mean ceiling {ce:.3f}" + (" — above the floor" if ok else ""))
+    name = METRIC_NAMES[metric]
+    return (HEAD + f"{len(above)} of {len(cross)} scorable concept groups have a cross-model {name} above its "
+            f"re-pairing null (p < 0.05) and above the random-model floors' {name} of the same group"
+            + (f": {', '.join(above)}" if above else "") + ".\n\n" + "\n".join(lines))

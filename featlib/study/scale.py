@@ -1,0 +1,97 @@
+"""Notebooks 03–06: the calibrated scale — every cross-model score between its random-model floor and its
+seed ceiling, measured through the same chain at the same layers (see :mod:`featlib.calibration` for
+the method: subsampling of pairs without replacement at one size, interval = 2.5–97.5 % of the draws)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import calibration, similarity, step
+from ..calibration import Band, Calibration
+from .core import Comparison, Study
+from .pairs import match, matching_artifact
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+VERSION = 1
+HELDOUT_SPLITS = 10  # held-out CCA: random half splits per score (as in featlib.similarity.compare_with_nulls)
+
+
+def calibration_artifact(study: Study, cell: Comparison, draws: int) -> step.Artifact | None:
+    """The cached calibration of the cross ``cell`` with ``draws`` draws (inputs: the matchings of the
+    cell, its ceilings and its floors; parameters: ``calibration`` fraction and seed, the SVCCA variance);
+    None unless the cell has a ceiling and a floor for each of ``comparisons.models`` (``comparisons.run``,
+    ``comparisons.layers``)."""
+    refs = study.references(cell.a.layer, cell.b.layer)
+    ceilings, floors = [c for c in refs if c.kind == "seed"], [c for c in refs if c.kind == "random_init"]
+    if not len(ceilings) == len(floors) == len(study.cfg.comparisons["models"]):
+        return None
+    cal = study.cfg.calibration
+    params = {"fraction": cal["fraction"], "draws": draws, "seed": cal["seed"],
+              "variance": study.cfg.similarity["variance"], "heldout_splits": HELDOUT_SPLITS}
+    comps = [cell, *ceilings, *floors]
+
+    def produce(tmp: Path) -> None:
+        matches = [match(study, c) for c in comps]
+        rows = [(study.decoder_rows(m.comparison.a, m.pairs.idx_a), study.decoder_rows(m.comparison.b, m.pairs.idx_b))
+                for m in matches]
+        cals = calibration.calibrate_pairs(rows[0], rows[1:1 + len(ceilings)], rows[1 + len(ceilings):],
+                                           fraction=params["fraction"], draws=draws, seed=params["seed"],
+                                           variance=params["variance"], heldout_splits=HELDOUT_SPLITS)
+        step.write_json(tmp / "calibration.json", {k: asdict(c) for k, c in cals.items()})
+
+    inputs = {f"matching_{i}": matching_artifact(study, c) for i, c in enumerate(comps)}
+    return step.run("calibration", params, inputs, produce, version=VERSION, meta={"comparisons": [c.name for c in comps]})
+
+
+def calibrate(study: Study, cell: Comparison, draws: int | None = None) -> dict[str, Calibration]:
+    """{metric: :class:`featlib.calibration.Calibration`} of the cross ``cell`` (``draws`` default
+    ``calibration.draws``); {} when the cell has no ceiling or floor."""
+    art = calibration_artifact(study, cell, draws or study.cfg.calibration["draws"])
+    if art is None:
+        return {}
+    out = {}
+    stored = art.json("calibration.json")
+    for metric, d in sorted(stored.items(), key=lambda kv: similarity.METRICS.index(kv[0])):
+        bands = {k: Band(*(np.nan if v is None else v for v in (d[k]["mean"], d[k]["lo"], d[k]["hi"])))
+                 for k in ("cross", "ceiling", "floor", "null", "calibrated")}
+        out[metric] = Calibration(metric, d["m"], d["draws"], **bands, verdict=d["verdict"])
+    return out
+
+
+def calibration_table(study: Study, cell: Comparison, draws: int | None = None) -> "pd.DataFrame":
+    """:func:`featlib.calibration.calibration_table` of one cell, with the cell's name first (empty when
+    the cell has no ceiling or floor)."""
+    import pandas as pd
+
+    cals = calibrate(study, cell, draws)
+    if not cals:
+        return pd.DataFrame()
+    table = calibration.calibration_table(cals)
+    table.insert(0, "comparison", cell.name)
+    return table
+
+
+def calibrated_grid(study: Study, comparison: Comparison) -> "pd.DataFrame":
+    """The calibration of every cell of ``comparison``'s layer grid that has a ceiling and a floor, with
+    ``calibration.grid_draws`` draws (one row per cell and metric, with the layers and relative depths)."""
+    import pandas as pd
+
+    parts = []
+    a, b = comparison.a.model, comparison.b.model
+    for cell in tqdm(study.grid(comparison), desc="calibrating layer pairs"):
+        t = calibration_table(study, cell, study.cfg.calibration["grid_draws"])
+        if len(t):
+            t.insert(1, "layer A", cell.a.layer)
+            t.insert(2, "layer B", cell.b.layer)
+            t.insert(3, "depth A", study.relative_depth(a, cell.a.layer))
+            t.insert(4, "depth B", study.relative_depth(b, cell.b.layer))
+            parts.append(t)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
