@@ -155,14 +155,17 @@ def calibrate_pairs(cross: Pairs, ceilings: list[Pairs], floors: list[Pairs], *,
 
 
 def calibration_table(cals: dict[str, Calibration]) -> "pd.DataFrame":
-    """One row per metric: m, each role's mean and interval, the calibrated score and interval, the verdict."""
+    """One row per metric: m, each role's mean and interval, the calibrated score and interval, the verdict
+    (no rows, the same columns, for no calibrations)."""
     import pandas as pd
 
+    bands = ("null", "floor", "cross", "ceiling", "calibrated")
+    columns = ["metric", "m", "draws", *(f"{b}{x}" for b in bands for x in ("", " lo", " hi")), "verdict"]
     rows = []
     for metric, c in cals.items():
         row = {"metric": metric, "m": c.m, "draws": c.draws}
-        for role in ("null", "floor", "cross", "ceiling", "calibrated"):
+        for role in bands:
             band = getattr(c, role)
             row |= {role: band.mean, f"{role} lo": band.lo, f"{role} hi": band.hi}
         rows.append(row | {"verdict": c.verdict})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)

@@ -238,7 +238,9 @@ def random_init(lm: LoadedModel, seed: int) -> LoadedModel:
 
     from transformer_lens import HookedTransformer
 
-    cfg = dataclasses.replace(lm.model.cfg, seed=seed, init_weights=True)
+    # tokenizer_name None: transformer-lens would otherwise fetch the tokenizer again (from the hub); the
+    # ids are lm's and every token id stays below cfg.d_vocab
+    cfg = dataclasses.replace(lm.model.cfg, seed=seed, init_weights=True, tokenizer_name=None)
     model = HookedTransformer(cfg, move_to_device=False).to(cfg.device, print_details=False).eval()
     return dataclasses.replace(lm, model=model, fingerprint=stable_hash([lm.fingerprint, "random_init", seed]))
 

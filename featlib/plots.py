@@ -95,6 +95,9 @@ def scale_dots(ax: Any, table: "pd.DataFrame", metric: str, title: str) -> None:
     each cell of a :func:`featlib.study.calibration_table` table, with the calibrated score written above;
     a not scorable metric is left blank with its reason."""
     rows = table[table.metric == metric].reset_index(drop=True)
+    if rows.empty:
+        ax.text(0.5, 0.5, "no ceiling and floor computed\n(comparisons.run, comparisons.layers)", ha="center",
+                va="center", fontsize=8, transform=ax.transAxes)
     for i, r in rows.iterrows():
         if not np.isfinite(r["cross"]):
             ax.text(i, 0.5, "not scorable:\n" + str(r["verdict"]).split(": ", 1)[-1], ha="center", va="center",

@@ -89,20 +89,21 @@ class Study:
         """The comparisons the profile lists (``comparisons.run``) at ``matching.layer_pair``: ``cross``, then
         ``seed`` and ``random_init`` for each of ``comparisons.models``."""
         la, lb = self.cfg.matching["layer_pair"]
-        return [self.cross(la, lb)] * ("cross" in self.cfg.comparisons["run"]) + self.references(la, lb)
+        cross = [self.cross(la, lb)] if "cross" in self.cfg.comparisons["run"] else []
+        return cross + self.references(la, lb)
 
     def cross(self, la: int, lb: int) -> Comparison:
         """Model A's SAE at ``la`` vs model B's at ``lb``."""
         a, b = self.ids[:2]
         return Comparison("cross", Side(a, la), Side(b, lb))
 
-    def references(self, la: int, lb: int, kind: str | None = None) -> list[Comparison]:
+    def references(self, la: int, lb: int) -> list[Comparison]:
         """The ceilings (``seed``) and floors (``random_init``) of the cross cell (``la``, ``lb``): for each
         of ``comparisons.models`` at its layer of the cell, when listed in ``comparisons.run`` and computed
-        at that layer (:meth:`reference_layers`); ``kind`` keeps one kind."""
+        at that layer (:meth:`reference_layers`)."""
         comp, out = self.cfg.comparisons, []
         for k in ("seed", "random_init"):
-            if k not in comp["run"] or kind not in (None, k):
+            if k not in comp["run"]:
                 continue
             for m in comp["models"]:
                 layer = (la, lb)[self.ids.index(m)]

@@ -87,7 +87,7 @@ def grid_findings(grid: "pd.DataFrame", diagonal: list[tuple[int, int]]) -> str:
 def group_findings(groups: "pd.DataFrame", metric: str = "rsa") -> str:
     """Concept groups whose cross-model ``metric`` beats its re-pairing null (p < 0.05) and every floor's
     score of the same group (not scorable floors do not count as beaten)."""
-    cross = groups[(groups.kind == "cross") & groups.scorable]
+    cross = groups[(groups.kind == "cross") & groups.scorable & np.isfinite(groups[metric])]
     floors = groups[groups.kind == "random_init"].groupby("group")[metric].max()
     ceilings = groups[groups.kind == "seed"].groupby("group")[metric].mean()
     lines, above = [], []
@@ -98,6 +98,6 @@ def group_findings(groups: "pd.DataFrame", metric: str = "rsa") -> str:
         lines.append(f"- {r.group} ({r.pairs} pairs): cross {r[metric]:.3f} (p {r[f'{metric} p (re-pair)']:.3g}), "
                      f"best floor {fl:.3f}, mean ceiling {ce:.3f}" + (" — above the floor" if ok else ""))
     name = METRIC_NAMES[metric]
-    return (HEAD + f"{len(above)} of {len(cross)} scorable concept groups have a cross-model {name} above its "
+    return (HEAD + f"{len(above)} of {len(cross)} concept groups with a scorable {METRIC_NAMES[metric]} have a cross-model {name} above its "
             f"re-pairing null (p < 0.05) and above the random-model floors' {name} of the same group"
             + (f": {', '.join(above)}" if above else "") + ".\n\n" + "\n".join(lines))

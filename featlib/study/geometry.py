@@ -132,7 +132,8 @@ def reference_grid(study: Study) -> "pd.DataFrame":
         g = compare_pairs(study, match(study, c), study.cfg.similarity["layerwise_shuffles"])
         rows.append({"comparison": c.kind, "model": side.model, "layer": side.layer,
                      "depth": study.relative_depth(side.model, side.layer)} | _row(g))
-    return pd.DataFrame(rows)
+    columns = ["comparison", "model", "layer", "depth", "pairs"] + [f"{m}{x}" for m in METRICS for x in ("", " null", " p")]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def grid_matrix(grid: "pd.DataFrame", column: str) -> np.ndarray:

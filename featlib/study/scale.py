@@ -66,32 +66,27 @@ def calibrate(study: Study, cell: Comparison, draws: int | None = None) -> dict[
 
 
 def calibration_table(study: Study, cell: Comparison, draws: int | None = None) -> "pd.DataFrame":
-    """:func:`featlib.calibration.calibration_table` of one cell, with the cell's name first (empty when
+    """:func:`featlib.calibration.calibration_table` of one cell, with the cell's name first (no rows when
     the cell has no ceiling or floor)."""
-    import pandas as pd
-
-    cals = calibrate(study, cell, draws)
-    if not cals:
-        return pd.DataFrame()
-    table = calibration.calibration_table(cals)
+    table = calibration.calibration_table(calibrate(study, cell, draws))
     table.insert(0, "comparison", cell.name)
     return table
 
 
 def calibrated_grid(study: Study, comparison: Comparison) -> "pd.DataFrame":
     """The calibration of every cell of ``comparison``'s layer grid that has a ceiling and a floor, with
-    ``calibration.grid_draws`` draws (one row per cell and metric, with the layers and relative depths)."""
+    ``calibration.grid_draws`` draws (one row per cell and metric, with the layers and relative depths; no
+    rows when no cell has both)."""
     import pandas as pd
 
     parts = []
     a, b = comparison.a.model, comparison.b.model
     for cell in tqdm(study.grid(comparison), desc="calibrating layer pairs"):
         t = calibration_table(study, cell, study.cfg.calibration["grid_draws"])
-        if len(t):
-            t.insert(1, "layer A", cell.a.layer)
-            t.insert(2, "layer B", cell.b.layer)
-            t.insert(3, "depth A", study.relative_depth(a, cell.a.layer))
-            t.insert(4, "depth B", study.relative_depth(b, cell.b.layer))
-            parts.append(t)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        t.insert(1, "layer A", cell.a.layer)
+        t.insert(2, "layer B", cell.b.layer)
+        t.insert(3, "depth A", study.relative_depth(a, cell.a.layer))
+        t.insert(4, "depth B", study.relative_depth(b, cell.b.layer))
+        parts.append(t)
+    return pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
 
