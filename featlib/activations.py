@@ -152,22 +152,44 @@ def resolve_align(cfg: Config, lms: list[LoadedModel]) -> str:
     return align
 
 
-def rowsets(cfg: Config, lms: list[LoadedModel], align: str) -> dict[str, dict[str, RowSet]]:
-    """{split: {model id: RowSet}}: the rows every model reads and its units (see :mod:`featlib.alignment`)."""
+def rowsets(cfg: Config, lms: list[LoadedModel], align: str, heldout_rows: int = 0) -> dict[str, dict[str, RowSet]]:
+    """{split: {model id: RowSet}}: the rows every model reads and its units (see :mod:`featlib.alignment`).
+
+    ``heldout_rows`` > 0 adds a split ``"heldout"`` of the text that follows: that many rows of the token
+    stream, or segments holding at least that many rows' worth of aligned units. The eval and train
+    splits do not depend on it."""
     d = cfg.data
+    splits = SPLITS + (("heldout",) if heldout_rows else ())
     if align == "tokens":
         lm = lms[0]
         body = d["seq_len"] - 1
-        n_eval = -(-d["n_eval_tokens"] // body)
-        n_train = -(-d["n_train_tokens"] // body)
-        rows = token_stream(lm.tokenizer, documents(d), d["seq_len"], (n_eval + n_train) * body, lm.bos_id).numpy()
-        parts = {"eval": rows[:n_eval], "train": rows[n_eval:]}
-        return {split: {m.id: token_rowset(r) for m in lms} for split, r in parts.items()}
+        sizes = [-(-d["n_eval_tokens"] // body), -(-d["n_train_tokens"] // body), heldout_rows][: len(splits)]
+        rows = token_stream(lm.tokenizer, documents(d), d["seq_len"], sum(sizes) * body, lm.bos_id).numpy()
+        parts = np.split(rows, np.cumsum(sizes)[:-1])
+        return {split: {m.id: token_rowset(r) for m in lms} for split, r in zip(splits, parts)}
     toks = {lm.id: lm.tokenizer for lm in lms}
     pad = {lm.id: lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.bos_id for lm in lms}
-    need = [d["n_eval_tokens"], d["n_train_tokens"]]
+    need = [d["n_eval_tokens"], d["n_train_tokens"], heldout_rows * d["seq_len"]][: len(splits)]
     parts = aligned_rowsets(documents(d), toks, {lm.id: lm.bos_id for lm in lms}, pad, d["seq_len"], need, align)
-    return dict(zip(SPLITS, parts))
+    return dict(zip(splits, parts))
+
+
+def heldout_rows(cfg: Config, lms: list[LoadedModel], n_rows: int, n_tokens: int) -> dict[str, np.ndarray]:
+    """{model id: (n_rows, n_tokens) int64}: each model's first ``n_tokens`` tokens (BOS first) of the same
+    ``n_rows`` rows of held-out text, the text that follows the eval and train splits (:func:`rowsets`).
+
+    Aligned text: the next segments long enough in every tokenizer. Raises ValueError, naming the fix,
+    when the text runs out."""
+    try:
+        held = rowsets(cfg, lms, resolve_align(cfg, lms), heldout_rows=n_rows)["heldout"]
+    except ValueError as e:
+        raise ValueError(f"{e} (transfer.n_rows = {n_rows} held-out rows after the eval and train text)") from None
+    ids = [lm.id for lm in lms]
+    long = np.flatnonzero(np.all([held[m].lengths >= n_tokens for m in ids], axis=0))[:n_rows]
+    if len(long) < n_rows:
+        raise ValueError(f"only {len(long)} held-out segments have {n_tokens} tokens in every tokenizer, "
+                         f"{n_rows} are needed. Fix: lower transfer.n_tokens or transfer.n_rows.")
+    return {m: held[m].tokens[long, :n_tokens] for m in ids}
 
 
 def params(cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: str, lms: list[LoadedModel]) -> dict[str, Any]:

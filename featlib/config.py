@@ -182,6 +182,25 @@ class Calibration(_Section):
     seed: int = 0
 
 
+class Transfer(_Section):
+    """Causal transfer of steering directions between the models (notebook 09, featlib.transfer)."""
+
+    layers: Literal["focus", "diagonal"] = "focus"  # matching.layer_pair, or also every pair of equal relative depth
+    max_pairs: PosInt = 200  # test pairs per layer pair (a seeded sample; all when fewer)
+    folds: int = Field(5, ge=2)  # the rotation for a test pair is fitted on the pairs outside its fold
+    ridge: float = Field(0.01, gt=0)  # affine map: penalty = ridge x mean eigenvalue of the source covariance
+    n_rows: PosInt = 4  # rows of held-out text (after the eval and train text) read while steering
+    n_tokens: int = Field(17, ge=3)  # tokens per row, BOS included (at most data.seq_len)
+    loss_rise: float = Field(0.5, gt=0)  # the dose: own directions raise the clean loss by this (nats, median)
+    n_calibration: PosInt = 8  # own feature directions the dose is measured on
+    top_n: PosInt = 50  # promoted strings compared
+    success_quantile: float = Field(0.95, gt=0, lt=1)  # of the random-other-feature agreements
+    gallery: NonNegInt = 6  # readable features continued greedily in both models
+    gallery_tokens: PosInt = 20
+    prompts: list[str] = Field(["The State of the Union is", "In the coming year, we will"], min_length=1)
+    seed: int = 0
+
+
 class Profile(_Section):
     profile: str = ""
     models: dict[str, ModelSpec] = Field(min_length=2)
@@ -195,6 +214,7 @@ class Profile(_Section):
     atlas: Atlas = Atlas()
     comparisons: Comparisons = Comparisons()
     calibration: Calibration = Calibration()
+    transfer: Transfer = Transfer()
 
 
 SECTIONS = tuple(Profile.model_fields)  # "profile" first, then the sections in order
@@ -426,6 +446,7 @@ class Config:
     atlas: dict[str, Any]
     comparisons: dict[str, Any]
     calibration: dict[str, Any]
+    transfer: dict[str, Any]
     overrides: dict[str, Any] = field(default_factory=dict)  # as given to build()
     source: str = field(default="", compare=False)  # the profile file (repository-relative when inside it)
 
@@ -554,6 +575,11 @@ def _check(d: dict[str, Any], where: _Where) -> None:
                                   f"its extracted layers",
                                   fix=where.fix(key).rstrip(".") + " (or add the layer to layers." + mid + ").")
 
+    if d["transfer"]["n_tokens"] > d["data"]["seq_len"]:
+        raise where.error("transfer.n_tokens", d["transfer"]["n_tokens"], f"at most data.seq_len "
+                          f"({d['data']['seq_len']})", what="is longer than a row")
+    if any(not p.strip() for p in d["transfer"]["prompts"]):
+        raise where.error("transfer.prompts", d["transfer"]["prompts"], "non-empty strings", what="holds an empty prompt")
     pair = d["matching"]["layer_pair"]
     pair_check("matching.layer_pair", pair, 2)
     if d["universal"]["layers"]:

@@ -153,3 +153,19 @@ def group_scale(ax: Any, groups: "pd.DataFrame", metric: str, title: str) -> Non
     ax.set_title(title, fontsize=10)
     if len(cross):
         ax.legend(fontsize=7)
+
+
+def success_bars(ax: Any, table: "pd.DataFrame", chance: float, title: str) -> None:
+    """Transfer success rate with its 95 % interval for every method and control of a
+    :func:`featlib.study.success_table` slice (one layer pair and direction), methods in blue, controls in
+    grey, the chance rate (1 − ``transfer.success_quantile``) as a dashed line."""
+    rows = table.reset_index(drop=True)
+    y = np.arange(len(rows))[::-1]
+    colors = ["C0" if k == "method" else "0.6" for k in rows["kind"]]
+    err = [rows["success"] - rows["95% CI low"], rows["95% CI high"] - rows["success"]]
+    ax.barh(y, rows["success"], xerr=err, color=colors, capsize=3)
+    ax.axvline(chance, color="k", ls="--", lw=0.8, label=f"chance ({chance:.0%})")
+    ax.set_yticks(y, [f"{s} (n={n})" for s, n in zip(rows["steered by"], rows["pairs"])], fontsize=7)
+    ax.set(xlim=(0, 1), xlabel="transfer success rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")

@@ -122,3 +122,36 @@ def test_extraction_never_runs_blocks_past_the_deepest_layer(tmp_path):
         for h in hooks:
             h.remove()
     assert sorted(set(ran)) == [0, 1]
+
+
+def lms(tokenizers, ids):
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(id=m, tokenizer=tokenizers[m], bos_id=0, tokenizer_fingerprint=m) for m in ids]
+
+
+def test_heldout_rows_follow_the_eval_and_train_text(tokenizers):
+    from featlib import config
+    from featlib.activations import heldout_rows, rowsets
+
+    cfg = config.build("smoke", {"data.n_eval_tokens": 300, "data.n_train_tokens": 500, "data.seq_len": 48})
+    models = lms(tokenizers, ["A", "S"])
+    held = heldout_rows(cfg, models, 3, 20)
+    parts = rowsets(cfg, models, "token_end")
+    for m in ("A", "S"):
+        assert held[m].shape == (3, 20) and (held[m][:, 0] == 0).all()
+        seen = {tokenizers[m].decode(r[1:20].tolist()) for s in parts.values() for r in s[m].tokens}
+        assert not {tokenizers[m].decode(r[1:].tolist()) for r in held[m]} & seen, "held-out text was read before"
+    # both models read the same text: each row decodes to the start of the same segment
+    for ra, rs in zip(held["A"], held["S"]):
+        a, s = tokenizers["A"].decode(ra[1:].tolist()), tokenizers["S"].decode(rs[1:].tolist())
+        assert a[:10] == s[:10]
+    with pytest.raises(ValueError, match="transfer.n_tokens"):
+        heldout_rows(cfg, models, 3, 48 + 1000)
+    # one tokenizer: the token stream's next rows
+    same = lms(tokenizers, ["A", "A"])
+    same[1].id = "B"
+    cfg1 = config.build("smoke", {"data.n_eval_tokens": 300, "data.n_train_tokens": 500, "data.seq_len": 48})
+    held1 = heldout_rows(cfg1, same, 2, 10)
+    stream = corpus.token_stream(tokenizers["A"], corpus.documents(cfg1.data), 48, (7 + 11 + 2) * 47, 0).numpy()
+    assert (held1["A"] == stream[18:, :10]).all() and (held1["B"] == held1["A"]).all()

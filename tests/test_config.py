@@ -145,7 +145,7 @@ def test_unknown_keys_and_sections_fail_naming_the_fix(tmp_path):
     raw = config.load_profile("smoke")
     raw["colour"] = "red"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(config.ConfigError, match=r"bad\.yaml: unknown key colour; known keys: profile, models, .*comparisons, calibration\. "
+    with pytest.raises(config.ConfigError, match=r"bad\.yaml: unknown key colour; known keys: profile, models, .*comparisons, calibration, transfer\. "
                        r"Fix: check the spelling of colour in"):
         config.build(str(tmp_path / "bad.yaml"))
     with pytest.raises(config.ConfigError, match=r"not a mapping.*Fix: override sae\.k itself"):
@@ -233,3 +233,14 @@ def test_profile_label_must_be_a_plain_name(tmp_path):
     (tmp_path / "x.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(config.ConfigError, match="plain name.*Fix"):
         config.build(str(tmp_path / "x.yaml"))
+
+
+def test_transfer_settings_are_checked():
+    with pytest.raises(config.ConfigError, match=r"transfer\.n_tokens = 200 is longer than a row; allowed: at most data\.seq_len \(128\)"):
+        config.build("tiny", {"transfer.n_tokens": 200})
+    with pytest.raises(config.ConfigError, match=r"transfer\.prompts = \['ok', ' '\] holds an empty prompt"):
+        config.build("tiny", {"transfer.prompts": ["ok", " "]})
+    with pytest.raises(config.ConfigError, match=r"transfer\.folds"):
+        config.build("tiny", {"transfer.folds": 1})
+    with pytest.raises(config.ConfigError, match=r"transfer\.success_quantile"):
+        config.build("tiny", {"transfer.success_quantile": 1.0})

@@ -13,8 +13,8 @@ from featlib.tools import chain, colab
 NOTEBOOKS = chain.notebooks()
 
 
-def test_eight_numbered_notebooks():
-    assert [nb.name[:2] for nb in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+def test_nine_numbered_notebooks():
+    assert [nb.name[:2] for nb in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08", "09"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -40,15 +40,20 @@ def test_notebook_layout(path):
 
 
 def test_notebooks_are_thin():
-    """Logic lives in featlib: the eight notebooks' code (blank lines aside) stays under half of the 852
-    lines they had before featlib.study, and no code cell is longer than 20 lines."""
+    """Logic lives in featlib: the code (blank lines aside) of notebooks 01–08 stays under half of the 852
+    lines they had before featlib.study, a later notebook under 75 lines, and no code cell is longer than 20."""
     total = 0
     for path in NOTEBOOKS:
+        mine = 0
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code":
                 lines = [ln for ln in cell.source.splitlines() if ln.strip()]
                 assert len(lines) <= 20, f"{path.name}: a code cell of {len(lines)} lines; move its logic to featlib"
-                total += len(lines)
+                mine += len(lines)
+        if path.name[:2] <= "08":
+            total += mine
+        else:
+            assert mine < 75, f"{path.name}: {mine} code lines; move logic to featlib"
     assert total < 852 / 2, total
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from featlib import config, step
 from featlib import study as fs
-from featlib.study import codes, pairs, scale, usae
+from featlib.study import codes, pairs, scale, transfer, usae
 
 
 def keys(overrides=None):
@@ -22,6 +22,7 @@ def keys(overrides=None):
             "matching_random": pairs.matching_artifact(study, rand).key,
             "calibration": scale.calibration_artifact(study, cross, cfg.calibration["draws"]).key,
             "usae": usae.usae_artifact(study).key, "usae_metrics": usae.metrics_artifact(study).key,
+            "transfer": transfer.transfer_artifact(study, 2, 3).key,
         }
 
 
@@ -47,7 +48,7 @@ def test_planning_makes_nothing(tmp_path, monkeypatch):
 
 def test_editing_model_b_rekeys_everything_downstream_of_b_only(base):
     other = keys({"models.B.dtype": "float16"})
-    assert changed(base, other) == {"acts_B", "codes_B", "matching", "usae", "usae_metrics", "calibration"}
+    assert changed(base, other) == {"acts_B", "codes_B", "matching", "usae", "usae_metrics", "calibration", "transfer"}
     other = keys({"models.B.path": "models/tiny/lm-a"})  # another checkpoint
     assert {"acts_B", "codes_B", "matching"} <= changed(base, other) and "codes_A" not in changed(base, other)
 
@@ -57,16 +58,18 @@ def test_measurement_parameters_do_not_retrain(base):
     assert changed(base, keys({"universal.concept": 3})) == set()
     assert changed(base, keys({"similarity.n_shuffles": 7, "atlas.n_random": 9, "calibration.grid_draws": 3})) == set()
     assert changed(base, keys({"calibration.draws": 7})) == {"calibration"}
-    assert changed(base, keys({"universal.steps": 201})) == {"usae", "usae_metrics"}
+    assert changed(base, keys({"universal.steps": 201})) == {"usae", "usae_metrics", "transfer"}  # its universal method
+    assert changed(base, keys({"transfer.n_rows": 3, "transfer.ridge": 0.1})) == {"transfer"}
+    assert changed(base, keys({"transfer.gallery": 2, "transfer.success_quantile": 0.9, "transfer.prompts": ["x"]})) == set()
 
 
 def test_matching_and_seed_parameters_reach_the_right_steps(base):
     every_matching = {"matching", "matching_seed", "matching_random", "calibration"}
-    assert changed(base, keys({"matching.min_r": 0.2})) == every_matching | {"usae_metrics"}
+    assert changed(base, keys({"matching.min_r": 0.2})) == every_matching | {"usae_metrics", "transfer"}
     assert changed(base, keys({"comparisons.second_seed": 2})) == {"codes_A_seed", "matching_seed", "calibration"}
     assert changed(base, keys({"comparisons.init_seed": 3})) == {"codes_A_random", "matching_random", "calibration"}
     assert changed(base, keys({"sae.k": 8})) == every_matching | {"codes_A", "codes_B", "codes_A_seed", "codes_A_random",
-                                                                 "usae_metrics"}
+                                                                 "usae_metrics", "transfer"}
 
 
 def test_only_cells_with_both_models_ceiling_and_floor_are_calibrated():
@@ -76,3 +79,11 @@ def test_only_cells_with_both_models_ceiling_and_floor_are_calibrated():
         assert scale.calibration_artifact(study, study.cross(2, 3), 5) is not None
         assert scale.calibration_artifact(study, study.cross(2, 2), 5) is None, "B2 has no ceiling or floor"
         assert scale.calibration_artifact(study, study.cross(1, 3), 5) is None, "A1 has no ceiling or floor"
+
+
+def test_transfer_refuses_a_layer_that_was_not_extracted():
+    cfg = config.build("smoke")  # layers A [1, 2], B [2, 3]
+    with step.planning():
+        study = fs.open_study(cfg, device="cpu")
+        with pytest.raises(ValueError, match=r"layer 0 of model A was not extracted.*layers\.A"):
+            transfer.transfer_artifact(study, 0, 3)

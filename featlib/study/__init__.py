@@ -14,6 +14,7 @@
 ``groups``      (06)    concept groups (semantic subspaces) vs re-pairing and random-set nulls
 ``usae``        (07)    the universal SAE and what it shares
 ``atlas_view``  (08)    the feature atlas of a comparison
+``transfer``    (09)    steering directions carried from one model to the other, against controls
 ======================  ===========================================================================
 """
 
@@ -21,21 +22,23 @@ from .atlas_view import atlas_comparison, atlas_page, feature_atlas, pool_correl
 from .codes import FeatureTokens, feature_tokens, sae_codes, top_token_strings
 from .core import COMPARISON_KINDS, Comparison, Side, Study, open_study
 from .extraction import extraction_table, residual_norms, same_units, unit_sample
-from .findings import grid_findings, group_findings, matching_findings, scale_findings
+from .findings import grid_findings, group_findings, matching_findings, scale_findings, transfer_findings
 from .geometry import (METRIC_NAMES, METRICS, Geometry, Score, compare_pairs, geometry_table, grid_matrix, layer_grid,
                        reference_grid)
 from .groups import subspace_scores
 from .pairs import Match, funnel_table, match, pair_table
 from .sae_quality import sae_metrics, sae_table
 from .scale import calibrate, calibrated_grid, calibration_table
+from .transfer import (Cell, dose_table, layer_table, success_by_r, success_table, transfer_cells,
+                       transfer_gallery)
 from .usae import USAEResults, counterpart_table, firing_summary, pick_concept, universal_metrics, universal_sae
 
 __all__ = [
-    "COMPARISON_KINDS", "Comparison", "FeatureTokens", "Geometry", "METRICS", "METRIC_NAMES", "Match", "Score", "Side",
+    "COMPARISON_KINDS", "Cell", "Comparison", "FeatureTokens", "Geometry", "METRICS", "METRIC_NAMES", "Match", "Score", "Side",
     "Study", "USAEResults", "atlas_comparison", "atlas_page", "calibrate", "calibrated_grid", "calibration_table",
-    "compare_pairs", "counterpart_table", "extraction_table", "feature_atlas", "feature_tokens", "firing_summary",
-    "funnel_table", "geometry_table", "grid_findings", "grid_matrix", "group_findings", "layer_grid", "match",
+    "compare_pairs", "counterpart_table", "dose_table", "extraction_table", "feature_atlas", "feature_tokens", "firing_summary",
+    "funnel_table", "geometry_table", "grid_findings", "grid_matrix", "group_findings", "layer_grid", "layer_table", "match",
     "matching_findings", "open_study", "pair_table", "pick_concept", "pool_correlations", "reference_grid",
     "residual_norms", "sae_codes", "sae_metrics", "sae_table", "same_units", "scale_findings", "subspace_scores",
-    "top_token_strings", "unit_sample", "universal_metrics", "universal_sae",
+    "success_by_r", "success_table", "top_token_strings", "transfer_cells", "transfer_findings", "transfer_gallery", "unit_sample", "universal_metrics", "universal_sae",
 ]

@@ -101,3 +101,38 @@ def group_findings(groups: "pd.DataFrame", metric: str = "rsa") -> str:
     return (HEAD + f"{len(above)} of {len(cross)} concept groups with a scorable {METRIC_NAMES[metric]} have a cross-model {name} above its "
             f"re-pairing null (p < 0.05) and above the random-model floors' {name} of the same group"
             + (f": {', '.join(above)}" if above else "") + ".\n\n" + "\n".join(lines))
+
+
+def transfer_findings(table: "pd.DataFrame", by_r: "pd.DataFrame", chance: float) -> str:
+    """Which methods transfer steering (success rate and interval, per direction) against the controls. A
+    method *works* when the lower end of its interval is above the chance rate and above the success rate
+    of every control of the same layer pair and direction."""
+    lines, works, fails = [], set(), set()
+    for (layers, direction), g in table.groupby(["layers", "direction"], sort=False):
+        controls = g[g.kind == "control"]
+        bar = max(chance, float(controls["success"].max()))
+        parts = []
+        for _, r in g[g.kind == "method"].iterrows():
+            ok = r["95% CI low"] > bar
+            (works if ok else fails).add(r["steered by"])
+            parts.append(f"{r['steered by']} {'**' if ok else ''}{r.success:.0%}{'**' if ok else ''} "
+                         f"[{r['95% CI low']:.0%}, {r['95% CI high']:.0%}]")
+        ctrl = ", ".join(f"{r['steered by']} {r.success:.0%}" for _, r in controls.iterrows())
+        lines.append(f"- {layers} {direction} ({int(g.pairs.iloc[0])} test pairs): {'; '.join(parts)}. Controls: {ctrl}.")
+    always, never = sorted(works - fails), sorted(fails - works)
+    text = (HEAD + f"a transfer succeeds when the two steerings agree (Spearman of next-token lifts) more than "
+            f"{1 - chance:.0%} of the agreements with other pairs' transferred directions; chance is {chance:.0%}. "
+            f"A method works (bold) when its interval's lower end is above chance and above every control.\n\n"
+            + "\n".join(lines))
+    text += (f"\n\nWorks everywhere tested: {', '.join(always) or 'none'}; nowhere: {', '.join(never) or 'none'}"
+             + (f"; in some cells or directions only: {', '.join(sorted(works & fails))}" if works & fails else "") + ".")
+    if not by_r.empty:
+        bins = list(dict.fromkeys(by_r["r bin"]))
+        trend = []
+        for method, g in by_r.groupby("method", sort=False):
+            ends = [g[(g["r bin"] == b) & (g.pairs > 0)] for b in (bins[0], bins[-1])]
+            if all(len(e) for e in ends):
+                lo, hi = (float(np.average(e.success, weights=e.pairs)) for e in ends)
+                trend.append(f"{method} {lo:.0%} → {hi:.0%}")
+        text += f" By the pair's correlation (lowest third r {bins[0]} → highest third {bins[-1]}): {'; '.join(trend)}."
+    return text

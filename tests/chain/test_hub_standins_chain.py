@@ -1,4 +1,4 @@
-"""The `pythia` profile's chain 01-08, offline: its own models, SAE releases and hook conventions,
+"""The `pythia` profile's chain 01-09, offline: its own models, SAE releases and hook conventions,
 read from local stand-ins in the hub's formats (tests/standins.py); only the sizes and the dataset path
 differ from params/pythia.yaml."""
 
@@ -23,6 +23,7 @@ def standin_profile(root):
     p["subspaces"].update(n_random_sets=10, min_features=2)
     p["universal"].update(expansion=2, k=8, batch_size=256, steps=100, warmup_steps=10, dead_steps=20)
     p["atlas"].update(n_active=100, n_random=20)
+    p["transfer"] = dict(max_pairs=20, folds=2, n_rows=2, n_tokens=9, n_calibration=4, gallery=2, gallery_tokens=4)
     assert p["models"] == pythia["models"] and p["sae"] == pythia["sae"], "the stand-in profile loads exactly what pythia loads"
     return p
 

@@ -1,4 +1,4 @@
-"""The whole chain 01-08 through papermill on the smoke profile, in an empty cache."""
+"""The whole chain 01-09 through papermill on the smoke profile, in an empty cache."""
 
 import json
 

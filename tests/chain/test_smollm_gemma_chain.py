@@ -1,4 +1,4 @@
-"""The `smollm-gemma` profile's chain 01-08 offline, on its real models (SmolLM2-135M vs Gemma-3-270M,
+"""The `smollm-gemma` profile's chain 01-09 offline, on its real models (SmolLM2-135M vs Gemma-3-270M,
 different tokenizers), with small sizes; only sizes differ from params/smollm-gemma.yaml."""
 
 import json
@@ -17,17 +17,18 @@ def small_profile():
     full = yaml.safe_load((PARAMS_DIR / "smollm-gemma.yaml").read_text())
     p = yaml.safe_load((PARAMS_DIR / "smollm-gemma.yaml").read_text())
     p["profile"] = "smollm-gemma-small"
-    p["data"].update(seq_len=64, n_eval_tokens=2048, n_train_tokens=8192, batch_size=16)
+    p["data"].update(seq_len=64, n_eval_tokens=2048, n_train_tokens=4096, batch_size=16)
     p["layers"] = {"A": [14, 22], "B": [8, 13]}
     # 128 SAE steps: far from converged (SmolLM2's few huge-norm positions dominate the error early),
     # so the explained-variance check only has to rule out a wrong hook here
-    p["sae"].update(expansion=2, epochs=4, batch_size=256, min_explained_variance=0.05, ce_batches=1)
+    p["sae"].update(expansion=2, epochs=8, batch_size=256, min_explained_variance=0.05, ce_batches=1)
     p["similarity"].update(n_shuffles=50, layerwise_shuffles=20)
     p["subspaces"].update(n_random_sets=10, min_features=2)
     p["universal"].update(expansion=2, k=8, batch_size=256, steps=50, warmup_steps=10, dead_steps=20)
     p["atlas"].update(n_active=50, n_random=20)
     p["comparisons"].update(layers="focus")  # the ceilings and the floor (random SmolLM2 and Gemma-3) at 14-8 only
     p["calibration"].update(draws=5, grid_draws=3)
+    p["transfer"].update(layers="focus", max_pairs=20, folds=2, n_rows=2, n_tokens=9, n_calibration=4, gallery=2, gallery_tokens=4)
     assert p["models"] == full["models"] and p["data"]["align"] == "token_end"
     return p
 
