@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -38,22 +39,23 @@ from .config import REPO
 
 @dataclass
 class LoadedModel:
-    """A hooked model, its tokenizer and identity."""
+    """A model's identity, tokenizer and shape; the hooked model itself is built on first use of
+    :attr:`model`, so a notebook that reads only cached activations and SAEs never loads the weights."""
 
     id: str
-    model: Any  # transformer_lens.HookedTransformer
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     bos_id: int
     fingerprint: str  # hash of the weights file (local) or the hub name
     tokenizer_fingerprint: str
+    n_layers: int
+    d_model: int
+    device: str
+    build: Callable[[], Any] = field(repr=False, compare=False)  # () -> transformer_lens.HookedTransformer
 
-    @property
-    def n_layers(self) -> int:
-        return int(self.model.cfg.n_layers)
-
-    @property
-    def d_model(self) -> int:
-        return int(self.model.cfg.d_model)
+    @cached_property
+    def model(self) -> Any:
+        """The transformer_lens ``HookedTransformer`` (built once, in eval mode)."""
+        return self.build().eval()
 
 
 def hook_name(layer: int) -> str:
@@ -92,19 +94,22 @@ def load_local(model_id: str, folder: Path, device: str = "cpu", dtype: str = "f
         raise FileNotFoundError(
             f"model folder {folder} lacks {missing}. Fix: run `make models` to (re)train the tiny models."
         )
-    cfg = HookedTransformerConfig(**json.loads((folder / "config.json").read_text()), device=device, dtype=getattr(torch, dtype))
-    model = HookedTransformer(cfg)
-    state = {k: v.to(getattr(torch, dtype)) for k, v in load_file(folder / "model.safetensors").items()}
-    model.load_state_dict(state, strict=False)
-    model.eval()
+    fields = json.loads((folder / "config.json").read_text())
+
+    def build() -> Any:
+        model = HookedTransformer(HookedTransformerConfig(**fields, device=device, dtype=getattr(torch, dtype)))
+        state = {k: v.to(getattr(torch, dtype)) for k, v in load_file(folder / "model.safetensors").items()}
+        model.load_state_dict(state, strict=False)
+        return model
+
     tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     return LoadedModel(
         id=model_id,
-        model=model,
         tokenizer=tok,
         bos_id=int(tok.bos_token_id),
         fingerprint=file_sha256(folder / "model.safetensors")[:16] + ("" if dtype == "float32" else f"-{dtype}"),
         tokenizer_fingerprint=tokenizer_fingerprint(tok),
+        n_layers=int(fields["n_layers"]), d_model=int(fields["d_model"]), device=device, build=build,
     )
 
 
@@ -112,13 +117,14 @@ def load_hub(model_id: str, name: str, device: str = "cpu", dtype: str = "float3
     """Load a transformer-lens registry model from the Hugging Face hub, unprocessed."""
     from transformer_lens import HookedTransformer
 
+    # loaded at once: the registry's tokenizer settings come with the model
     model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=getattr(torch, dtype))
-    model.eval()
     tok = model.tokenizer
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     return LoadedModel(
-        id=model_id, model=model, tokenizer=tok, bos_id=int(bos),
+        id=model_id, tokenizer=tok, bos_id=int(bos),
         fingerprint=stable_hash([name, dtype]), tokenizer_fingerprint=tokenizer_fingerprint(tok),
+        n_layers=int(model.cfg.n_layers), d_model=int(model.cfg.d_model), device=device, build=lambda: model,
     )
 
 
@@ -219,13 +225,17 @@ def load_gguf(model_id: str, name: str, device: str = "cpu", dtype: str = "float
 
     folder = converted_gguf(name)
     tok = AutoTokenizer.from_pretrained(str(folder))
-    hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-    model = hooked_from_hf(hf_model, tok, folder, GGUF_MODELS[name].tl_name, device, dtype).eval()
-    del hf_model
+    hf_cfg = json.loads((folder / "config.json").read_text())
+
+    def build() -> Any:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        return hooked_from_hf(hf_model, tok, folder, GGUF_MODELS[name].tl_name, device, dtype)
+
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     return LoadedModel(
-        id=model_id, model=model, tokenizer=tok, bos_id=int(bos),
+        id=model_id, tokenizer=tok, bos_id=int(bos),
         fingerprint=stable_hash([name, folder.name, dtype]), tokenizer_fingerprint=tokenizer_fingerprint(tok),
+        n_layers=int(hf_cfg["num_hidden_layers"]), d_model=int(hf_cfg["hidden_size"]), device=device, build=build,
     )
 
 
@@ -240,9 +250,11 @@ def random_init(lm: LoadedModel, seed: int) -> LoadedModel:
 
     # tokenizer_name None: transformer-lens would otherwise fetch the tokenizer again (from the hub); the
     # ids are lm's and every token id stays below cfg.d_vocab
-    cfg = dataclasses.replace(lm.model.cfg, seed=seed, init_weights=True, tokenizer_name=None)
-    model = HookedTransformer(cfg, move_to_device=False).to(cfg.device, print_details=False).eval()
-    return dataclasses.replace(lm, model=model, fingerprint=stable_hash([lm.fingerprint, "random_init", seed]))
+    def build() -> Any:
+        cfg = dataclasses.replace(lm.model.cfg, seed=seed, init_weights=True, tokenizer_name=None)
+        return HookedTransformer(cfg, move_to_device=False).to(cfg.device, print_details=False)
+
+    return dataclasses.replace(lm, build=build, fingerprint=stable_hash([lm.fingerprint, "random_init", seed]))
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -178,7 +178,7 @@ class Study:
         """The SAE of ``side`` (loaded once per study; trained and cached first when needed)."""
         if side not in self._saes:
             lm = self.model_of(side)
-            device = str(lm.model.cfg.device)
+            device = lm.device
             source = self._sae_source(side)
             sae = load_trained(source, device) if isinstance(source, step.Artifact) else \
                 load_pretrained(self.cfg, side.model, side.layer, device)

@@ -31,7 +31,7 @@ def usae_artifact(study: Study) -> step.Artifact:
     params, layers = usae_params(study), study.cfg.universal_layers
 
     def produce(tmp: Path) -> None:
-        device = str(study.models[study.ids[0]].model.cfg.device)
+        device = study.models[study.ids[0]].device
         usae, log = universal.train({mid: study.acts[mid]["train"].layer(layers[mid]) for mid in study.ids}, params, device=device)
         log["tokens_per_second"] = params.batch_size * len(log["seconds"]) / sum(log["seconds"])
         usae.save(tmp, {"layers": layers, "params": asdict(params)})
