@@ -54,8 +54,10 @@ class LoadedModel:
 
     @cached_property
     def model(self) -> Any:
-        """The transformer_lens ``HookedTransformer`` (built once, in eval mode)."""
-        return self.build().eval()
+        """The transformer_lens ``HookedTransformer`` (built once, in eval mode; outside inference mode even
+        when first used inside it, so that its weights stay ordinary tensors)."""
+        with torch.inference_mode(False):
+            return self.build().eval()
 
 
 def hook_name(layer: int) -> str:
