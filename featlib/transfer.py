@@ -177,7 +177,8 @@ def wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
     if n == 0:
         return math.nan, math.nan
     lo, hi = proportion_confint(successes, n, alpha=1 - level, method="wilson")
-    return float(lo), float(hi)
+    rate = successes / n  # inside the interval; statsmodels' rounding can put lo a hair above 0 at 0 successes
+    return min(float(lo), rate), max(float(hi), rate)
 
 
 # ---- steering --------------------------------------------------------------------------------------------

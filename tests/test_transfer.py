@@ -120,6 +120,9 @@ def test_wilson_interval_matches_the_textbook_value():
     lo, hi = transfer.wilson(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
     assert all(np.isnan(transfer.wilson(0, 0)))
+    for k, n in [(0, 170), (170, 170), (0, 33)]:  # the rate lies inside, float rounding included (a bar's error >= 0)
+        lo, hi = transfer.wilson(k, n)
+        assert lo <= k / n <= hi
 
 
 def test_shared_strings():
