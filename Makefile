@@ -66,11 +66,11 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-lane-a test-lane-b
 
 test-lane-a: $(STAMP)
-	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/chain/test_smoke_chain.py
+	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -p no:cacheprovider --durations=15 --ignore=tests/chain/test_smoke_chain.py
 
 test-lane-b: $(STAMP)
 	status=0; $(MAKE) --no-print-directory test-nbval || status=1; \
-	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests/chain/test_smoke_chain.py -q -p no:cacheprovider || status=1; \
+	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests/chain/test_smoke_chain.py -q -p no:cacheprovider --durations=5 || status=1; \
 	exit $$status
 
 test-unit: $(STAMP)
@@ -83,7 +83,7 @@ test-chain: $(STAMP)
 ## The committed, executed notebooks re-run and compared with their stored outputs.
 test-nbval: $(STAMP)
 	rm -rf $(NB_CACHE)
-	$(OFFLINE) $(PINNED_CPU) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env --nbval-cell-timeout=7200 -p tests.nbval_timeouts -q -p no:cacheprovider
+	$(OFFLINE) $(PINNED_CPU) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env --nbval-cell-timeout=7200 -p tests.nbval_plugin -q -p no:cacheprovider --durations=10
 
 clean:
 	rm -rf build cache
