@@ -91,3 +91,16 @@ def test_committed_models_beat_the_unigram_baseline():
     report = json.loads((REPO / "models/tiny/training.json").read_text())
     for name in ("lm-a", "lm-b"):
         assert report["models"][name]["heldout_loss"] < report["unigram_heldout_loss"] - 0.5
+
+
+def test_weights_load_on_first_use_outside_inference_mode():
+    """Shape and identity come without the weights; the model is built once, with ordinary tensors even
+    when first used inside torch.inference_mode (extraction), so later autograd use still works."""
+    lm = models.load_local("A", LM_A)
+    assert "model" not in lm.__dict__, "loading the weights must wait for .model"
+    assert (lm.n_layers, lm.d_model) == (4, 128) and lm.device == "cpu"
+    with torch.inference_mode():
+        model = lm.model
+    assert lm.model is model and (model.cfg.n_layers, model.cfg.d_model) == (lm.n_layers, lm.d_model)
+    assert not any(p.is_inference() for p in model.parameters())
+    assert "model" not in models.random_init(lm, 0).__dict__
