@@ -12,7 +12,7 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
 
-.PHONY: venv figures atlas models notebooks bench test test-lane-a test-lane-b test-unit test-chain test-nbval clean
+.PHONY: venv figures atlas models notebooks bench test test-pytest test-unit test-chain test-nbval clean
 
 venv: $(STAMP)
 
@@ -58,20 +58,14 @@ bench: $(STAMP)
 	$(PY) -m featlib.tools.bench
 
 # Two lanes, one thread each (two cores do about a third more as two single-threaded jobs than as one job
-# on both): the unit tests and the paper profiles' chains in one pytest session (the hub stand-ins are
-# built once); beside them nbval, then the smoke chain. A lane's output appears when it ends; a lane runs
-# on after a failure, so one run shows every failing test.
+# on both): every pytest test in one session (unit tests and the chains; the hub stand-ins are built
+# once) beside nbval, the longer lane. A lane's output appears when it ends.
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 test: $(STAMP)
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-lane-a test-lane-b
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-pytest test-nbval
 
-test-lane-a: $(STAMP)
-	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -p no:cacheprovider --durations=15 --ignore=tests/chain/test_smoke_chain.py
-
-test-lane-b: $(STAMP)
-	status=0; $(MAKE) --no-print-directory test-nbval || status=1; \
-	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests/chain/test_smoke_chain.py -q -p no:cacheprovider --durations=5 || status=1; \
-	exit $$status
+test-pytest: $(STAMP)
+	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -p no:cacheprovider --durations=15
 
 test-unit: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest tests -q --ignore=tests/chain
