@@ -53,8 +53,8 @@ def pinned_env() -> dict[str, str]:
 
 
 def run(env: dict[str, str]) -> str:
-    base = {k: v for k, v in os.environ.items() if k not in pinned_env()}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=base | env, cwd=REPO, capture_output=True,
+    """The script's last line, run with ``env`` on top of this process's environment."""
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=dict(os.environ) | env, cwd=REPO, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip().splitlines()[-1]
