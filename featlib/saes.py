@@ -33,7 +33,7 @@ from .activations import Activations
 from .config import Config
 from .models import LoadedModel, hook_name
 
-CODE_VERSION = 2
+CODE_VERSION = 3  # 3: TopK training decodes the active latents only (featlib.topk_training)
 TRAIN_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "epochs", "b_dec_init")
 
 
@@ -62,13 +62,15 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int) -> Any:
     from sae_lens import SAETrainer
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
-    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
+
+    from .topk_training import SparseDecodeTopKTrainingSAE
 
     d_in = acts.shape[1]
     common = dict(d_in=d_in, d_sae=params["expansion"] * d_in, normalize_activations="expected_average_only_in")
     torch.manual_seed(seed)
     if params["architecture"] == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=params["k"], **common))
+        sae = SparseDecodeTopKTrainingSAE(TopKTrainingSAEConfig(k=params["k"], **common))
     elif params["architecture"] == "standard":
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=params["l1_coefficient"], **common))
     else:

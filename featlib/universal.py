@@ -165,6 +165,12 @@ def aligned_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -
             yield {mid: torch.from_numpy(np.ascontiguousarray(a[rows], dtype=np.float32)) for mid, a in arrays.items()}
 
 
+def selected_rows(W: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """(n, d) sum over j of vals[:, j] * W[idx[:, j]]: a code that is zero outside the (n, m) latents
+    ``idx`` decoded by (K, d) ``W`` without the dense (n, K) product (backward passes touch those rows only)."""
+    return torch.nn.functional.embedding_bag(idx, W, per_sample_weights=vals, mode="sum")
+
+
 def lr_at(step: int, p: USAEParams) -> float:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``lr_end`` at ``steps``."""
     if step < p.warmup_steps:
@@ -203,18 +209,19 @@ def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True,
         i = usae.ids[int(rng.integers(len(usae.ids)))]
         pre = usae.pre_acts(i, x[i])
         vals, idx = pre.topk(usae.k, dim=1)
-        z = torch.zeros_like(pre).scatter(1, idx, vals)
-        loss = sum(((usae.decode(j, z, standardised=True) - x[j]) ** 2).mean() for j in usae.ids)
+        # decoding the k active latents only (the code z is zero elsewhere): the same sums as z @ W_dec
+        recon = {j: selected_rows(usae.W_dec[j], idx, vals) for j in usae.ids}
+        loss = sum(((recon[j] - x[j]) ** 2).mean() for j in usae.ids)
         with torch.no_grad():
             last_fired[torch.unique(idx[vals > 0])] = step
         dead = (step - last_fired) >= p.dead_steps
         aux = torch.zeros((), device=device)
         if dead.any() and p.aux_coef > 0:
-            resid = (x[i] - usae.decode(i, z, standardised=True)).detach()
+            resid = (x[i] - recon[i]).detach()
             dead_pre = torch.where(dead, pre, torch.zeros_like(pre))
             k_aux = min(p.aux_k, int(dead.sum()))
             a_vals, a_idx = dead_pre.topk(k_aux, dim=1)
-            resid_hat = torch.zeros_like(pre).scatter(1, a_idx, a_vals) @ usae.W_dec[i]
+            resid_hat = selected_rows(usae.W_dec[i], a_idx, a_vals)
             aux = ((resid_hat - resid) ** 2).sum() / (resid**2).sum().clamp_min(1e-8)
         total = loss + p.aux_coef * aux
         for opt in opts.values():

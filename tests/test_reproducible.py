@@ -39,7 +39,7 @@ print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
 """
 # under PINNED_CPU, per CPU vendor (MKL's AVX2 branch is Intel's; other vendors get its "AUTO" branch):
 # the vendor of the machine that executed the committed notebooks (an AMD EPYC)
-EXPECTED = {"AuthenticAMD": "AVX2 1 19a7d827fdb299aa 6cf4299c8a550965"}
+EXPECTED = {"AuthenticAMD": "AVX2 1 19a7d827fdb299aa 7126ef3b50fc80e4"}
 
 
 def cpu_vendor() -> str:

@@ -80,3 +80,44 @@ def test_width_mismatch_is_a_clear_error(trained):
     lm_a = models.load_local("A", REPO / "models/tiny/lm-a")
     with pytest.raises(ValueError, match=r"width 32, but the model's d_model is 128.*Fix"):
         saes.check_width(trained, lm_a, layer=1)
+
+
+@pytest.mark.parametrize("dead_share", [0.0, 0.6, 1.0])
+@pytest.mark.parametrize("b_dec_init", ["zeros", "mean"])
+def test_sparse_decode_equals_sae_lens_training_step(dead_share, b_dec_init):
+    """Our TopK training forward pass (decoding only the active latents) gives sae-lens's own losses,
+    outputs, codes and gradients of every parameter, with and without dead latents (the aux loss)."""
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    from featlib.topk_training import SparseDecodeTopKTrainingSAE
+
+    torch.manual_seed(0)
+    d, K, n = 48, 384, 256
+    cfg = TopKTrainingSAEConfig(k=8, d_in=d, d_sae=K, normalize_activations="expected_average_only_in")
+    ref, ours = TopKTrainingSAE(cfg), SparseDecodeTopKTrainingSAE(cfg)
+    with torch.no_grad():  # decoder rows of unequal norms, non-zero biases: every term of the step counts
+        ref.W_dec.mul_(torch.rand(K, 1) + 0.5)
+        ref.b_enc.normal_(-0.2, 0.05)  # about half the rows' k-th largest pre-activation is negative
+        if b_dec_init == "mean":
+            ref.b_dec.normal_(0, 3)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(n, d) + ref.b_dec.detach()
+    step_input = TrainStepInput(sae_in=x, dead_neuron_mask=torch.rand(K) < dead_share, coefficients={},
+                                n_training_steps=0, is_logging_step=False)
+    outs, grads = [], []
+    for sae in (ref, ours):
+        out = sae.training_forward_pass(step_input)
+        out.loss.backward()
+        outs.append(out)
+        grads.append({name: p.grad for name, p in sae.named_parameters()})
+    selected = outs[0].hidden_pre.detach().topk(8).values
+    assert (selected <= 0).any() and (selected > 0).any(), "the test needs latents cut by the ReLU"
+    assert set(outs[0].losses) == set(outs[1].losses)
+    for key in outs[0].losses:
+        torch.testing.assert_close(outs[1].losses[key], outs[0].losses[key], rtol=1e-5, atol=1e-6)
+    assert (float(outs[0].losses["auxiliary_reconstruction_loss"].detach()) > 0) == (dead_share > 0)
+    for field in ("sae_out", "feature_acts", "hidden_pre"):
+        torch.testing.assert_close(getattr(outs[1], field), getattr(outs[0], field), rtol=1e-5, atol=1e-5)
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()))

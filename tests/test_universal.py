@@ -108,3 +108,21 @@ def test_bad_input_is_a_clear_error():
         universal.UniversalSAE({"A": 4}, 8, 2)
     with pytest.raises(ValueError, match="one token stream"):
         next(universal.aligned_batches({"A": np.zeros((10, 4)), "B": np.zeros((12, 4))}, 4, 0))
+
+
+def test_selected_rows_equal_the_dense_decode():
+    """Decoding only the active latents gives the dense code's product and its gradients."""
+    from featlib.universal import selected_rows
+
+    torch.manual_seed(0)
+    W = torch.randn(300, 24, requires_grad=True)
+    pre = torch.randn(64, 300).relu().requires_grad_()
+    vals, idx = pre.topk(7, dim=1)
+    dense = torch.zeros_like(pre).scatter(1, idx, vals) @ W
+    sparse = selected_rows(W, idx, vals)
+    torch.testing.assert_close(sparse, dense)
+    g = torch.randn_like(dense)
+    gd = torch.autograd.grad(dense, (W, pre), g, retain_graph=True)
+    gs = torch.autograd.grad(sparse, (W, pre), g)
+    for a, b in zip(gs, gd):
+        torch.testing.assert_close(a, b)

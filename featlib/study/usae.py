@@ -16,7 +16,7 @@ from .. import matching, sparse_rows, step, universal
 from .core import Comparison, Side, Study
 from .pairs import match, matching_artifact
 
-VERSION = 3
+VERSION = 4  # 4: training decodes the active latents only (universal.selected_rows)
 COUNTERPART_COS = 0.5  # a concept's decoder row has a counterpart in an SAE when their cosine exceeds this
 
 

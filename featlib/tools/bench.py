@@ -15,6 +15,11 @@ Prints, for this machine:
   both give the same values;
 * universal SAE training (:mod:`featlib.universal`) at Pythia's widths: tokens per second and peak
   memory, beside a plain one-model TopK SAE step of the same dictionary size;
+* one TopK SAE training step (forward, losses with the AuxK term, backward) of
+  :class:`featlib.topk_training.SparseDecodeTopKTrainingSAE` against sae-lens's own
+  ``TopKTrainingSAE`` with the same weights, at the ``tiny`` profile's widths (lm-b: 256 → 2,048,
+  k = 16) and Pythia-160m's (768 → 32,768, k = 32): milliseconds per step, ratio, and the largest
+  relative difference of the gradients;
 * activation extraction (:func:`featlib.activations.extract`) of the ``smollm-gemma`` profile's layers
   of SmolLM2-135M and Gemma-3-270M (real GGUF models, float32): tokens per second, written to disk,
   against a bare transformers forward pass through the same blocks (the model cut after the deepest
@@ -197,6 +202,34 @@ def bench_universal(d_models: dict[str, int], expansion: int, k: int, batch_size
             "ratio": usae_tps / ref_tps, "n_latents": K}
 
 
+def bench_sae_step(d: int, d_sae: int, k: int, batch_size: int, steps: int, dead_share: float = 0.6) -> dict[str, Any]:
+    """Milliseconds per TopK SAE training step (forward, MSE + AuxK loss, backward), ours vs sae-lens's
+    on the same weights, input and dead-latent mask, and the largest relative gradient difference."""
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    from ..topk_training import SparseDecodeTopKTrainingSAE
+
+    cfg = TopKTrainingSAEConfig(k=k, d_in=d, d_sae=d_sae, normalize_activations="expected_average_only_in")
+    ref, ours = TopKTrainingSAE(cfg), SparseDecodeTopKTrainingSAE(cfg)
+    ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(0)
+    step_input = TrainStepInput(sae_in=torch.randn(batch_size, d, generator=g), coefficients={}, n_training_steps=0,
+                                dead_neuron_mask=torch.rand(d_sae, generator=g) < dead_share, is_logging_step=False)
+
+    def run(sae: Any) -> dict[str, torch.Tensor]:
+        for _ in range(steps):
+            sae.zero_grad()
+            sae.training_forward_pass(step_input).loss.backward()
+        return {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    run(ref), run(ours)  # warm-up
+    fast, plain = measure(lambda: run(ours)), measure(lambda: run(ref))
+    diff = max(float((fast.value[n] - g_ref).abs().max() / g_ref.abs().max()) for n, g_ref in plain.value.items())
+    return {"ms_per_step": 1e3 * fast.seconds / steps, "sae_lens_ms_per_step": 1e3 * plain.seconds / steps,
+            "speedup": plain.seconds / fast.seconds, "max_rel_grad_diff": diff}
+
+
 def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, batch_size: int) -> dict[str, Any]:
     """featlib's hooked, disk-writing extraction vs a bare transformers forward of the same blocks."""
     import tempfile
@@ -238,7 +271,7 @@ def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, ba
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds), for tests")
-    parts = ["matching", "nulls", "universal", "extraction", "planted"]
+    parts = ["matching", "nulls", "universal", "sae", "extraction", "planted"]
     ap.add_argument("--parts", nargs="+", choices=parts, default=parts)
     ap.add_argument("--figure-dir", default=None, help="where the planted part saves its figure (default figures/bench)")
     args = ap.parse_args(argv)
@@ -257,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["nulls"] = _nulls(sizes)
     if "universal" in args.parts:
         out["universal"] = _universal(sizes)
+    if "sae" in args.parts:
+        out["sae"] = _sae(args.quick)
     if "extraction" in args.parts:
         out["extraction"] = _extraction(sizes)
     if "planted" in args.parts:
@@ -337,6 +372,18 @@ def _universal(sizes: dict[str, int]) -> dict[str, Any]:
     print(f"  featlib {r['tokens_per_second']:8.0f} tokens/s   peak {r['peak_gb']:.2f} GB   plain one-model TopK SAE step"
           f" {r['plain_tokens_per_second']:.0f} tokens/s   ratio {r['ratio']:.2f}")
     return r
+
+
+def _sae(quick: bool) -> dict[str, Any]:
+    shapes = {"small": (64, 512, 8, 256, 2)} if quick else \
+        {"tiny lm-b": (256, 2048, 16, 1024, 20), "pythia-160m": (768, 32768, 32, 1024, 2)}
+    out = {}
+    print("TopK SAE training step (forward, MSE + AuxK, backward), 60 % of the latents dead")
+    for name, (d, d_sae, k, batch, steps) in shapes.items():
+        r = out[name] = bench_sae_step(d, d_sae, k, batch, steps)
+        print(f"  {name:12s} {d} -> {d_sae}, k = {k}, batch {batch}: featlib {r['ms_per_step']:8.1f} ms   sae-lens"
+              f" {r['sae_lens_ms_per_step']:8.1f} ms   speed-up {r['speedup']:.2f}x   max rel. grad diff {r['max_rel_grad_diff']:.1e}")
+    return out
 
 
 def _matching(sizes: dict[str, int], quick: bool) -> dict[str, Any]:
