@@ -7,7 +7,8 @@ zeros. :class:`SparseDecodeTopKTrainingSAE` is the same module with one method r
 ``training_forward_pass``: the same encoder (dense, since every latent competes for the top k), the same
 TopK selection, ReLU, decoder-norm rescaling, MSE and AuxK loss (scale, ``k_aux``, no bias, values not
 ReLU'd, exactly as sae-lens computes them), but both decodes are weighted sums of the selected decoder
-rows (``torch.nn.functional.embedding_bag``), whose backward passes touch only those rows.
+rows (:func:`featlib.universal.selected_rows`, the universal SAE's decode), whose backward passes touch
+only those rows.
 
 The result equals sae-lens's forward pass, losses and gradients up to float rounding
 (``tests/test_saes.py`` compares them); the saved inference SAE is an ordinary sae-lens ``topk`` SAE.
@@ -18,7 +19,8 @@ from __future__ import annotations
 import torch
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from sae_lens.saes.topk_sae import TopKTrainingSAE
-from torch.nn.functional import embedding_bag
+
+from .universal import selected_rows
 
 
 class SparseDecodeTopKTrainingSAE(TopKTrainingSAE):
@@ -26,8 +28,7 @@ class SparseDecodeTopKTrainingSAE(TopKTrainingSAE):
 
     def _decode_rows(self, idx: torch.Tensor, acts: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:
         """(batch, d_in) sum over j of acts[:, j] * W_dec[idx[:, j]] (divided by the rows' norms when given)."""
-        weights = acts / norm[idx] if norm is not None else acts
-        return embedding_bag(idx, self.W_dec, per_sample_weights=weights, mode="sum")
+        return selected_rows(self.W_dec, idx, acts / norm[idx] if norm is not None else acts)
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         rescale = self.cfg.rescale_acts_by_decoder_norm
