@@ -229,8 +229,13 @@ def encode_chunks(sae: Any, acts: Activations, layer: int, chunk_tokens: int) ->
 
 
 @torch.inference_mode()
-def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int, chunk_tokens: int = 4096) -> dict[str, float]:
-    """Reconstruction and downstream-loss metrics of one SAE on the eval activations (see module doc)."""
+def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int, chunk_tokens: int = 4096,
+             baselines: dict[Any, float] | None = None) -> dict[str, float]:
+    """Reconstruction and downstream-loss metrics of one SAE on the eval activations (see module doc).
+
+    ``baselines``: where the clean and zero-ablated losses are kept between calls for the same model and
+    eval tokens (they do not depend on the SAE; the clean one not on the layer either), so that every
+    SAE of a model costs one forward pass with its reconstruction spliced in."""
     sse = sst = l0 = 0.0
     n = 0
     fired = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool)
@@ -265,7 +270,12 @@ def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batche
             total += float(per_token.float().cpu()[mask].sum())
         return total / int(real.sum())
 
-    ce_clean, ce_sae, ce_zero = loss([]), loss([(hook, splice)]), loss([(hook, zero)])
+    known = {} if baselines is None else baselines
+    if "clean" not in known:
+        known["clean"] = loss([])
+    if ("zero", layer) not in known:
+        known[("zero", layer)] = loss([(hook, zero)])
+    ce_clean, ce_sae, ce_zero = known["clean"], loss([(hook, splice)]), known[("zero", layer)]
     return {
         "explained_variance": 1 - sse / sst, "mse": sse / (n * x_all.shape[1]), "l0": l0 / n,
         "dead_fraction": float(1 - fired.float().mean()), "ce_clean": ce_clean, "ce_sae": ce_sae,
