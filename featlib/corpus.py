@@ -8,9 +8,11 @@ Sources (``data.source`` in a profile):
   training the project's own language models), ``lm_heldout`` (every 25th address before 1990, for
   their held-out loss) and ``analysis`` (1990 onwards: never seen by the language models; SAE
   training and feature matching use it).
-* ``text_file``: one UTF-8 file (``data.path``), documents separated by blank lines.
-* ``hf_dataset``: a Hugging Face dataset streamed with ``datasets`` (e.g. ``Skylion007/openwebtext``);
-  needs the hub, so it is for Colab/Binder.
+* ``text_file``: one UTF-8 file (``data.path``, relative to the repository or absolute), documents
+  separated by blank lines. Keyed by its SHA-256: an edited file gives new activations.
+* ``hf_dataset``: a Hugging Face dataset streamed with ``datasets`` at ``data.revision``; it must load
+  without a loading script (``datasets`` >= 4 refuses those), e.g. a parquet dataset or a script
+  dataset's ``refs/convert/parquet`` revision. Needs the hub, so it is for Colab/Binder.
 
 A *token stream* is a (n_seqs, seq_len) int64 tensor: every row starts with the tokenizer's BOS
 token followed by ``seq_len - 1`` tokens of the concatenated documents (each document ends with
@@ -22,6 +24,9 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
+
+from .config import resolve_path
+from .step import content_sha256
 
 SPLIT_YEAR = 1990
 HELDOUT_EVERY = 25
@@ -50,20 +55,48 @@ def documents(data: dict[str, Any]) -> Iterable[str]:
     if source == "sotu":
         yield from sotu_documents(data["split"])
     elif source == "text_file":
-        with open(data["path"], encoding="utf-8") as f:
-            for doc in f.read().split("\n\n"):
-                if doc.strip():
-                    yield doc.strip()
+        for doc in read_text_file(data["path"]).split("\n\n"):
+            if doc.strip():
+                yield doc.strip()
     elif source == "hf_dataset":
         import datasets
 
-        ds = datasets.load_dataset(data["path"], split="train", streaming=True)
+        ds = datasets.load_dataset(data["path"], split="train", streaming=True, revision=data["revision"] or None,
+                                   data_files={"train": data["data_files"]} if data["data_files"] else None)
         for i, row in enumerate(ds):
             if data["n_docs"] and i >= data["n_docs"]:
                 break
             yield row[data["text_field"]]
     else:
         raise ValueError(f"unknown data.source {source!r}; use 'sotu', 'text_file' or 'hf_dataset'")
+
+
+def read_text_file(path: str) -> str:
+    """The text of ``data.path`` (relative to the repository, or absolute); ValueError naming the file and
+    the fix for a file that is not UTF-8 text."""
+    file = resolve_path(path)
+    blob = file.read_bytes()
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data.path = {path!r}: {file} is not UTF-8 text (byte {blob[e.start]:#04x} at offset "
+                         f"{e.start}). Fix: convert it, e.g. iconv -f latin1 -t utf-8, or give another file.") from None
+    if "\x00" in text:
+        raise ValueError(f"data.path = {path!r}: {file} holds NUL bytes (offset {text.index(chr(0))}): it is not a "
+                         "text file. Fix: give a UTF-8 text file, documents separated by blank lines.")
+    return text
+
+
+def text_sha256(data: dict[str, Any]) -> str:
+    """What the text of a ``data`` section is, for cache keys: a text file's SHA-256, the ``sotu``
+    package's version; "" for a hub dataset (its ``data.revision`` is keyed with the other data keys)."""
+    if data["source"] == "text_file":
+        return content_sha256(resolve_path(data["path"]))
+    if data["source"] == "sotu":
+        from importlib.metadata import version
+
+        return f"sotu {version('sotu')}"
+    return ""
 
 
 def token_stream(tokenizer: Any, docs: Iterable[str], seq_len: int, n_tokens: int, bos_id: int) -> torch.Tensor:

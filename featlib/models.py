@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 import torch
 
-from .step import file_sha256, stable_hash
-from .config import REPO
+from .step import content_sha256, stable_hash
+from .config import resolve_path
 
 
 @dataclass
@@ -45,12 +45,13 @@ class LoadedModel:
     id: str
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     bos_id: int
-    fingerprint: str  # hash of the weights file (local) or the hub name
+    fingerprint: str  # hash of the model's files (local, gguf), or of the hub name and resolved revision
     tokenizer_fingerprint: str
     n_layers: int
     d_model: int
     device: str
     build: Callable[[], Any] = field(repr=False, compare=False)  # () -> transformer_lens.HookedTransformer
+    n_ctx: int = 0  # the longest row the model reads (0: unknown)
 
     @cached_property
     def model(self) -> Any:
@@ -75,14 +76,16 @@ def check_layers(lm: LoadedModel, layers: list[int]) -> None:
         )
 
 
+def check_context(lm: LoadedModel, seq_len: int) -> None:
+    """Raise ValueError naming the fix if rows of ``seq_len`` tokens are longer than the model reads."""
+    if lm.n_ctx and seq_len > lm.n_ctx:
+        raise ValueError(f"data.seq_len = {seq_len} is longer than model {lm.id}'s context ({lm.n_ctx} tokens). "
+                         f"Fix: set data.seq_len to at most {lm.n_ctx} in the profile.")
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Hash of a tokenizer's vocabulary (token string -> id)."""
     return stable_hash(sorted(tokenizer.get_vocab().items()))
-
-
-def resolve_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else REPO / p
 
 
 def load_local(model_id: str, folder: Path, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
@@ -101,18 +104,36 @@ def load_local(model_id: str, folder: Path, device: str = "cpu", dtype: str = "f
     def build() -> Any:
         model = HookedTransformer(HookedTransformerConfig(**fields, device=device, dtype=getattr(torch, dtype)))
         state = {k: v.to(getattr(torch, dtype)) for k, v in load_file(folder / "model.safetensors").items()}
-        model.load_state_dict(state, strict=False)
+        load_weights(model, state, folder / "model.safetensors")
         return model
 
     tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    # by content: the weights, the architecture and the tokenizer's files (not the folder's path)
+    content = stable_hash({n: content_sha256(folder / n) for n in ("config.json", "model.safetensors", "tokenizer.json")})
     return LoadedModel(
         id=model_id,
         tokenizer=tok,
         bos_id=int(tok.bos_token_id),
-        fingerprint=file_sha256(folder / "model.safetensors")[:16] + ("" if dtype == "float32" else f"-{dtype}"),
+        fingerprint=content + ("" if dtype == "float32" else f"-{dtype}"),
         tokenizer_fingerprint=tokenizer_fingerprint(tok),
         n_layers=int(fields["n_layers"]), d_model=int(fields["d_model"]), device=device, build=build,
+        n_ctx=int(fields["n_ctx"]),
     )
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """``model.load_state_dict(state)``, strictly: a tensor the model lacks or a weight the file lacks is an
+    error naming them (buffers the model computes itself, such as attention masks, need not be in the file)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    buffers = {name for name, _ in model.named_buffers()}
+    missing = [k for k in missing if k not in buffers]
+    if missing or unexpected:
+        def few(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        parts = ([f"lacks {few(missing)}"] if missing else []) + ([f"has unknown {few(unexpected)}"] if unexpected else [])
+        raise ValueError(f"weights file {source} {' and '.join(parts)} for the architecture in its config.json. "
+                         "Fix: re-create the model folder (make models for the tiny models), or use the config.json "
+                         "it was saved with.")
 
 
 def load_hub(model_id: str, name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
@@ -125,9 +146,24 @@ def load_hub(model_id: str, name: str, device: str = "cpu", dtype: str = "float3
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     return LoadedModel(
         id=model_id, tokenizer=tok, bos_id=int(bos),
-        fingerprint=stable_hash([name, dtype]), tokenizer_fingerprint=tokenizer_fingerprint(tok),
+        fingerprint=stable_hash([name, dtype] + hub_revision(name)), tokenizer_fingerprint=tokenizer_fingerprint(tok),
         n_layers=int(model.cfg.n_layers), d_model=int(model.cfg.d_model), device=device, build=lambda: model,
+        n_ctx=int(model.cfg.n_ctx),
     )
+
+
+def hub_revision(name: str) -> list[str]:
+    """[the commit of the hub repository that ``name`` (a transformer-lens name) was loaded from], read from
+    the local hub cache after loading; [] when the cache does not record one."""
+    from huggingface_hub import constants
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        repo = get_official_model_name(name)
+    except ValueError:
+        repo = name
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "refs" / "main"
+    return [ref.read_text().strip()] if ref.is_file() else []
 
 
 @dataclass(frozen=True)
@@ -190,7 +226,7 @@ def converted_gguf(name: str) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return step.run("hf_models", {"model": name, "file": path.name, "bytes": path.stat().st_size}, {}, produce,
+    return step.run("hf_models", {"model": name, "file": path.name, "sha256": step.content_sha256(path)}, {}, produce,
                     version=1, root=step.model_cache_root(), verify=False).path
 
 
@@ -238,6 +274,7 @@ def load_gguf(model_id: str, name: str, device: str = "cpu", dtype: str = "float
         id=model_id, tokenizer=tok, bos_id=int(bos),
         fingerprint=stable_hash([name, folder.name, dtype]), tokenizer_fingerprint=tokenizer_fingerprint(tok),
         n_layers=int(hf_cfg["num_hidden_layers"]), d_model=int(hf_cfg["hidden_size"]), device=device, build=build,
+        n_ctx=int(hf_cfg.get("max_position_embeddings", 0)),
     )
 
 

@@ -3,6 +3,7 @@ types the notebooks share."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -20,13 +21,35 @@ RESULTS = REPO / "results"
 
 
 def resolved_profile(cfg: "Config") -> Path:
-    """Write the run's resolved profile (after overrides) as ``figures/<label>/profile.yaml``; returns the folder."""
+    """Write the run's resolved profile (after overrides) as ``figures/<label>/profile.yaml``; returns the folder.
+
+    Raises ConfigError when the folder holds the figures of *another* profile file with other values (a
+    copy of ``params/smoke.yaml`` saved as ``smoke.yaml`` elsewhere and edited): the run would overwrite
+    them while the folder claimed the original's parameters."""
+    from .config import ConfigError
+
     out = FIGURES / cfg.label
+    stored = _stored_provenance(out / "profile.yaml")
+    if stored and stored[0] != cfg.source and stored[1] != cfg.params_hash:
+        raise ConfigError(f"{cfg.source}: figures/{cfg.label}/ holds the figures of {stored[0]} (params_hash "
+                          f"{stored[1]}), not of this profile (params_hash {cfg.params_hash}). Fix: save the profile "
+                          f"under another file name (the name is its label), or delete figures/{cfg.label}/.")
     out.mkdir(parents=True, exist_ok=True)
     text = cfg.resolved_yaml()
-    if not (out / "profile.yaml").exists() or (out / "profile.yaml").read_text() != text:
+    same_values = stored is not None and stored[1] == cfg.params_hash  # keep the file that first made them
+    if not same_values and (not (out / "profile.yaml").exists() or (out / "profile.yaml").read_text() != text):
         (out / "profile.yaml").write_text(text)
     return out
+
+
+def _stored_provenance(path: Path) -> tuple[str, str] | None:
+    """(profile file, params_hash) from the header of a ``profile.yaml`` written by :func:`resolved_profile`."""
+    if not path.is_file():
+        return None
+    head = path.read_text().splitlines()[:3]
+    source = re.match(r"# Resolved profile '[^']*': (.*)$", head[0]) if head else None
+    digest = next((m for line in head if (m := re.search(r"params_hash ([0-9a-f]+)$", line))), None)
+    return (source.group(1), digest.group(1)) if source and digest else None
 
 
 def save_figure(fig: Any, cfg: "Config", notebook: str, name: str) -> None:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import step
 from .activations import Activations
-from .config import Config
+from .config import Config, resolve_path
 from .models import LoadedModel, hook_name
 
 CODE_VERSION = 3  # 3: TopK training decodes the active latents only (featlib.topk_training)
@@ -50,6 +50,9 @@ def check_width(sae: Any, lm: LoadedModel, layer: int) -> None:
 
 def _batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """Endless shuffled (batch_size, d) float32 batches of a (n, d) array, one permutation per epoch."""
+    if not 1 <= batch_size <= len(acts):
+        raise ValueError(f"{len(acts)} training activations cannot fill one batch of sae.batch_size = {batch_size}. "
+                         "Fix: raise data.n_train_tokens or lower sae.batch_size.")
     rng = np.random.default_rng(seed)
     while True:
         perm = rng.permutation(len(acts))
@@ -67,6 +70,9 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int) -> Any:
     from .topk_training import SparseDecodeTopKTrainingSAE
 
     d_in = acts.shape[1]
+    if params["k"] > params["expansion"] * d_in:
+        raise ValueError(f"sae.k = {params['k']} exceeds the SAE width sae.expansion x d_model = "
+                         f"{params['expansion']} x {d_in}. Fix: lower sae.k or raise sae.expansion.")
     common = dict(d_in=d_in, d_sae=params["expansion"] * d_in, normalize_activations="expected_average_only_in")
     torch.manual_seed(seed)
     if params["architecture"] == "topk":
@@ -130,9 +136,15 @@ def load_trained(artifact: step.Artifact, device: str = "cpu") -> Any:
 
 
 def published_identity(cfg: Config, model_id: str, layer: int) -> str:
-    """The key of a published SAE: its release, id, format and layer."""
-    return step.identity({k: cfg.sae[k].get(model_id) if isinstance(cfg.sae[k], dict) else cfg.sae[k]
-                          for k in ("release", "sae_id", "format")} | {"layer": layer})
+    """The key of a published SAE: its release, id, format and layer; for a local folder also the SHA-256
+    of every file in it (another SAE saved in its place is another input). A hub release is keyed by its
+    name: the key is computed before the SAE is downloaded, so it cannot hold the commit."""
+    release, sae_id = cfg.sae["release"].get(model_id, ""), cfg.sae["sae_id"].get(model_id, "")
+    folder = resolve_path(release) / sae_id.format(layer=layer)
+    content = {str(f.relative_to(folder)): step.content_sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()} \
+        if folder.is_dir() else {}
+    return step.identity({"release": release, "sae_id": sae_id, "format": cfg.sae["format"], "layer": layer,
+                          "content": content})
 
 
 def sparsify_disk_loader(path: str | Path, device: str = "cpu",
@@ -198,7 +210,7 @@ def load_pretrained(cfg: Config, model_id: str, layer: int, device: str = "cpu")
     if cfg.sae["format"] not in ("sae_lens", "sparsify"):
         raise ValueError(f"sae.format must be 'sae_lens' or 'sparsify', got {cfg.sae['format']!r}")
     sparsify = cfg.sae["format"] == "sparsify"
-    local = Path(release).expanduser()
+    local = resolve_path(release)
     if local.exists():
         converter = {"converter": sparsify_disk_loader} if sparsify else {}
         sae = SAE.load_from_disk(local / sae_id, device=device, dtype="float32", **converter)
@@ -217,8 +229,13 @@ def encode_chunks(sae: Any, acts: Activations, layer: int, chunk_tokens: int) ->
 
 
 @torch.inference_mode()
-def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int, chunk_tokens: int = 4096) -> dict[str, float]:
-    """Reconstruction and downstream-loss metrics of one SAE on the eval activations (see module doc)."""
+def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int, chunk_tokens: int = 4096,
+             baselines: dict[Any, float] | None = None) -> dict[str, float]:
+    """Reconstruction and downstream-loss metrics of one SAE on the eval activations (see module doc).
+
+    ``baselines``: where the clean and zero-ablated losses are kept between calls for the same model and
+    eval tokens (they do not depend on the SAE; the clean one not on the layer either), so that every
+    SAE of a model costs one forward pass with its reconstruction spliced in."""
     sse = sst = l0 = 0.0
     n = 0
     fired = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool)
@@ -253,7 +270,12 @@ def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batche
             total += float(per_token.float().cpu()[mask].sum())
         return total / int(real.sum())
 
-    ce_clean, ce_sae, ce_zero = loss([]), loss([(hook, splice)]), loss([(hook, zero)])
+    known = {} if baselines is None else baselines
+    if "clean" not in known:
+        known["clean"] = loss([])
+    if ("zero", layer) not in known:
+        known[("zero", layer)] = loss([(hook, zero)])
+    ce_clean, ce_sae, ce_zero = known["clean"], loss([(hook, splice)]), known[("zero", layer)]
     return {
         "explained_variance": 1 - sse / sst, "mse": sse / (n * x_all.shape[1]), "l0": l0 / n,
         "dead_fraction": float(1 - fired.float().mean()), "ce_clean": ce_clean, "ce_sae": ce_sae,

@@ -17,8 +17,9 @@ Conventions
   and the score is the plain mean of the canonical correlations between the two
   truncated subspaces.
 * RSA: the dissimilarity of items ``i < j`` is ``1 - pearson(row_i, row_j)``
-  (``scipy.spatial.distance.pdist(X, "correlation")``, condensed order); the two
-  condensed vectors are compared with Spearman's rho (ties get average ranks).
+  (``scipy.spatial.distance.pdist(X, "correlation")``, condensed order, rounded to
+  12 decimals so that exact ties stay ties); the two condensed vectors are compared
+  with Spearman's rho (ties get average ranks).
 * Nulls re-pair the data by permuting the rows of ``Y`` relative to ``X``. The
   permutations come from :func:`permutations`, so the same seed gives the same
   re-pairings for every metric (held-out CCA re-pairs its test halves only, with
@@ -134,7 +135,6 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
-from scipy.spatial.distance import pdist
 from scipy.stats import rankdata
 from tqdm import tqdm
 
@@ -270,6 +270,23 @@ def svcca(X: ArrayLike, Y: ArrayLike, variance: float = 0.99) -> SVCCAResult:
     return SVCCAResult(float(rho.mean()), rho.numpy(), kx, ky, Xt.shape[0])
 
 
+#: Decimals correlation distances are rounded to, so that distances equal in exact arithmetic tie.
+DISTANCE_DECIMALS = 12
+
+
+def correlation_distances(A: np.ndarray) -> np.ndarray:
+    """``(n (n - 1) / 2,)`` float64 correlation distances ``1 - r`` of the rows of ``A`` ``(n, d)``, in
+    ``pdist``'s condensed order: ``scipy.spatial.distance.pdist(A, "correlation")`` from one matrix product
+    of the centred unit rows instead of a loop over pairs. Rounded to :data:`DISTANCE_DECIMALS` decimals:
+    two float paths to one distance differ by ~1e-16, and without the rounding pairs that tie exactly
+    (integer data, duplicated items) would be ranked apart."""
+    Z = torch.from_numpy(np.asarray(A, dtype=np.float64))
+    Z = Z - Z.mean(dim=1, keepdim=True)
+    Z = Z / torch.linalg.vector_norm(Z, dim=1, keepdim=True)
+    i, j = np.triu_indices(Z.shape[0], 1)
+    return np.round(1.0 - (Z @ Z.T).numpy()[i, j], DISTANCE_DECIMALS)
+
+
 def _centred_ranks(A: np.ndarray, name: str) -> torch.Tensor:
     """Centred average ranks ``(n (n - 1) / 2,)`` of the condensed correlation distances."""
     constant = np.flatnonzero(np.all(A == A[:, :1], axis=1))
@@ -277,7 +294,7 @@ def _centred_ranks(A: np.ndarray, name: str) -> torch.Tensor:
         raise ValueError(f"row {int(constant[0])} of {name} has zero variance, so its "
                          f"correlation distance is undefined (zero-variance rows: "
                          f"{constant[:10].tolist()})")
-    ranks = rankdata(pdist(A, "correlation"))
+    ranks = rankdata(correlation_distances(A))
     ranks -= ranks.mean()
     if not np.any(ranks):
         raise ValueError(f"all dissimilarities of {name} are equal; Spearman's rho is undefined")
@@ -328,29 +345,28 @@ def svcca_null(X: ArrayLike, Y: ArrayLike, n_shuffles: int, seed: int,
     return _svcca_null(Ux, Uy, permutations(Xt.shape[0], n_shuffles, seed), batch_size)
 
 
-def _square(v: torch.Tensor, n: int) -> torch.Tensor:
-    """(n, n) symmetric matrix holding the condensed vector ``v`` (m,) off the diagonal, 0 on it."""
-    i, j = (torch.from_numpy(t) for t in np.triu_indices(n, 1))   # condensed order
-    M = torch.zeros(n, n, dtype=F64)
-    M[i, j] = v
-    M[j, i] = v
-    return M
-
-
 def _rsa_null(rx: torch.Tensor, ry: torch.Tensor, perms: np.ndarray) -> np.ndarray:
     """RSA ``(N,)`` of centred rank vectors ``(m,)``, Y's items permuted by ``perms`` ``(N, n)``.
 
-    With both rank vectors laid out as symmetric (n, n) matrices, a re-pairing ``p`` gives
-    ``sum_{i<j} rx[i, j] ry[p_i, p_j] = <RX, RY[p][:, p]> / 2``: two contiguous row/column gathers
-    and one dot product per shuffle.
+    A re-pairing ``p`` gives ``sum_{i<j} rx[i, j] ry[p_i, p_j]`` over the upper triangle
+    (:func:`featlib.null_kernels.rsa_null_sums`: compiled, one shuffle per thread). The ranks are
+    doubled, ``2 (rank - mean)``: integers (average ranks of ties are halves), so float32 holds them
+    exactly while they stay below 2^24 (n <= 5,793 items; float64 beyond), which halves the memory
+    the gathers read; every product and sum is float64.
     """
+    from . import null_kernels
+
     n = perms.shape[1]
-    RX, RY = _square(rx, n).view(-1), _square(ry, n)
-    scale = 2 * rx.norm() * ry.norm()                               # permutation invariant
-    out = torch.empty(len(perms), dtype=F64)
-    for s, p in enumerate(torch.from_numpy(perms)):
-        out[s] = torch.dot(RY.index_select(0, p).index_select(1, p).view(-1), RX) / scale
-    return out.numpy()
+    m = n * (n - 1) // 2
+    dtype = np.float32 if m < 2**24 else np.float64
+    x2, y2 = (2 * rx).numpy(), (2 * ry).numpy()
+    RY = np.zeros((n, n), dtype=dtype)
+    i, j = np.triu_indices(n, 1)
+    RY[i, j] = y2
+    RY[j, i] = y2
+    del i, j
+    sums = null_kernels.rsa_null_sums(x2.astype(dtype), RY, np.ascontiguousarray(perms, dtype=np.int64))
+    return sums / (4 * float(rx.norm() * ry.norm()))
 
 
 def rsa_null(X: ArrayLike, Y: ArrayLike, n_shuffles: int, seed: int) -> np.ndarray:

@@ -29,6 +29,8 @@ from . import cache
 stable_hash = cache.stable_hash
 file_sha256 = cache.file_sha256
 write_json = cache.write_json_atomic
+reserve = cache.reserve
+preallocated_npy = cache.preallocated_npy
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,18 @@ class Artifact:
 
 Input = Union[Artifact, str]
 _planning = False
+
+
+_sha256_seen: dict[tuple[str, int, int], str] = {}
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 of a file, hashed once per process while its size and modification time stay the same."""
+    st = Path(path).stat()
+    tag = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if tag not in _sha256_seen:
+        _sha256_seen[tag] = file_sha256(path)
+    return _sha256_seen[tag]
 
 
 def identity(obj: Any) -> str:

@@ -8,6 +8,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# numba's OpenMP pool (umap-learn, pynndescent) keeps spinning beside torch's and slowed every later test
+# of the session up to 80x; featlib.atlas picks the work-queue layer too (atlas.numba_workqueue)
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 # The tests' Hugging Face hub cache: empty, or filled with local stand-ins by the `standins` fixture.
 # Set before anything imports huggingface_hub, which reads it once.
 STANDINS = Path(tempfile.mkdtemp(prefix="featuniv-standins-"))

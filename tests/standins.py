@@ -15,8 +15,9 @@
   - ``google/gemma-scope-2b-pt-res``: one Gemma Scope ``params.npz`` (JumpReLU, the real sizes
     2,304 × 16,384) at the path sae-lens's registry gives for ``layer_12/width_16k/canonical``;
 
-* ``openwebtext/data/train-00000-of-00001.parquet``: a small text dataset with a ``text`` column
-  (State of the Union addresses), read by ``datasets.load_dataset(path, streaming=True)``.
+* ``openwebtext/plain_text/partial-train/000N.parquet``: a small text dataset with a ``text`` column
+  (State of the Union addresses) in the layout of the hub's parquet conversion of OpenWebText
+  (``refs/convert/parquet``), read by the paper profiles' own call (revision and data_files included).
 
 The real loading functions (``HookedTransformer.from_pretrained_no_processing``, ``SAE.from_pretrained``,
 ``datasets.load_dataset``) then run on them with ``HF_HUB_OFFLINE=1`` and ``HF_HUB_CACHE=root/hub``,
@@ -146,9 +147,11 @@ def write_text_dataset(root: Path) -> Path:
     from featlib import corpus
 
     out = root / "openwebtext"
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    (out / "plain_text" / "partial-train").mkdir(parents=True, exist_ok=True)
     docs = [p for doc in corpus.sotu_documents("analysis") for p in doc.split("\n\n") if len(p) > 200]
-    pd.DataFrame({"text": docs}).to_parquet(out / "data" / "train-00000-of-00001.parquet")
+    half = len(docs) // 2  # two shards, as the hub's conversion writes 0000.parquet, 0001.parquet, ...
+    for i, part in enumerate((docs[:half], docs[half:])):
+        pd.DataFrame({"text": part}).to_parquet(out / "plain_text" / "partial-train" / f"{i:04d}.parquet")
     return out
 
 

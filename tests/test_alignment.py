@@ -134,7 +134,8 @@ def test_heldout_rows_follow_the_eval_and_train_text(tokenizers):
     from featlib import config
     from featlib.activations import heldout_rows, rowsets
 
-    cfg = config.build("smoke", {"data.n_eval_tokens": 300, "data.n_train_tokens": 500, "data.seq_len": 48})
+    cfg = config.build("smoke", {"data.n_eval_tokens": 300, "data.n_train_tokens": 500, "data.seq_len": 48,
+                                 "sae.batch_size": 256, "universal.batch_size": 256})
     models = lms(tokenizers, ["A", "S"])
     held = heldout_rows(cfg, models, 3, 20)
     parts = rowsets(cfg, models, "token_end")
@@ -151,7 +152,8 @@ def test_heldout_rows_follow_the_eval_and_train_text(tokenizers):
     # one tokenizer: the token stream's next rows
     same = lms(tokenizers, ["A", "A"])
     same[1].id = "B"
-    cfg1 = config.build("smoke", {"data.n_eval_tokens": 300, "data.n_train_tokens": 500, "data.seq_len": 48})
+    cfg1 = config.build("smoke", {"data.n_eval_tokens": 300, "data.n_train_tokens": 500, "data.seq_len": 48,
+                                 "sae.batch_size": 256, "universal.batch_size": 256})
     held1 = heldout_rows(cfg1, same, 2, 10)
     stream = corpus.token_stream(tokenizers["A"], corpus.documents(cfg1.data), 48, (7 + 11 + 2) * 47, 0).numpy()
     assert (held1["A"] == stream[18:, :10]).all() and (held1["B"] == held1["A"]).all()

@@ -45,3 +45,19 @@ def test_umap_layout_is_seeded():
     assert a.shape == (40, 2) and np.array_equal(a, b)
     with pytest.raises(ValueError, match="at least 4 features"):
         atlas.umap_xy(W[:3], seed=0)
+
+
+def test_numba_parallel_code_runs_on_the_work_queue_not_an_openmp_pool():
+    """numba's OpenMP workers spin beside torch's and made later torch operations up to 80x slower."""
+    import os
+    import subprocess
+    import sys
+
+    from featlib.config import REPO
+
+    code = ("import numba, numpy as np\nfrom featlib import atlas\natlas.numba_workqueue()\n"
+            "@numba.njit(parallel=True)\ndef f(x):\n    s = 0.0\n    for i in numba.prange(len(x)):\n        s += x[i]\n    return s\n"
+            "f(np.ones(1000))\nprint(numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "workqueue"

@@ -69,7 +69,10 @@ def test_too_few_pairs_is_not_scorable():
 
 
 def _study(layers, depth):
-    cfg = config.build("tiny", {"layers.A": layers[0], "layers.B": layers[1], "matching.layer_pair": [layers[0][0], layers[1][0]]})
+    over = {"layers.A": layers[0], "layers.B": layers[1], "matching.layer_pair": [layers[0][0], layers[1][0]]}
+    if depth[0] > depth[1]:  # the deeper model first: tiny's B (6 blocks) as A
+        over |= {"models.A.path": "models/tiny/lm-b", "models.B.path": "models/tiny/lm-a"}
+    cfg = config.build("tiny", over)
     fake = {m: SimpleNamespace(n_layers=n) for m, n in zip("AB", depth)}
     return Study(cfg, fake, {})
 

@@ -75,4 +75,5 @@ def test_run_injects_profile_and_overrides_and_writes_the_resolved_profile(tmp_p
     calls.clear()
     chain.run(str(mine), only=["01"])
     assert calls and calls[0][2] == {"profile": str(mine.resolve()), "overrides": {}}
-    assert (tmp_path / "figures" / "mine" / "profile.yaml").exists() and not (tmp_path / "figures" / "mine" / "manifest.json").exists()
+    assert (tmp_path / "figures" / "mine" / "profile.yaml").exists()
+    assert json.loads((tmp_path / "figures" / "mine" / "manifest.json").read_text())["seconds"].keys() == {"01_extract_activations"}

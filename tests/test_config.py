@@ -164,7 +164,9 @@ def test_layers_for_every_model():
         config.build("tiny", {"layers": {"A": [0]}})
     with pytest.raises(config.ConfigError, match=r"models\.C\.path = '' is empty"):
         config.build("tiny", {"models.C": {"source": "local"}, "layers.C": [0]})
-    cfg = config.build("tiny", {"models.C": {"source": "local", "path": "x"}, "layers.C": [0]})
+    with pytest.raises(config.ConfigError, match=r"models\.C\.path = 'x' does not exist.*make models"):
+        config.build("tiny", {"models.C": {"source": "local", "path": "x"}, "layers.C": [0]})
+    cfg = config.build("tiny", {"models.C": {"source": "local", "path": "models/tiny/lm-a"}, "layers.C": [0]})
     assert list(cfg.models) == ["A", "B", "C"]
 
 

@@ -121,3 +121,28 @@ def test_sparse_decode_equals_sae_lens_training_step(dead_share, b_dec_init):
         torch.testing.assert_close(getattr(outs[1], field), getattr(outs[0], field), rtol=1e-5, atol=1e-5)
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()))
+
+
+def test_every_sae_of_a_model_shares_its_clean_and_zero_ablated_losses():
+    """evaluate with a shared ``baselines`` dict: the same metrics, one forward pass per further SAE."""
+    from types import SimpleNamespace
+
+    from featlib import corpus
+
+    lm = models.load_local("A", REPO / "models/tiny/lm-a")
+    tokens = corpus.token_stream(lm.tokenizer, corpus.sotu_documents("analysis"), 33, 16 * 32, lm.bos_id)
+    _, cache = lm.model.run_with_cache(tokens, names_filter=[models.hook_name(1)])
+    x = cache[models.hook_name(1)][:, 1:].reshape(-1, lm.d_model).numpy()
+    acts = SimpleNamespace(layer=lambda L: x, chunks=lambda L, c: (torch.from_numpy(x[i:i + c]) for i in range(0, len(x), c)),
+                           tokens=tokens.numpy(), lengths=np.full(len(tokens), 33))
+    two = [saes.train_sae(x, dict(PARAMS, epochs=1, batch_size=64), seed=s) for s in (0, 1)]
+    calls = []
+    run = lm.model.run_with_hooks
+    lm.model.run_with_hooks = lambda *a, **kw: calls.append(1) or run(*a, **kw)
+    alone = [saes.evaluate(sae, lm, acts, 1, ce_batches=2) for sae in two]
+    assert len(calls) == 2 * 3 * 2  # two SAEs x (clean, spliced, zero) x two batches
+    calls.clear()
+    baselines = {}
+    shared = [saes.evaluate(sae, lm, acts, 1, ce_batches=2, baselines=baselines) for sae in two]
+    assert len(calls) == (3 + 1) * 2 and shared == alone
+    assert alone[0]["ce_sae"] != alone[1]["ce_sae"] and alone[0]["ce_clean"] == alone[1]["ce_clean"]

@@ -113,8 +113,12 @@ def test_rsa_matches_scipy_with_ties() -> None:
     X = X[X.std(1) > 0][:40]
     Y = np.round(X[:, :3] + rng.integers(-1, 2, size=(40, 3)), 0)
     Y[Y.std(1) == 0, 0] += 1.0
-    dx, dy = pdist(X, "correlation"), pdist(Y, "correlation")
+    # pdist's own rounding (up to ~5e-13 here) splits distances that tie in exact arithmetic; at 12
+    # decimals they tie again, as in featlib (one matrix product, errors ~1e-15, then the same rounding)
+    dx, dy = (np.round(pdist(A, "correlation"), sim.DISTANCE_DECIMALS) for A in (X, Y))
     assert len(np.unique(dx)) < len(dx) and len(np.unique(dy)) < len(dy)  # ties present
+    assert np.abs(sim.correlation_distances(X) - pdist(X, "correlation")).max() < 1e-12
+    assert np.array_equal(sim.correlation_distances(X), dx) and np.array_equal(sim.correlation_distances(Y), dy)
     assert sim.rsa(X, Y) == pytest.approx(spearmanr(dx, dy)[0], abs=1e-10)
 
 

@@ -23,8 +23,11 @@ def sae_metrics(study: Study, side: Side) -> dict[str, Any]:
     acts = study.acts_of(side)
     ce_batches = study.cfg.sae["ce_batches"]
 
+    lm = study.model_of(side)
+
     def produce(tmp: Path) -> None:
-        m = evaluate(study.sae(side), study.model_of(side), acts, side.layer, ce_batches)
+        baselines = study.ce_baselines.setdefault((lm.fingerprint, acts.key, ce_batches), {})
+        m = evaluate(study.sae(side), lm, acts, side.layer, ce_batches, baselines=baselines)
         step.write_json(tmp / "metrics.json", m)
 
     art = step.run("sae_metrics", {"ce_batches": ce_batches}, {"sae": study.sae_input(side), "eval": acts.key},

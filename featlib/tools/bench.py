@@ -10,9 +10,9 @@ Prints, for this machine:
   their correlations on the sub-sample;
 * matching on dense ReLU codes: the dense path's achieved GFLOP/s and its share of the plain
   product's throughput;
-* nulls for 5,000 pairs (widths 512 and 768) × 1,000 shuffles: RSA and SVCCA with invariant work done
-  once vs naive recomputation per shuffle (a sub-sample of shuffles, extrapolated), and whether
-  both give the same values;
+* nulls for 5,000 pairs (widths 512 and 768) × 1,000 shuffles: RSA, SVCCA and Procrustes with
+  invariant work done once vs naive recomputation per shuffle (RSA: scipy's ``pdist`` and
+  ``spearmanr``; a sub-sample of shuffles, extrapolated), and whether both give the same values;
 * universal SAE training (:mod:`featlib.universal`) at Pythia's widths: tokens per second and peak
   memory, beside a plain one-model TopK SAE step of the same dictionary size;
 * one TopK SAE training step (forward, losses with the AuxK term, backward) of
@@ -154,11 +154,18 @@ def bench_nulls(n: int, shuffles: int, naive_shuffles: int) -> dict[str, Any]:
     latent = g.normal(size=(n, 64))
     X = latent @ g.normal(size=(64, 512)) + g.normal(size=(n, 512))
     Y = latent @ g.normal(size=(64, 768)) + g.normal(size=(n, 768))
+    from scipy.spatial.distance import pdist
+    from scipy.stats import spearmanr
+
     perms = similarity.permutations(n, naive_shuffles, seed=0)
     out: dict[str, Any] = {}
     for metric, fast_fn, naive_fn in (
-        ("rsa", lambda: similarity.rsa_null(X, Y, shuffles, seed=0), lambda p: similarity.rsa(X, Y[p])),
+        # the plain reference: scipy's distances and Spearman's rho for every re-pairing
+        ("rsa", lambda: similarity.rsa_null(X, Y, shuffles, seed=0),
+         lambda p: spearmanr(pdist(X, "correlation"), pdist(Y[p], "correlation"))[0]),
         ("svcca", lambda: similarity.svcca_null(X, Y, shuffles, seed=0), lambda p: similarity.svcca(X, Y[p]).score),
+        ("procrustes", lambda: similarity.procrustes_null(X, Y, shuffles, seed=0),
+         lambda p: similarity.procrustes_similarity(X, Y[p])),
     ):
         fast = measure(fast_fn)
         naive = measure(lambda: np.array([naive_fn(p) for p in perms]))

@@ -6,7 +6,9 @@ writes the executed copies to ``build/<label>/`` (the sources stay as they are),
 ``figures/<label>/profile.yaml`` (the resolved profile: every default and override filled in) and
 ``figures/<label>/manifest.json``: the resolved profile, seconds per notebook, and for every figure
 the notebook and profile that made it and the hash of the parameters, and every result table
-(``results/<label>/<notebook>__<name>.csv``) with its notebook.
+(``results/<label>/<notebook>__<name>.csv``) with its notebook. ``--only`` re-runs some notebooks and
+updates the manifest (the times of the others are kept when the parameters are the same); an
+``--only`` that matches no notebook is an error.
 
 ``--set KEY=VALUE`` (repeatable) overrides one value of the profile; VALUE is read as YAML
 (``--set similarity.n_shuffles=100 --set layers.A=[1,2]``). A run with overrides is labelled
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
 import time
 from pathlib import Path
@@ -96,13 +99,17 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
             raise ConfigError(f"--in-place runs the notebooks with their own parameters (profile = {defaults[0]!r}, "
                               f"overrides = {defaults[1]!r}), not {cfg.label!r}. Fix: drop --in-place, or run "
                               f"--profile {defaults[0]} without --set.")
+    chosen = notebooks(only)
+    if not chosen:
+        raise ConfigError(f"--only {' '.join(only or [])} matches no notebook; allowed: prefixes of "
+                          f"{', '.join(nb.stem for nb in notebooks())}. Fix: give e.g. --only 03 04.")
     label = cfg.label
     params = {"profile": profile_ref(profile), "overrides": overrides}
     out_dir = REPO / "build" / label
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = resolved_profile(cfg)
     timings: dict[str, float] = {}
-    for nb in notebooks(only):
+    for nb in chosen:
         t0 = time.time()
         print(f"[{label}] {nb.name}", flush=True)
         papermill.execute_notebook(
@@ -111,6 +118,10 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
         )
         timings[nb.stem] = round(time.time() - t0, 1)
         print(f"[{label}] {nb.name} done in {timings[nb.stem]:.0f} s", flush=True)
+    if only and (fig_dir / "manifest.json").is_file():  # keep the times of the notebooks not re-run now
+        before = json.loads((fig_dir / "manifest.json").read_text())
+        if before.get("params_hash") == cfg.params_hash:
+            timings = {**before.get("seconds", {}), **timings}
     figures = sorted(fig_dir.glob("*.png"))
     manifest = {
         "label": label, "profile": cfg.profile, "overrides": overrides, "params_hash": cfg.params_hash,
@@ -124,9 +135,8 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
         "results": [{"table": str(p.relative_to(REPO)), "notebook": f"notebooks/{p.name.split('__')[0]}.ipynb"}
                     for p in sorted((RESULTS / label).glob("*.csv"))],
     }
-    if not only:
-        write_json_atomic(fig_dir / "manifest.json", manifest)
-    return timings
+    write_json_atomic(fig_dir / "manifest.json", manifest)
+    return {nb.stem: timings[nb.stem] for nb in chosen}
 
 
 def main(argv: list[str] | None = None) -> int:
