@@ -125,7 +125,7 @@ def publish(kind: str, spec: dict[str, Any], meta: dict[str, Any] | None = None,
         locks = final.parent.parent / ".locks"
         locks.mkdir(exist_ok=True)
         with FileLock(locks / f"{kind}-{final.name}.lock"):
-            if _has_marker(final):  # published by another process since we looked: keep that one
+            if _complete(final):  # published by another process since we looked: keep that one
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 if final.exists():  # a damaged earlier copy (no readable marker)
@@ -136,10 +136,11 @@ def publish(kind: str, spec: dict[str, Any], meta: dict[str, Any] | None = None,
         raise
 
 
-def _has_marker(path: Path) -> bool:
+def _complete(path: Path) -> bool:
+    """:func:`is_complete` without the checksums, a damaged folder counting as absent."""
     try:
-        return "files" in json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
+        return is_complete(path, verify=False)
+    except CorruptCacheError:
         return False
 
 

@@ -135,6 +135,7 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
+from scipy.spatial.distance import squareform
 from scipy.stats import rankdata
 from tqdm import tqdm
 
@@ -283,8 +284,7 @@ def correlation_distances(A: np.ndarray) -> np.ndarray:
     Z = torch.from_numpy(np.asarray(A, dtype=np.float64))
     Z = Z - Z.mean(dim=1, keepdim=True)
     Z = Z / torch.linalg.vector_norm(Z, dim=1, keepdim=True)
-    i, j = np.triu_indices(Z.shape[0], 1)
-    return np.round(1.0 - (Z @ Z.T).numpy()[i, j], DISTANCE_DECIMALS)
+    return np.round(1.0 - squareform((Z @ Z.T).numpy(), checks=False), DISTANCE_DECIMALS)
 
 
 def _centred_ranks(A: np.ndarray, name: str) -> torch.Tensor:
@@ -359,13 +359,8 @@ def _rsa_null(rx: torch.Tensor, ry: torch.Tensor, perms: np.ndarray) -> np.ndarr
     n = perms.shape[1]
     m = n * (n - 1) // 2
     dtype = np.float32 if m < 2**24 else np.float64
-    x2, y2 = (2 * rx).numpy(), (2 * ry).numpy()
-    RY = np.zeros((n, n), dtype=dtype)
-    i, j = np.triu_indices(n, 1)
-    RY[i, j] = y2
-    RY[j, i] = y2
-    del i, j
-    sums = null_kernels.rsa_null_sums(x2.astype(dtype), RY, np.ascontiguousarray(perms, dtype=np.int64))
+    x2, y2 = ((2 * r).numpy().astype(dtype) for r in (rx, ry))
+    sums = null_kernels.rsa_null_sums(x2, squareform(y2), np.ascontiguousarray(perms, dtype=np.int64))
     return sums / (4 * float(rx.norm() * ry.norm()))
 
 
