@@ -283,7 +283,8 @@ def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, ba
 
         # each path once untimed (the first forward of a process pays for allocations and kernel
         # selection: it ran 4x slower than the next ones), then twice each in alternating order, best kept
-        ours_once(0), bare()
+        ours_once(0)
+        bare()
         runs = [(ours_once(i), measure(bare)) for i in (1, 2)]
         ours, ref = min((r[0] for r in runs), key=lambda m: m.seconds), min((r[1] for r in runs), key=lambda m: m.seconds)
         acts = Activations(Path(tmp) / "1", layers)
