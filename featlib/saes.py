@@ -60,8 +60,9 @@ def _batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Ten
             yield torch.from_numpy(np.ascontiguousarray(acts[np.sort(perm[i : i + batch_size])]))
 
 
-def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int) -> Any:
-    """Train one SAE with sae-lens on (n_tokens, d_in) activations; returns the inference SAE."""
+def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | None = None) -> Any:
+    """Train one SAE with sae-lens on (n_tokens, d_in) activations; returns the inference SAE.
+    ``d_sae``: its latents (default ``params["expansion"]`` × d_in)."""
     from sae_lens import SAETrainer
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -70,10 +71,11 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int) -> Any:
     from .topk_training import SparseDecodeTopKTrainingSAE
 
     d_in = acts.shape[1]
-    if params["k"] > params["expansion"] * d_in:
+    d_sae = d_sae or params["expansion"] * d_in
+    if params["k"] > d_sae:
         raise ValueError(f"sae.k = {params['k']} exceeds the SAE width sae.expansion x d_model = "
                          f"{params['expansion']} x {d_in}. Fix: lower sae.k or raise sae.expansion.")
-    common = dict(d_in=d_in, d_sae=params["expansion"] * d_in, normalize_activations="expected_average_only_in")
+    common = dict(d_in=d_in, d_sae=d_sae, normalize_activations="expected_average_only_in")
     torch.manual_seed(seed)
     if params["architecture"] == "topk":
         sae = SparseDecodeTopKTrainingSAE(TopKTrainingSAEConfig(k=params["k"], **common))

@@ -1,5 +1,5 @@
 """The paper profiles' loading code (hub models, EleutherAI sparsify SAEs, Gemma Scope SAEs, hub
-datasets), run offline on local stand-ins in the hub's own formats (tests/standins.py)."""
+datasets), run offline on local stand-ins in the hub's own formats (featlib.tools.standins)."""
 
 from types import SimpleNamespace
 
@@ -112,3 +112,28 @@ def test_auto_device_and_dtype(monkeypatch):
     assert models.resolve_dtype("auto", "cpu") == "float32" and models.resolve_dtype("bfloat16", "cpu") == "bfloat16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert models.resolve_dtype("auto", "cuda") == "float16"
+
+
+def test_full_standin_profile_is_the_pythia_profile_at_its_sizes(tmp_path):
+    """``make pythia-standin`` times the paper's setting: only the label and the dataset folder differ."""
+    import yaml
+
+    from featlib.tools import standins
+
+    p = standins.standin_profile(tmp_path)
+    pythia = yaml.safe_load((config.PARAMS_DIR / "pythia.yaml").read_text())
+    assert p["profile"] == "pythia-standin" and p["data"]["path"] == str(tmp_path.resolve() / "openwebtext")
+    for profile in (p, pythia):
+        del profile["profile"], profile["data"]["path"]
+    assert p == pythia
+    full = standins.SCALES["full"]
+    assert {n: (m["layers"], m["d"]) for n, m in full.models.items()} == {"pythia-70m": (6, 512), "pythia-160m": (12, 768)}
+    assert (full.d_sae, full.sae["k"], full.vocab_size) == (32768, 32, 50304)
+
+
+def test_standins_refuse_another_hub_cache(tmp_path, capsys, monkeypatch):
+    from featlib.tools import standins
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert standins.main(["--out", str(tmp_path / "s")]) == 2
+    assert "HF_HUB_CACHE must be" in capsys.readouterr().err and not (tmp_path / "s").exists()

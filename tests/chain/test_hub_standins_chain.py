@@ -1,6 +1,6 @@
 """The `pythia` profile's chain 01-09, offline: its own models, SAE releases and hook conventions,
-read from local stand-ins in the hub's formats (tests/standins.py); only the sizes and the dataset path
-differ from params/pythia.yaml."""
+read from local stand-ins in the hub's formats (featlib.tools.standins, small scale); only the sizes and
+the dataset path differ from params/pythia.yaml (``make pythia-standin`` runs it at the real sizes)."""
 
 import json
 
@@ -8,15 +8,16 @@ import nbformat
 import yaml
 
 from featlib import step
-from featlib.tools import chain
+from featlib.tools import chain, standins
 from featlib.config import PARAMS_DIR, REPO
+
+LABEL = "pythia-standin-small"
 
 
 def standin_profile(root):
     pythia = yaml.safe_load((PARAMS_DIR / "pythia.yaml").read_text())
-    p = yaml.safe_load((PARAMS_DIR / "pythia.yaml").read_text())
-    p["profile"] = "pythia-standin"
-    p["data"].update(path=str(root / "openwebtext"), n_docs=0, seq_len=65, n_eval_tokens=8192, n_train_tokens=8192, batch_size=16)
+    p = standins.standin_profile(root, LABEL)
+    p["data"].update(n_docs=0, seq_len=65, n_eval_tokens=8192, n_train_tokens=8192, batch_size=16)
     p["layers"] = {"A": [0, 1], "B": [0, 1, 2]}
     p["matching"]["layer_pair"] = [1, 1]
     p["similarity"].update(n_shuffles=50, layerwise_shuffles=20)
@@ -31,14 +32,14 @@ def standin_profile(root):
 def test_pythia_chain_runs_offline_on_standins(standins, tmp_path, monkeypatch):
     monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FEATUNIV_DEVICE", "cpu")
-    path = tmp_path / "pythia-standin.yaml"
+    path = tmp_path / f"{LABEL}.yaml"
     path.write_text(yaml.safe_dump(standin_profile(standins)))
     timings = chain.run(str(path))
     assert list(timings) == [nb.stem for nb in chain.notebooks()]
-    manifest = json.loads((REPO / "figures/pythia-standin/manifest.json").read_text())
+    manifest = json.loads((REPO / "figures" / LABEL / "manifest.json").read_text())
     assert {f["notebook"] for f in manifest["figures"]} == {f"notebooks/{nb.name}" for nb in chain.notebooks()}
     for nb in chain.notebooks():
-        executed = nbformat.read(REPO / "build/pythia-standin" / nb.name, as_version=4)
+        executed = nbformat.read(REPO / "build" / LABEL / nb.name, as_version=4)
         text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
         assert "all checks passed" in text
     # published SAEs need no SAE-training activations: the train split holds only the universal SAE's layers
