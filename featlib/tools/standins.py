@@ -64,7 +64,8 @@ class Scale:
     ``models``: per Pythia name its ``layers``, width ``d`` and attention ``heads``; ``vocab_size``: the
     embedding's rows (None: the tokenizer's 4,096); ``lm_steps``/``lm_lr``: the brief AdamW training
     (batches of 16 rows × 64 tokens); ``sae``: sae-lens training keys (:func:`featlib.saes.train_sae`);
-    ``d_sae``: SAE latents (None: ``sae.expansion`` × d); ``sae_tokens``: activations each SAE trains on.
+    ``d_sae``: SAE latents (None: ``sae.expansion`` × d); ``sae_tokens``: activations each SAE trains on;
+    ``max_positions``: the models' context length.
     """
 
     models: dict[str, dict[str, int]]
@@ -74,6 +75,7 @@ class Scale:
     sae: dict[str, Any] = field(default_factory=dict)
     d_sae: int | None = None
     sae_tokens: int = 16384
+    max_positions: int = 512
 
 
 SCALES = {
@@ -90,7 +92,7 @@ SCALES = {
         vocab_size=50304, lm_steps=20, lm_lr=1e-3,
         sae={"architecture": "topk", "expansion": 1, "k": 32, "l1_coefficient": 1.0, "lr": 3e-3, "batch_size": 512,
              "epochs": 1, "b_dec_init": "mean"},
-        d_sae=32768),
+        d_sae=32768, max_positions=2048),
 }
 
 
@@ -115,7 +117,7 @@ def write_pythia_models(hub: Path, scale: Scale) -> None:
     for seed, (name, size) in enumerate(scale.models.items()):
         cfg = GPTNeoXConfig(vocab_size=scale.vocab_size or len(tok), hidden_size=size["d"], num_hidden_layers=size["layers"],
                             num_attention_heads=size["heads"], intermediate_size=4 * size["d"], rotary_pct=0.25,
-                            max_position_embeddings=2048 if scale.vocab_size else 512, use_parallel_residual=True,
+                            max_position_embeddings=scale.max_positions, use_parallel_residual=True,
                             tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
         torch.manual_seed(seed)
         model = GPTNeoXForCausalLM(cfg)
