@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from . import step
+from . import sparse_rows, step
 from .activations import Activations
 from .config import Config, resolve_path
 from .models import LoadedModel, hook_name
@@ -230,36 +231,51 @@ def encode_chunks(sae: Any, acts: Activations, layer: int, chunk_tokens: int) ->
         yield sae.encode(x.to(sae.device, sae.dtype)).float().cpu()
 
 
+def decode_sparse(sae: Any, z: torch.Tensor | sp.csr_array) -> torch.Tensor:
+    """(n, d_in) float32 reconstruction of (n, d_sae) codes, dense or CSR, through ``sae.decode`` given a sparse
+    COO tensor: the product touches only the non-zero codes (k per row for TopK) instead of all d_sae."""
+    if isinstance(z, torch.Tensor):
+        z = z.to_sparse()
+    else:
+        coo = z.tocoo()
+        z = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, coo.shape, check_invariants=False)
+    return sae.decode(z.to(sae.device, sae.dtype)).float().cpu()
+
+
 @torch.inference_mode()
-def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int, chunk_tokens: int = 4096,
+def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int,
+             codes: sp.csr_array | None = None, chunk_tokens: int = 4096,
              baselines: dict[Any, float] | None = None) -> dict[str, float]:
     """Reconstruction and downstream-loss metrics of one SAE on the eval activations (see module doc).
 
-    ``baselines``: where the clean and zero-ablated losses are kept between calls for the same model and
-    eval tokens (they do not depend on the SAE; the clean one not on the layer either), so that every
-    SAE of a model costs one forward pass with its reconstruction spliced in."""
-    sse = sst = l0 = 0.0
-    n = 0
-    fired = torch.zeros(int(sae.cfg.d_sae), dtype=torch.bool)
+    ``codes``: the SAE's (n_units, d_sae) CSR codes of these activations if already computed (the cached ones
+    of :mod:`featlib.study.codes`), else they are encoded here. ``baselines``: where the clean and
+    zero-ablated losses are kept between calls for the same model and eval tokens (they do not depend on the
+    SAE; the clean one not on the layer either), so that every SAE of a model costs one forward pass with its
+    reconstruction spliced in."""
+    if codes is None:
+        codes = sparse_rows.pack(encode_chunks(sae, acts, layer, chunk_tokens), int(sae.cfg.d_sae))
+    sse = sst = 0.0
     x_all = acts.layer(layer)
+    n = len(x_all)
+    if codes.shape != (n, int(sae.cfg.d_sae)):
+        raise ValueError(f"codes of shape {codes.shape} for {n} eval units of an SAE of width {sae.cfg.d_sae}: "
+                         "pass the codes of this SAE on these activations")
     mean = torch.from_numpy(np.asarray(x_all.mean(axis=0, dtype=np.float64))).float()
-    for x in acts.chunks(layer, chunk_tokens):
-        z = sae.encode(x.to(sae.device, sae.dtype))
-        x_hat = sae.decode(z).float().cpu()
-        z = z.float().cpu()
+    for start, x in zip(range(0, n, chunk_tokens), acts.chunks(layer, chunk_tokens)):
+        x_hat = decode_sparse(sae, codes[start : start + len(x)])
         sse += float(((x - x_hat) ** 2).sum())
         sst += float(((x - mean) ** 2).sum())
-        l0 += float((z > 0).sum())
-        fired |= (z > 0).any(0)
-        n += len(x)
+    active = codes.indices[codes.data > 0]
     tokens = torch.from_numpy(acts.tokens[: max(1, ce_batches) * 8])
     # position j predicts token j + 1: count it only where that token is real (rows may be right-padded)
     real = torch.arange(tokens.shape[1] - 1)[None, :] + 1 < torch.from_numpy(acts.lengths[: len(tokens)])[:, None]
     hook = hook_name(layer)
 
     def splice(value: torch.Tensor, hook: Any) -> torch.Tensor:
-        rec = sae.decode(sae.encode(value[:, 1:].to(sae.dtype))).to(value.dtype)
-        return torch.cat([value[:, :1], rec], dim=1)
+        rest = value[:, 1:].reshape(-1, value.shape[-1])
+        rec = decode_sparse(sae, sae.encode(rest.to(sae.dtype))).to(value.device, value.dtype)
+        return torch.cat([value[:, :1], rec.reshape(value[:, 1:].shape)], dim=1)
 
     def zero(value: torch.Tensor, hook: Any) -> torch.Tensor:
         return torch.cat([value[:, :1], torch.zeros_like(value[:, 1:])], dim=1)
@@ -279,8 +295,8 @@ def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batche
         known[("zero", layer)] = loss([(hook, zero)])
     ce_clean, ce_sae, ce_zero = known["clean"], loss([(hook, splice)]), known[("zero", layer)]
     return {
-        "explained_variance": 1 - sse / sst, "mse": sse / (n * x_all.shape[1]), "l0": l0 / n,
-        "dead_fraction": float(1 - fired.float().mean()), "ce_clean": ce_clean, "ce_sae": ce_sae,
+        "explained_variance": 1 - sse / sst, "mse": sse / (n * x_all.shape[1]), "l0": len(active) / n,
+        "dead_fraction": 1 - len(np.unique(active)) / int(sae.cfg.d_sae), "ce_clean": ce_clean, "ce_sae": ce_sae,
         "ce_zero": ce_zero, "ce_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean),
         "d_sae": int(sae.cfg.d_sae), "n_tokens": n,
     }

@@ -1,5 +1,6 @@
 """SAE training with sae-lens, saving/loading, and the width check."""
 
+import itertools
 import numpy as np
 import pytest
 import torch
@@ -146,3 +147,69 @@ def test_every_sae_of_a_model_shares_its_clean_and_zero_ablated_losses():
     shared = [saes.evaluate(sae, lm, acts, 1, ce_batches=2, baselines=baselines) for sae in two]
     assert len(calls) == (3 + 1) * 2 and shared == alone
     assert alone[0]["ce_sae"] != alone[1]["ce_sae"] and alone[0]["ce_clean"] == alone[1]["ce_clean"]
+
+
+RECONSTRUCTION = ("explained_variance", "mse", "l0", "dead_fraction", "d_sae", "n_tokens")
+
+
+def random_saes(d_in=24, d_sae=96):
+    """One SAE of each sae-lens architecture featlib reads, with random weights (TopK also with its
+    activations rescaled by the decoder norms)."""
+    from sae_lens import (JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE,
+                          TopKSAEConfig)
+
+    made = [StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae)),
+            JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae)),
+            TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=6)),
+            TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=6, rescale_acts_by_decoder_norm=True))]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for sae in made:
+            for p in sae.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+            if hasattr(sae, "threshold"):
+                sae.threshold.copy_(torch.rand(sae.threshold.shape, generator=gen) * 0.3)
+    return made
+
+
+@pytest.mark.parametrize("index", range(4), ids=["standard", "jumprelu", "topk", "topk-rescaled"])
+def test_sparse_decode_equals_dense_decode(index):
+    """decode_sparse (a sparse COO code into sae.decode) gives sae.decode of the dense code, from a dense
+    tensor or a CSR matrix, for every architecture."""
+    import scipy.sparse as sp
+
+    sae = random_saes()[index]
+    x = torch.randn(50, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z = sae.encode(x)
+        dense = sae.decode(z)
+    assert 0 < int((z > 0).sum()) < z.numel() / 2
+    torch.testing.assert_close(saes.decode_sparse(sae, z), dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(saes.decode_sparse(sae, sp.csr_array(z.numpy())), dense, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_on_given_codes_equals_a_direct_computation():
+    """evaluate's reconstruction metrics from cached CSR codes (several chunks) equal a dense computation;
+    codes of another SAE's shape are refused."""
+    from types import SimpleNamespace
+
+    import scipy.sparse as sp
+
+    sae = random_saes()[2]
+    x = torch.randn(70, 24, generator=torch.Generator().manual_seed(2))
+    acts = SimpleNamespace(layer=lambda L: x.numpy(), chunks=lambda L, c: (x[i:i + c] for i in range(0, len(x), c)),
+                           tokens=np.ones((8, 4), dtype=np.int64), lengths=np.full(8, 4))
+    with torch.no_grad():
+        z = sae.encode(x)
+        ev = 1 - float(((x - sae.decode(z)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    losses = itertools.count(1.0)  # the next-token losses are another test's: here each call gives a new one
+    lm = SimpleNamespace(model=SimpleNamespace(cfg=SimpleNamespace(device="cpu"),
+                                               run_with_hooks=lambda *a, **kw: torch.full((8, 3), next(losses))))
+    got = saes.evaluate(sae, lm, acts, 0, ce_batches=1, codes=sp.csr_array(z.numpy()), chunk_tokens=16)
+    assert got["explained_variance"] == pytest.approx(ev, rel=1e-5)
+    assert got["l0"] == pytest.approx(float((z > 0).sum()) / 70)
+    assert got["dead_fraction"] == pytest.approx(1 - float((z > 0).any(0).float().mean()))
+    again = saes.evaluate(sae, lm, acts, 0, ce_batches=1, chunk_tokens=16)  # encoded here: the same
+    assert {k: again[k] for k in RECONSTRUCTION} == {k: got[k] for k in RECONSTRUCTION}
+    with pytest.raises(ValueError, match="codes of shape"):
+        saes.evaluate(sae, lm, acts, 0, ce_batches=1, codes=sp.csr_array(z.numpy()[:60]))

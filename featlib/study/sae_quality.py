@@ -9,17 +9,19 @@ from tqdm import tqdm
 
 from .. import step
 from ..saes import evaluate
+from .codes import codes_artifact, sae_codes
 from .core import Side, Study
 
 if TYPE_CHECKING:
     import pandas as pd
 
-VERSION = 3
+VERSION = 4  # 4: measured on the cached codes (decoded sparse), not a second encoding
 
 
 def sae_metrics(study: Study, side: Side) -> dict[str, Any]:
-    """:func:`featlib.saes.evaluate` of ``side``'s SAE on the eval units (cached; inputs: the SAE and the
-    eval activations, whose key covers the model; parameter: ``sae.ce_batches``)."""
+    """:func:`featlib.saes.evaluate` of ``side``'s SAE on the eval units (cached; inputs: the SAE, the eval
+    activations, whose key covers the model, and the SAE's cached codes of them, which notebooks 03-05 read
+    too; parameter: ``sae.ce_batches``)."""
     acts = study.acts_of(side)
     ce_batches = study.cfg.sae["ce_batches"]
 
@@ -27,10 +29,12 @@ def sae_metrics(study: Study, side: Side) -> dict[str, Any]:
 
     def produce(tmp: Path) -> None:
         baselines = study.ce_baselines.setdefault((lm.fingerprint, acts.key, ce_batches), {})
-        m = evaluate(study.sae(side), lm, acts, side.layer, ce_batches, baselines=baselines)
+        m = evaluate(study.sae(side), lm, acts, side.layer, ce_batches, codes=sae_codes(study, side),
+                     chunk_tokens=study.cfg.matching["chunk_tokens"], baselines=baselines)
         step.write_json(tmp / "metrics.json", m)
 
-    art = step.run("sae_metrics", {"ce_batches": ce_batches}, {"sae": study.sae_input(side), "eval": acts.key},
+    art = step.run("sae_metrics", {"ce_batches": ce_batches}, {"sae": study.sae_input(side), "eval": acts.key,
+                                                          "codes": codes_artifact(study, side)},
                    produce, version=VERSION)
     return art.json("metrics.json")
 
