@@ -104,7 +104,7 @@ class Matching(_Section):
     top_k_tokens: PosInt = 5
     require_shared_token: bool = True
     chunk_tokens: PosInt = 4096
-    max_bytes: PosInt = 3 << 30  # memory bound of the correlation accumulator (featlib.correlation)
+    max_bytes: PosInt = 3 << 30  # memory bound of the correlation's cross products (featlib.sparse_rows.correlate)
 
 
 class Similarity(_Section):

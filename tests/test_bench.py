@@ -6,7 +6,7 @@ from featlib.tools import bench
 def test_quick_bench_is_exact(capsys):
     out = bench.main(["--quick", "--parts", "matching", "nulls", "universal", "sae", "extraction"])
     assert out["topk"]["method"] == "sparse" and out["topk"]["planted_recovered"] == 1.0
-    assert out["topk"]["max_abs_diff"] < 1e-5
+    assert out["topk"]["max_abs_diff"] < 1e-5 and out["topk"]["product_same"]
     for metric in ("rsa", "svcca", "procrustes"):  # RSA against scipy's pdist and spearmanr
         assert out["nulls"][metric]["max_abs_diff"] < 1e-9
     assert "speed-up" in capsys.readouterr().out

@@ -148,3 +148,53 @@ def test_restricted_chunks_are_the_codes_of_a_feature_subset():
     lookup = sparse_rows.lookup(keep, 40)
     sub = [sparse_rows.restrict(c, lookup, len(keep)).to_dense() for c in sparse_rows.chunks(sparse_rows.pack([z], 40), 256)]
     torch.testing.assert_close(torch.cat(sub), z[:, keep])
+
+
+def csr(z: torch.Tensor):
+    from featlib import sparse_rows
+
+    return sparse_rows.pack([z], z.shape[1])
+
+
+def assert_same_partners(got, want):
+    np.testing.assert_array_equal(got.best_a, want.best_a)
+    np.testing.assert_array_equal(got.best_r, want.best_r)
+    np.testing.assert_array_equal(got.active_a, want.active_a)
+    np.testing.assert_array_equal(got.active_b, want.active_b)
+    np.testing.assert_allclose(got.std_b, want.std_b, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 30, 64 * 5000])  # one product, or blocks of B features
+def test_product_of_cached_rows_equals_the_streamed_engine(codes, max_bytes):
+    from featlib import sparse_rows
+
+    a, b = codes
+    got = sparse_rows.correlate(csr(a), csr(b), max_bytes=max_bytes)
+    want = correlate(stream(a, b, 700, sparse=True), a.shape[1], b.shape[1])
+    assert got.method == "csr" and want.method == "sparse" and (got.passes > 1) == (max_bytes < 1 << 30)
+    assert_same_partners(got, want)
+    assert got.best_a[11] == -1 and got.best_a[12] == -1 and not np.isin([3, 50], got.best_a).any()
+
+
+def test_product_finds_a_best_partner_that_never_co_fires():
+    """Every co-active A feature of b0 anti-correlates with it; its best partner fires only where b0 does not."""
+    from featlib import sparse_rows
+
+    t = torch.arange(400)
+    a = torch.stack([t % 2 == 1, t % 4 == 1, t % 40 == 1, (t % 2 == 1) | (t == 0)], 1).float()
+    b = torch.stack([t % 2 == 0, t % 4 == 1], 1).float()
+    got = sparse_rows.correlate(csr(a), csr(b))
+    assert list(got.best_a) == [2, 1] and got.best_r[0] < 0 and got.best_r[1] == pytest.approx(1)
+    assert_same_partners(got, correlate(stream(a, b, 128, sparse=True), 4, 2))
+
+
+def test_product_takes_the_streamed_engine_for_negative_codes_and_refuses_other_units(codes):
+    from featlib import sparse_rows
+
+    a, b = codes
+    signed = a - 0.5 * (a > 0).float() * torch.rand(a.shape, generator=torch.Generator().manual_seed(4))
+    got = sparse_rows.correlate(csr(signed), csr(b))
+    assert got.method == "sparse"
+    assert_same_partners(got, correlate(stream(signed, b, 1000, sparse=True), a.shape[1], b.shape[1]))
+    with pytest.raises(ValueError, match="codes of 3000 and 2999 units"):
+        sparse_rows.correlate(csr(a), csr(b[1:]))

@@ -7,7 +7,9 @@ Prints, for this machine:
   structure): :func:`featlib.correlation.correlate` on the whole stream vs the dense reference (z-score
   everything, then chunked dense products, as the original code does) on a token sub-sample,
   extrapolated linearly in tokens; wall time, peak memory, ratio, and the largest difference of
-  their correlations on the sub-sample;
+  their correlations on the sub-sample; and :func:`featlib.sparse_rows.correlate` (one sparse
+  product of the cached code rows, what notebook 03 runs) against the streamed engine: ratio and
+  whether both give the same partners and r;
 * matching on dense ReLU codes: the dense path's achieved GFLOP/s and its share of the plain
   product's throughput;
 * nulls for 5,000 pairs (widths 512 and 768) × 1,000 shuffles: RSA, SVCCA and Procrustes with
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 
 from ..correlation import SparseCodes, correlate, dense_reference
-from .. import similarity
+from .. import similarity, sparse_rows
 
 
 def _rss() -> int:
@@ -123,12 +125,24 @@ def planted_topk(n: int, d: int, k: int, seed: int, keep: float = 0.75) -> tuple
     return SparseCodes(idx_a, val_a, d), SparseCodes(idx_b, val_b, d)
 
 
+def _rows(chunks: list[SparseCodes]) -> "sp.csr_array":
+    """Planted chunks (distinct, sorted indices per row) as the (n, d) CSR rows 02 caches."""
+    import scipy.sparse as sp
+
+    idx, val = torch.cat([c.idx for c in chunks]).numpy(), torch.cat([c.val for c in chunks]).numpy()
+    n, k = idx.shape
+    return sp.csr_array((val.ravel(), idx.ravel().astype(np.int32), np.arange(0, n * k + 1, k)), shape=(n, chunks[0].d))
+
+
 def bench_topk(d: int, k: int, n_tokens: int, ref_tokens: int, chunk: int = 8192) -> dict[str, Any]:
     def chunks():
         for i, start in enumerate(range(0, n_tokens, chunk)):
             yield planted_topk(min(chunk, n_tokens - start), d, k, seed=i)
 
     fast = measure(lambda: correlate(chunks, d, d))
+    rows_a, rows_b = (_rows([c[side] for c in chunks()]) for side in (0, 1))
+    product = measure(lambda: sparse_rows.correlate(rows_a, rows_b))
+    del rows_a, rows_b
     sub_a, sub_b = planted_topk(ref_tokens, d, k, seed=0)
     dense_a, dense_b = sub_a.to_dense(), sub_b.to_dense()
     ref = measure(lambda: dense_reference(dense_a, dense_b))
@@ -141,6 +155,9 @@ def bench_topk(d: int, k: int, n_tokens: int, ref_tokens: int, chunk: int = 8192
     recovered = float(np.mean(fast.value.best_a == planted_partner(d, k)))
     return {
         "featlib_s": fast.seconds, "featlib_peak_gb": fast.peak_bytes / 1e9, "method": fast.value.method,
+        "product_s": product.seconds, "product_peak_gb": product.peak_bytes / 1e9, "product_passes": product.value.passes,
+        "product_same": bool(np.array_equal(product.value.best_a, fast.value.best_a)
+                             and np.array_equal(product.value.best_r, fast.value.best_r)),
         "reference_s_measured": ref.seconds, "reference_tokens": ref_tokens, "reference_s": ref.seconds * scale,
         "reference_peak_gb_measured": ref.peak_bytes / 1e9, "reference_peak_gb": ref_peak_full / 1e9,
         "speedup": ref.seconds * scale / fast.seconds, "max_abs_diff": err, "planted_recovered": recovered,
@@ -421,6 +438,10 @@ def _matching(sizes: dict[str, int], quick: bool) -> dict[str, Any]:
     print(f"matching, TopK codes: d_sae {sizes['d']} x {sizes['d']}, k = {sizes['k']}, {sizes['n_tokens']} tokens")
     print(f"  featlib ({topk['method']} path)   {topk['featlib_s']:8.1f} s   peak {topk['featlib_peak_gb']:.2f} GB"
           f"   planted partners recovered {topk['planted_recovered']:.1%}")
+    print(f"  featlib (one sparse product of the cached rows, as 03 runs) {topk['product_s']:8.1f} s"
+          f"   peak {topk['product_peak_gb']:.2f} GB   {topk['product_passes']} block(s)"
+          f"   {topk['featlib_s'] / topk['product_s']:.1f}x the streamed engine"
+          f"   same partners and r: {'yes' if topk['product_same'] else 'NO'}")
     print(f"  dense reference      {topk['reference_s']:8.1f} s   peak {topk['reference_peak_gb']:.1f} GB"
           f"   (measured on {topk['reference_tokens']} tokens: {topk['reference_s_measured']:.1f} s,"
           f" {topk['reference_peak_gb_measured']:.2f} GB; time extrapolated linearly, memory computed)")
