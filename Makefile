@@ -12,7 +12,7 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
 
-.PHONY: venv figures atlas models notebooks bench pythia-standin test test-pytest test-unit test-chain test-nbval clean
+.PHONY: venv figures lab atlas models notebooks bench pythia-standin test test-pytest test-unit test-chain test-nbval clean
 
 venv: $(STAMP)
 
@@ -25,9 +25,13 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (featuniv)"
 	touch $(STAMP)
 
-## Run notebooks 01-08 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
+## Run notebooks 01-09 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
 figures: $(STAMP)
 	$(PY) -m featlib.tools.chain --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)')
+
+## JupyterLab in the project's environment, opened on notebooks/ (LAB_ARGS passes options, e.g. LAB_ARGS=--no-browser).
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 ## Notebook 08 on PROFILE: the atlas page in build/atlas/LABEL/ and, with Debian's chromium, its screenshot in figures/LABEL/.
 atlas: $(STAMP)

@@ -135,3 +135,44 @@ def test_colab_stamp_is_idempotent_and_replaces_an_old_header(tmp_path, monkeypa
     assert setup.count(colab.MARK) == 1 and "featuniv/featuniv" not in setup and "someone/fork" in setup
     assert setup.endswith("\n%matplotlib inline\nNOTEBOOK = \"01_x\"") and "os.kill" not in setup
     assert nb.cells[2].source == 'profile = "tiny"\noverrides = {}'
+
+
+def test_make_lab_serves_the_notebooks_with_the_projects_kernel(tmp_path):
+    """`make lab`'s command starts JupyterLab on notebooks/, listing every notebook, with the
+    environment's own kernel (no server stays behind)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "featuniv-test"
+    recipe = re.search(r"^lab: .*\n\t(.+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    args = f"--no-browser --port={port} --IdentityProvider.token={token} --allow-root"
+    cmd = recipe.replace("$(VENV)", str(Path(sys.executable).parent.parent)).replace("$(LAB_ARGS)", args).split()
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(120):
+            try:
+                url = f"http://127.0.0.1:{port}/api/"
+                listed = json.load(urllib.request.urlopen(f"{url}contents?token={token}", timeout=5))
+                kernels = json.load(urllib.request.urlopen(f"{url}kernelspecs?token={token}", timeout=5))
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        else:
+            raise AssertionError("JupyterLab did not answer within 60 s")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert sorted(c["name"] for c in listed["content"] if c["type"] == "notebook") == [p.name for p in NOTEBOOKS]
+    spec = kernels["kernelspecs"][kernels["default"]]["spec"]
+    assert spec["display_name"] == "Python 3 (featuniv)" and Path(spec["argv"][0]).parent == Path(sys.executable).parent
