@@ -72,7 +72,7 @@ def test_shared_atoms_fire_in_every_model_and_own_atoms_mostly_in_one(runs):
     assert own_only.sum() >= 0.75 * N_OWN * 3, f"{own_only.sum()} of {3 * N_OWN} model-specific atoms recovered"
     assert np.nanmean(entropy[is_shared]) > 0.95 and np.nanmean(metrics.cofire_proportion[is_shared]) > 0.4
     # model-specific atoms: entropy near 0 for many, but with update "own" some latents also serve
-    # another model's atom (README, "Universal SAEs"); far below the shared atoms either way
+    # another model's atom (docs/universal.md); far below the shared atoms either way
     assert np.nanpercentile(entropy[own_only], 25) < 0.1 and np.nanmean(entropy[own_only]) < 0.55
 
 
