@@ -1,7 +1,8 @@
 """A pytest plugin for `make test-nbval` (``-p tests.nbval_plugin``), two changes to nbval:
 
-* stderr is not compared: in these notebooks it holds progress bars (how many depends on the data, e.g.
-  one per scorable concept group) and library warnings; stdout and every display still are.
+* the fresh run is tidied as the chain tidies the committed notebooks (``featlib.tools.tidy``: no
+  progress bars, no progress widgets), and stderr is not compared: what is left of it is library
+  warnings, which name the kernel's temporary files; stdout and every display still are.
 * after a cell has finished, nbval waits a fixed 5 s for its last outputs; on a loaded machine (`make
   test` runs two lanes) the kernel can take longer to flush them, and the cell failed with "Timeout of 5
   seconds exceeded waiting for output". It waits up to 2 minutes.
@@ -9,11 +10,13 @@
 
 import pytest
 
+from featlib.tools.tidy import tidy_outputs
+
 OUTPUT_TIMEOUT_S = 120
 
 
 def without_stderr(outputs):
-    return [o for o in outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+    return [o for o in tidy_outputs(outputs) if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
 
 
 @pytest.hookimpl(trylast=True)

@@ -176,3 +176,50 @@ def test_make_lab_serves_the_notebooks_with_the_projects_kernel(tmp_path):
     assert sorted(c["name"] for c in listed["content"] if c["type"] == "notebook") == [p.name for p in NOTEBOOKS]
     spec = kernels["kernelspecs"][kernels["default"]]["spec"]
     assert spec["display_name"] == "Python 3 (featuniv)" and Path(spec["argv"][0]).parent == Path(sys.executable).parent
+
+
+def _bars(*, total: int | None, desc: str, nested: bool = False) -> str:
+    """What tqdm itself writes to stderr for a bar (nested: with an inner bar that clears itself, as
+    sae-lens's training bar inside the SAEs bar of notebook 02, which leaves cursor moves behind)."""
+    import io
+
+    from tqdm import tqdm
+
+    out = io.StringIO()
+    for _ in tqdm(range(2), total=total, desc=desc, file=out, mininterval=0):
+        for _ in tqdm(range(3), desc="inner", file=out, mininterval=0, leave=False, position=1) if nested else ():
+            pass
+    return out.getvalue()
+
+
+def test_tidy_drops_progress_bars_and_widgets_and_keeps_everything_else():
+    from nbformat.v4 import new_output
+
+    from featlib.tools.tidy import tidy_outputs
+
+    warning = "/tmp/ipykernel_1/2.py:5: RuntimeWarning: All-NaN slice encountered\n  lo = np.nanmin(x)\n"
+    bars = [_bars(total=5, desc="SAEs"), _bars(total=None, desc="batches"), _bars(total=5, desc="inner", nested=True)]
+    assert all("it/s" in b or "s/it" in b for b in bars)
+    outputs = [new_output("stream", name="stderr", text=b) for b in bars] + [
+        new_output("stream", name="stderr", text=bars[0] + warning),
+        new_output("stream", name="stdout", text="50%| of the pairs 3/4 [kept]\n"),
+        new_output("stream", name="stderr", text="kept 50%| of 3/4 units\n"),
+        new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                                         "text/plain": "Estimating norm scaling factor:   0%|   | 0/50 [00:00<?, ?it/s]"}),
+        new_output("display_data", data={"text/plain": "<Figure>"}),
+    ]
+    kept = tidy_outputs(outputs)
+    assert [o.get("text", o.get("data")) for o in kept] == [
+        warning, "50%| of the pairs 3/4 [kept]\n", "kept 50%| of 3/4 units\n", {"text/plain": "<Figure>"}]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_hold_no_progress_bars_or_machine_paths(path):
+    from featlib.tools.tidy import tidy_outputs
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert tidy_outputs(cell.outputs) == cell.outputs, f"{path.name}: progress bars (make notebooks tidies them)"
+    papermill = nb.metadata.get("papermill", {})
+    assert not any(str(papermill.get(k, "")).startswith("/") for k in ("input_path", "output_path", "cwd"))

@@ -33,6 +33,7 @@ import yaml
 from ..config import PARAMS_DIR, REPO, ConfigError, available_profiles, build, profile_path
 from ..plots import RESULTS, resolved_profile
 from ..step import write_json as write_json_atomic
+from .tidy import tidy
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -89,6 +90,7 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
 def run(profile: str, only: list[str] | None = None, in_place: bool = False,
         overrides: dict[str, Any] | None = None) -> dict[str, float]:
     """Execute the chain on a profile name or a profile YAML file (plus overrides); returns seconds per notebook."""
+    import nbformat
     import papermill
 
     overrides = dict(overrides or {})
@@ -112,10 +114,14 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
     for nb in chosen:
         t0 = time.time()
         print(f"[{label}] {nb.name}", flush=True)
+        out = nb if in_place else out_dir / nb.name
         papermill.execute_notebook(
-            str(nb), str(nb if in_place else out_dir / nb.name), parameters=None if in_place else params,
+            str(nb), str(out), parameters=None if in_place else params,
             cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=False,
         )
+        tidied = out.with_name(out.name + ".tmp")  # progress bars and machine paths dropped (featlib.tools.tidy)
+        nbformat.write(tidy(nbformat.read(out, as_version=4)), tidied)
+        tidied.replace(out)
         timings[nb.stem] = round(time.time() - t0, 1)
         print(f"[{label}] {nb.name} done in {timings[nb.stem]:.0f} s", flush=True)
     if only and (fig_dir / "manifest.json").is_file():  # keep the times of the notebooks not re-run now
