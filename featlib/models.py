@@ -199,7 +199,8 @@ def gguf_file(name: str) -> Path:
     entry = GGUF_MODELS[name]
     spec = importlib.util.find_spec(entry.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the package holding {name} is not installed. Fix: {entry.pip}")
+        raise ModuleNotFoundError(f"the package holding {name} is not installed. Fix: {entry.pip} (on Colab: "
+                                  "!bash /content/featuniv/scripts/colab_install.sh --gguf, the GGUF reader included)")
     path = Path(spec.submodule_search_locations[0]) / entry.file
     if path.exists():
         return path

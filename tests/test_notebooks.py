@@ -86,8 +86,15 @@ def test_every_notebook_opens_in_colab_with_a_colab_only_setup_block():
         nb = nbformat.read(path, as_version=4)
         assert colab.has_header(nb, path.name), f"{path.name}: run `python -m featlib.tools.colab`"
         assert f"/blob/main/notebooks/{path.name})" in nb.cells[0].source
-    script = (REPO / "scripts/colab_install.sh").read_text()
-    assert "grep -v '^torch==' requirements.txt" in script and 'torch==${torch_version}' in script, "Colab's torch is kept"
+
+
+def test_the_repository_address_is_written_once():
+    """README's badges use pyproject's address (the notebooks' are checked by has_header above)."""
+    slug = colab.repo_url().removeprefix("https://github.com/")
+    readme = (REPO / "README.md").read_text()
+    assert colab.badge("01_extract_activations.ipynb") in readme
+    assert f"https://mybinder.org/v2/gh/{slug}/main?" in readme
+    assert sum(slug in ln for ln in readme.splitlines()) == 2, "only the two badges name the repository"
 
 
 def test_colab_block_is_short_with_one_featlib_call():
@@ -126,7 +133,7 @@ def test_colab_stamp_is_idempotent_and_replaces_an_old_header(tmp_path, monkeypa
     assert colab.stamp(path) and not colab.stamp(path)  # the old block replaced, then nothing to do
     setup = nbformat.read(path, as_version=4).cells[1].source
     assert setup == colab.setup_block() + "\n%matplotlib inline\nNOTEBOOK = \"01_x\""
-    monkeypatch.setattr(colab, "REPO_URL", "https://github.com/someone/fork")
+    monkeypatch.setattr(colab, "repo_url", lambda: "https://github.com/someone/fork")
     assert colab.stamp(path) and not colab.stamp(path)
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].source.count("colab-badge.svg") == 1 and "someone/fork" in nb.cells[0].source

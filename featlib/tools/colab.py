@@ -4,8 +4,9 @@ pinned requirements once (``scripts/colab_install.sh``: Colab's own torch is kep
 once, then work in ``notebooks/``. Elsewhere the block does nothing.
 
 ``python -m featlib.tools.colab`` (re)writes both into ``notebooks/NN_*.ipynb`` (replacing older
-headers, including the long pre-``featlib.tools`` block); the tests check they are there. Forks change
-:data:`REPO_URL` and run it again.
+headers, including the long pre-``featlib.tools`` block); the tests check they are there. The repository's
+address is written once, in pyproject.toml (``[project.urls] Repository``, :func:`repo_url`): forks change
+it there and run this again (the tests check that the notebooks and README's badges agree with it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import nbformat
 
 from ..config import REPO
 
-REPO_URL = "https://github.com/featuniv/featuniv"
 BRANCH = "main"
 CLONE = "/content/featuniv"
 MARK = "# Colab only:"
@@ -28,9 +28,16 @@ END = f'    sys.path.insert(0, "{CLONE}"); from featlib.tools import colab; cola
 OLD_END = '    os.chdir("/content/featuniv/notebooks")\n'  # the last line of the long block before featlib.tools
 
 
+def repo_url() -> str:
+    """The repository's address: pyproject.toml's ``[project.urls] Repository``, the one place it is written."""
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+
+
 def badge(notebook: str) -> str:
     """Markdown of the badge that opens ``notebooks/<notebook>`` on Colab."""
-    slug = REPO_URL.removeprefix("https://github.com/")
+    slug = repo_url().removeprefix("https://github.com/")
     url = f"https://colab.research.google.com/github/{slug}/blob/{BRANCH}/notebooks/{notebook}"
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
@@ -39,7 +46,7 @@ def setup_block() -> str:
     """The Colab-only lines that open every notebook's setup cell (one featlib call after the clone)."""
     return (f"import sys  {MARK} fetch featuniv, install its pins (Colab's torch kept), restart once; elsewhere nothing\n"
             'if "google.colab" in sys.modules:\n'
-            f"    !test -d {CLONE} || git clone -q --depth 1 -b {BRANCH} {REPO_URL} {CLONE}\n") + END
+            f"    !test -d {CLONE} || git clone -q --depth 1 -b {BRANCH} {repo_url()} {CLONE}\n") + END
 
 
 def setup(root: str = CLONE) -> None:
@@ -70,7 +77,7 @@ def has_header(nb: nbformat.NotebookNode, notebook: str) -> bool:
 
 
 def _strip_block(body: str) -> str:
-    """``body`` without a Colab block at its top (this one, one of another REPO_URL or BRANCH, or the old long one)."""
+    """``body`` without a Colab block at its top (this one, one of another address or branch, or the old long one)."""
     first = body.split("\n", 1)[0]
     if MARK in first:
         for end in (END, OLD_END):
