@@ -32,7 +32,7 @@ from tqdm import tqdm
 from . import sparse_rows, step
 from .activations import Activations
 from .config import Config, resolve_path
-from .models import LoadedModel, hook_name
+from .models import LoadedModel, hook_name, resolve_device
 
 CODE_VERSION = 3  # 3: TopK training decodes the active latents only (featlib.topk_training)
 TRAIN_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "epochs", "b_dec_init")
@@ -61,9 +61,12 @@ def _batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Ten
             yield torch.from_numpy(np.ascontiguousarray(acts[np.sort(perm[i : i + batch_size])]))
 
 
-def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | None = None) -> Any:
-    """Train one SAE with sae-lens on (n_tokens, d_in) activations; returns the inference SAE.
-    ``d_sae``: its latents (default ``params["expansion"]`` × d_in)."""
+def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | None = None,
+              device: str = "cpu") -> Any:
+    """Train one SAE with sae-lens on (n_tokens, d_in) activations; returns the inference SAE, on ``device``.
+    ``d_sae``: its latents (default ``params["expansion"]`` × d_in). The activations stay in host memory;
+    each batch is copied to ``device`` (a GPU trains the same SAE up to float rounding, and is not in the
+    cache key, like the thread count)."""
     from sae_lens import SAETrainer
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -76,7 +79,7 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | 
     if params["k"] > d_sae:
         raise ValueError(f"sae.k = {params['k']} exceeds the SAE width sae.expansion x d_model = "
                          f"{params['expansion']} x {d_in}. Fix: lower sae.k or raise sae.expansion.")
-    common = dict(d_in=d_in, d_sae=d_sae, normalize_activations="expected_average_only_in")
+    common = dict(d_in=d_in, d_sae=d_sae, normalize_activations="expected_average_only_in", device=device)
     torch.manual_seed(seed)
     if params["architecture"] == "topk":
         sae = SparseDecodeTopKTrainingSAE(TopKTrainingSAEConfig(k=params["k"], **common))
@@ -90,7 +93,7 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | 
         total_training_samples=steps * bs, train_batch_size_samples=bs, lr=params["lr"],
         lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, lr_end=params["lr"] / 10,
         dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2),
-        n_batches_for_norm_estimate=min(50, max(1, len(acts) // bs)),
+        n_batches_for_norm_estimate=min(50, max(1, len(acts) // bs)), device=device,
     )
     import sae_lens.training.sae_trainer as trainer_module
 
@@ -105,7 +108,7 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | 
         scale = d_in**0.5 / float(np.linalg.norm(sample, axis=1).mean())
         trainer.activation_scaler.scaling_factor = scale
         with torch.no_grad():
-            sae.b_dec.copy_(torch.from_numpy(sample.mean(axis=0) * scale))
+            sae.b_dec.copy_(torch.from_numpy(sample.mean(axis=0) * scale).to(sae.b_dec))
     elif params["b_dec_init"] != "zeros":
         raise ValueError(f"sae.b_dec_init must be 'zeros' or 'mean', got {params['b_dec_init']!r}")
     return trainer.fit()
@@ -125,7 +128,7 @@ def trained_sae(cfg: Config, model_id: str, layer: int, train: Activations, seed
     params = {"layer": layer, "sae": {k: cfg.sae[k] for k in TRAIN_KEYS}, "seed": torch_seed}
 
     def produce(tmp: Path) -> None:
-        train_sae(train.layer(layer), cfg.sae, torch_seed).save_inference_model(tmp)
+        train_sae(train.layer(layer), cfg.sae, torch_seed, device=resolve_device("auto")).save_inference_model(tmp)
 
     meta = {"model": model_id, "layer": layer, "seed": seed, "torch_seed": torch_seed}
     return step.run("sae", params, {"activations": train.key}, produce, version=CODE_VERSION, meta=meta)

@@ -60,6 +60,20 @@ def test_decoder_bias_starts_at_the_data_mean():
         saes.train_sae(x, dict(PARAMS, b_dec_init="median"), seed=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (notebook 02 trains there when one is visible)")
+@pytest.mark.parametrize("b_dec_init", ["zeros", "mean"])
+def test_training_on_a_gpu_learns_the_same_code(b_dec_init):
+    """Where a GPU is visible, 02 trains its SAEs there (device auto): the SAE comes back on the GPU and
+    explains unseen data as well as the CPU's (same seed; only float rounding differs)."""
+    x, test = sparse_data() + 5.0, torch.from_numpy(sparse_data(n=5120)[4096:] + 5.0)
+    params = dict(PARAMS, b_dec_init=b_dec_init)
+    gpu = saes.train_sae(x, params, seed=0, device=models.resolve_device("auto"))
+    cpu = saes.train_sae(x, params, seed=0)
+    assert gpu.W_dec.device.type == "cuda" and cpu.W_dec.device.type == "cpu"
+    ev_gpu = explained_variance(gpu.to("cpu"), test)
+    assert ev_gpu > 0.7 and abs(ev_gpu - explained_variance(cpu, test)) < 0.05
+
+
 def test_same_seed_same_sae():
     a = saes.train_sae(sparse_data(n=1024), dict(PARAMS, epochs=1), seed=3)
     b = saes.train_sae(sparse_data(n=1024), dict(PARAMS, epochs=1), seed=3)
