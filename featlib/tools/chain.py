@@ -36,6 +36,9 @@ from ..step import write_json as write_json_atomic
 from .tidy import tidy
 
 NOTEBOOKS = REPO / "notebooks"
+# kernels on this machine talk through Unix sockets (IPC) instead of TCP on localhost, which ipykernel
+# warns about on every start ("running over TCP without encryption")
+LOCAL_KERNEL = {"KernelManager": {"transport": "ipc"}}
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -92,6 +95,7 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
     """Execute the chain on a profile name or a profile YAML file (plus overrides); returns seconds per notebook."""
     import nbformat
     import papermill
+    from traitlets.config import Config
 
     overrides = dict(overrides or {})
     cfg = build(profile, overrides)  # validate before spending any time
@@ -118,6 +122,7 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
         papermill.execute_notebook(
             str(nb), str(out), parameters=None if in_place else params,
             cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=False,
+            config=Config(LOCAL_KERNEL),
         )
         tidied = out.with_name(out.name + ".tmp")  # progress bars and machine paths dropped (featlib.tools.tidy)
         nbformat.write(tidy(nbformat.read(out, as_version=4)), tidied)

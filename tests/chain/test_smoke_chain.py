@@ -6,12 +6,15 @@ import nbformat
 
 from featlib import step
 from featlib.tools import chain
+from featlib.tools.tidy import tidy_outputs
 from featlib.config import REPO
 
 
-def test_smoke_chain(tmp_path, monkeypatch):
+def test_smoke_chain(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
     timings = chain.run("smoke")
+    out, err = capfd.readouterr()  # the chain's log, the kernels' own output included
+    assert "WARNING" not in err and "KeyboardInterrupt" not in out + err, (out + err)[-3000:]
     nbs = chain.notebooks()
     assert [nb.stem for nb in nbs] == list(timings) and len(nbs) >= 6
 
@@ -27,6 +30,8 @@ def test_smoke_chain(tmp_path, monkeypatch):
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
         assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
         assert "all checks passed" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+        assert all(tidy_outputs(c.outputs) == c.outputs for c in executed.cells if c.cell_type == "code")
+        assert not executed.metadata.papermill.input_path.startswith("/")
     # 04 re-pairs similarity.n_shuffles times, every cell of 05 similarity.layerwise_shuffles times
     shuffles = {step.Artifact("similarity", p).meta["spec"]["params"]["n_shuffles"]
                 for p in (tmp_path / "cache" / "similarity").iterdir()}
