@@ -1,5 +1,6 @@
 """The chain's command line (featlib.tools.chain) without running any notebook: --list, --set, errors."""
 
+import shutil
 import subprocess
 import sys
 
@@ -53,7 +54,12 @@ def test_run_injects_profile_and_overrides_and_writes_the_resolved_profile(tmp_p
     import papermill
 
     calls = []
-    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **kw: calls.append((src, dst, parameters)))
+
+    def execute(src, dst, parameters, **kw):  # writes the notebook unexecuted, as papermill writes its copy
+        calls.append((src, dst, parameters))
+        shutil.copy(src, dst)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
     monkeypatch.setattr(plots, "FIGURES", tmp_path / "figures")
     monkeypatch.setattr(chain, "REPO", tmp_path)
     timings = chain.run("smoke", overrides={"similarity.n_shuffles": 10})
