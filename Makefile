@@ -12,7 +12,7 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
 
-.PHONY: venv figures lab atlas models notebooks bench pythia-standin test test-pytest test-unit test-chain test-nbval clean
+.PHONY: venv figures lab site atlas models notebooks bench pythia-standin test test-pytest test-unit test-chain test-nbval clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ figures: $(STAMP)
 ## JupyterLab in the project's environment, opened on notebooks/ (LAB_ARGS passes options, e.g. LAB_ARGS=--no-browser).
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+## The executed notebooks as a static site in build/site/ (tiny: the committed ones; other profiles: build/LABEL/
+## from make figures), atlas pages embedded; open build/site/index.html. Run make atlas first for tiny's atlas page.
+site: $(STAMP)
+	$(PY) -m featlib.tools.site
 
 ## Notebook 08 on PROFILE: the atlas page in build/atlas/LABEL/ and, with Debian's chromium, its screenshot in figures/LABEL/.
 atlas: $(STAMP)

@@ -1,11 +1,12 @@
 """The whole chain 01-09 through papermill on the smoke profile, in an empty cache."""
 
 import json
+import re
 
 import nbformat
 
 from featlib import step
-from featlib.tools import chain
+from featlib.tools import chain, site
 from featlib.tools.tidy import tidy_outputs
 from featlib.config import REPO
 
@@ -44,6 +45,13 @@ def test_smoke_chain(tmp_path, monkeypatch, capfd):
     tables = {t["notebook"] for t in manifest["results"]}
     assert tables == {f"notebooks/{nb.name}" for nb in nbs}, tables
     assert all((REPO / t["table"]).stat().st_size > 0 for t in manifest["results"])
+    # the executed copies as a static site (make site): every notebook, 08's atlas page copied beside it
+    index = site.build_site(tmp_path / "site", ["smoke"])
+    listed = re.findall(r'href="(smoke/[^"]+)"', index.read_text())
+    assert listed == [f"smoke/{nb.stem}.html" for nb in nbs]
+    assert all("data:image/png;base64" in (index.parent / page).read_text() for page in listed)
+    atlas = re.findall(r'<iframe[^>]*src="([^"]+)"', (index.parent / "smoke/08_atlas.html").read_text())
+    assert atlas and all((index.parent / "smoke" / src).is_file() for src in atlas)
     # a second run reuses every cached artifact: nothing new appears in the cache
     before = sorted(p.name for p in (tmp_path / "cache").glob("*/*"))
     chain.run("smoke", only=["04"])
