@@ -54,6 +54,10 @@ SAE_REPOS = {"pythia-70m": "EleutherAI/sae-pythia-70m-32k", "pythia-160m": "Eleu
 # every stand-in SAE explains this much of 2,048 held-out tokens (notebook 02 requires sae.min_explained_variance,
 # 0.6, on the profile's text), else it trains again with twice the epochs (up to four times)
 MIN_EXPLAINED_VARIANCE, HELD_OUT = 0.7, 2048
+# Each stand-in model trains until zeroing any one layer's output raises its loss on held-out rows by this
+# much: a model that has barely learned (the first full-scale stand-ins, 20 steps) loses nothing when a layer
+# is zeroed, and notebook 02's check that splicing in an SAE beats zero-ablation then fails on noise.
+MIN_ABLATION_RISE, HELD_OUT_ROWS = 0.5, 64
 GEMMA_RELEASE, GEMMA_SAE_ID, GEMMA_LAYER = "gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical", 12
 
 
@@ -89,7 +93,7 @@ SCALES = {
     # explained-variance check
     "full": Scale(
         models={"pythia-70m": {"layers": 6, "d": 512, "heads": 8}, "pythia-160m": {"layers": 12, "d": 768, "heads": 12}},
-        vocab_size=50304, lm_steps=20, lm_lr=1e-3,
+        vocab_size=50304, lm_steps=200, lm_lr=2e-3,
         sae={"architecture": "topk", "expansion": 1, "k": 32, "l1_coefficient": 1.0, "lr": 3e-3, "batch_size": 512,
              "epochs": 1, "b_dec_init": "mean"},
         d_sae=32768, max_positions=2048),
@@ -121,16 +125,22 @@ def write_pythia_models(hub: Path, scale: Scale) -> None:
                             tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
         torch.manual_seed(seed)
         model = GPTNeoXForCausalLM(cfg)
-        train_briefly(model, rows, steps=scale.lm_steps, lr=scale.lm_lr)
+        for round_ in range(4):  # until every layer matters (notebook 02 asserts that splicing an SAE beats zeroing it)
+            train_briefly(model, rows[:-HELD_OUT_ROWS], steps=scale.lm_steps, lr=scale.lm_lr, seed=round_)
+            if (rise := ablation_rise(model, rows[-HELD_OUT_ROWS:])) >= MIN_ABLATION_RISE:
+                break
+        else:
+            raise RuntimeError(f"stand-in {name}: zeroing a layer raises the held-out loss by only {rise:.2f} nats "
+                               f"(< {MIN_ABLATION_RISE}) after {4 * scale.lm_steps} steps. Fix: raise lm_steps or lm_lr.")
         path = snapshot(hub, f"EleutherAI/{name}")
         model.save_pretrained(path)
         tok.save_pretrained(path)
 
 
-def train_briefly(model, rows: torch.Tensor, steps: int = 150, batch: int = 16, lr: float = 3e-3) -> None:
+def train_briefly(model, rows: torch.Tensor, steps: int = 150, batch: int = 16, lr: float = 3e-3, seed: int = 0) -> None:
     """A few AdamW steps of next-token prediction, so that the stand-in's layers matter to its loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):
         batch_rows = rows[torch.randint(0, len(rows), (batch,), generator=g)]
@@ -139,6 +149,26 @@ def train_briefly(model, rows: torch.Tensor, steps: int = 150, batch: int = 16, 
         loss.backward()
         opt.step()
     model.eval()
+
+
+def ablation_rise(model, rows: torch.Tensor) -> float:
+    """The smallest rise of the next-token loss (nats) on ``rows`` when one layer's output is replaced by
+    zeros, over the layers of a GPT-NeoX model (what notebook 02 calls the zero-ablated loss)."""
+
+    def zero(module, args, out):
+        return (torch.zeros_like(out[0]), *out[1:]) if isinstance(out, tuple) else torch.zeros_like(out)
+
+    model.eval()
+    with torch.no_grad():
+        clean = float(model(rows, labels=rows).loss)
+        rises = []
+        for layer in model.gpt_neox.layers:
+            handle = layer.register_forward_hook(zero)
+            try:
+                rises.append(float(model(rows, labels=rows).loss) - clean)
+            finally:
+                handle.remove()
+    return min(rises)
 
 
 def to_sparsify(sae, path: Path) -> None:
