@@ -86,9 +86,9 @@ def embed_atlas(nb: nbformat.NotebookNode, label: str, folder: Path) -> list[str
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             page = out.get("data", {}).get("text/html")
+            page = "".join(page) if isinstance(page, list) else page
             if page is None or "<iframe" not in page:
                 continue
-            page = "".join(page) if isinstance(page, list) else page
             before = len(missing)
             page = IFRAME_SRC.sub(repoint, page)
             if len(missing) > before:
