@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import nbformat
 import pytest
 
 from featlib import config, plots
@@ -55,9 +56,10 @@ def test_run_injects_profile_and_overrides_and_writes_the_resolved_profile(tmp_p
 
     calls = []
 
-    def execute(src, dst, parameters, **kw):  # writes the notebook unexecuted, as papermill writes its copy
+    def execute(src, dst, parameters, **kw):  # writes and returns the notebook unexecuted, as papermill its copy
         calls.append((src, dst, parameters))
         shutil.copy(src, dst)
+        return nbformat.read(dst, as_version=4)
 
     monkeypatch.setattr(papermill, "execute_notebook", execute)
     monkeypatch.setattr(plots, "FIGURES", tmp_path / "figures")

@@ -119,13 +119,13 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
         t0 = time.time()
         print(f"[{label}] {nb.name}", flush=True)
         out = nb if in_place else out_dir / nb.name
-        papermill.execute_notebook(
+        executed = papermill.execute_notebook(
             str(nb), str(out), parameters=None if in_place else params,
             cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=False,
             config=Config(LOCAL_KERNEL),
         )
         tidied = out.with_name(out.name + ".tmp")  # progress bars and machine paths dropped (featlib.tools.tidy)
-        nbformat.write(tidy(nbformat.read(out, as_version=4)), tidied)
+        nbformat.write(tidy(executed), tidied)
         tidied.replace(out)
         timings[nb.stem] = round(time.time() - t0, 1)
         print(f"[{label}] {nb.name} done in {timings[nb.stem]:.0f} s", flush=True)
