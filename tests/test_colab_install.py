@@ -25,10 +25,24 @@ COLAB_OWN = {"numpy": "2.3.5", "tqdm": "4.67.1"}  # versions other than our pins
 
 
 def section(name: str) -> list[str]:
-    """The pinned lines of one ``# [name]`` section of requirements.txt, read as the script reads them."""
-    out = subprocess.run(["awk", "-v", f"name=[{name}]", r"/^# \[/ { on = ($2 == name) } on && /^[A-Za-z]/",
-                          str(REPO / "requirements.txt")], capture_output=True, text=True, check=True)
-    return out.stdout.split()
+    """The pinned lines of one ``# [name]`` section of requirements.txt (read here in Python; the script's
+    own reading is compared with it by its --dry-run)."""
+    pins, current = [], None
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        if m := re.match(r"^# \[(\w+)\]", line):
+            current = m.group(1)
+        elif current == name and re.match(r"^[A-Za-z]", line):
+            pins.append(line.split()[0])
+    return pins
+
+
+@pytest.mark.parametrize("flags, sections", [([], ["notebooks"]), (["--gguf"], ["notebooks", "gguf"])])
+def test_colab_install_installs_its_sections_and_nothing_else(flags, sections):
+    out = subprocess.run(["bash", str(REPO / "scripts/colab_install.sh"), *flags, "--dry-run"], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out[0].split() == ["pip", "install", "-q", *(p for s in sections for p in section(s))]
+    assert ("pip install -q --no-deps -r requirements-nodeps.txt" in out) == ("gguf" in sections)
+    assert out[-1] == "pip install -q --no-deps -e ."
 
 
 def _name(pin: str) -> str:
