@@ -35,7 +35,7 @@ from .alignment import RowSet, aligned_rowsets, token_rowset
 from .config import Config
 from .corpus import documents, token_stream
 from .corpus import text_sha256
-from .models import LoadedModel, check_context, check_layers, hook_name
+from .models import LoadedModel, check_context, check_layers, hook_name, residuals
 
 CODE_VERSION = 3
 SPLITS = ("eval", "train")
@@ -204,13 +204,16 @@ def params(cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: s
         "layers": sorted(layers),
         "tokenizers": sorted(m.tokenizer_fingerprint for m in lms) if align != "tokens" else [],
         "hook": "blocks.L.hook_resid_post",
-    }
+    } | ({"forward": lm.forward_impl} if lm.build_hf is not None else {})
 
 
 @torch.inference_mode()
 def extract(lm: LoadedModel, layers: list[int], rows: RowSet, batch_size: int, out: Path) -> None:
     """Run ``lm`` over ``rows`` (stopping after the deepest of ``layers``) and write the row arrays and
-    layer_L.npy (n_units, d_model) into ``out``: each unit's residual, or the mean over its tokens."""
+    layer_L.npy (n_units, d_model) into ``out``: each unit's residual, or the mean over its tokens. The
+    forward is transformers' where the model has that form (:attr:`LoadedModel.forward_impl`; the same
+    residual to float rounding, without transformer-lens's copies and explicit masks), else the hooked
+    model's."""
     layers = sorted(layers)
     check_layers(lm, layers)
     np.save(out / "tokens.npy", rows.tokens)
@@ -231,14 +234,17 @@ def extract(lm: LoadedModel, layers: list[int], rows: RowSet, batch_size: int, o
         if not keep.any():
             continue
         batch = tokens[start : start + batch_size, :width]
-        _, acts = lm.model.run_with_cache(
-            batch.to(lm.model.cfg.device), names_filter=list(hooks), stop_at_layer=max(layers) + 1
-        )
+        if lm.build_hf is not None:
+            acts = residuals(lm.hf_model, batch.to(lm.device), layers)
+        else:
+            cache = lm.model.run_with_cache(batch.to(lm.model.cfg.device), names_filter=list(hooks),
+                                            stop_at_layer=max(layers) + 1)[1]
+            acts = {L: cache[name] for name, L in hooks.items()}
         lo, hi = int(idx[keep].min()), int(idx[keep].max()) + 1
         slot = idx[keep] - lo
         counts = torch.bincount(slot, minlength=hi - lo).clamp(min=1).unsqueeze(1).float()
-        for name, L in hooks.items():
-            x = acts[name].reshape(-1, lm.d_model)[keep.to(acts[name].device)].float().cpu()
+        for L in layers:
+            x = acts[L].reshape(-1, lm.d_model)[keep.to(acts[L].device)].float().cpu()
             pooled = torch.zeros(hi - lo, lm.d_model).index_add_(0, slot, x) / counts
             arrays[L][lo:hi] = pooled.numpy()
     for arr in arrays.values():

@@ -16,6 +16,9 @@ Model specs (``models.<id>`` in a profile):
   ``google/gemma-3-270m`` (config built in, weights from the local model); SmolLM2 (a Llama
   architecture that transformer-lens does not list) with transformer-lens's own Llama config and
   weight conversion. ``tests/test_gguf_models.py`` checks the hooked logits equal transformers'.
+  Activation extraction runs the transformers model itself (:func:`residuals`: hooks on its decoder
+  blocks, the pass cut after the deepest), which is as fast as a bare transformers forward; splicing SAEs
+  (02) and steering (09) use the hooked model.
 
 Hook convention: layer ``L`` means ``blocks.L.hook_resid_post``, the *output* of block L (what
 EleutherAI ``layers.L`` and Gemma Scope ``resid_post`` SAEs read). Hugging Face
@@ -52,6 +55,9 @@ class LoadedModel:
     device: str
     build: Callable[[], Any] = field(repr=False, compare=False)  # () -> transformer_lens.HookedTransformer
     n_ctx: int = 0  # the longest row the model reads (0: unknown)
+    # () -> the same model as a transformers ``PreTrainedModel``, where there is one (GGUF models): activation
+    # extraction then runs its forward (:func:`residuals`), the hooked model serves the rest
+    build_hf: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def model(self) -> Any:
@@ -59,6 +65,50 @@ class LoadedModel:
         when first used inside it, so that its weights stay ordinary tensors)."""
         with torch.inference_mode(False):
             return self.build().eval()
+
+    @cached_property
+    def hf_model(self) -> Any:
+        """The transformers model of :attr:`build_hf` (built once, in eval mode)."""
+        if self.build_hf is None:
+            raise ValueError(f"model {self.id} has no transformers form (only GGUF models do).")
+        with torch.inference_mode(False):
+            return self.build_hf().eval()
+
+    @property
+    def forward_impl(self) -> str:
+        """Which forward computes its residual stream for extraction: "transformers" or "transformer-lens"."""
+        return "transformers" if self.build_hf is not None else "transformer-lens"
+
+
+class _Stopped(Exception):
+    """Raised by the deepest layer's hook to end a forward pass early."""
+
+
+def residuals(hf_model: Any, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+    """{L: (batch, seq, d_model) output of decoder block L} of a transformers causal LM on (batch, seq) token
+    ids, the pass stopped after the deepest of ``layers``: our layer L (``blocks.L.hook_resid_post``), which is
+    ``hidden_states[L + 1]`` for every block but the last (whose hidden state transformers returns after the
+    final norm). No attention mask: rows are causal and padded only at the end, as in the hooked path."""
+    blocks = hf_model.base_model.layers
+    deepest, out = max(layers), {}
+
+    def keep(layer: int) -> Callable[..., None]:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            out[layer] = output[0] if isinstance(output, tuple) else output
+            if layer == deepest:
+                raise _Stopped
+
+        return hook
+
+    handles = [blocks[L].register_forward_hook(keep(L)) for L in layers]
+    try:
+        hf_model.base_model(tokens, use_cache=False)
+    except _Stopped:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 def hook_name(layer: int) -> str:
@@ -270,12 +320,15 @@ def load_gguf(model_id: str, name: str, device: str = "cpu", dtype: str = "float
         hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
         return hooked_from_hf(hf_model, tok, folder, GGUF_MODELS[name].tl_name, device, dtype)
 
+    def build_hf() -> Any:
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).to(device)
+
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     return LoadedModel(
         id=model_id, tokenizer=tok, bos_id=int(bos),
         fingerprint=stable_hash([name, folder.name, dtype]), tokenizer_fingerprint=tokenizer_fingerprint(tok),
         n_layers=int(hf_cfg["num_hidden_layers"]), d_model=int(hf_cfg["hidden_size"]), device=device, build=build,
-        n_ctx=int(hf_cfg.get("max_position_embeddings", 0)),
+        n_ctx=int(hf_cfg.get("max_position_embeddings", 0)), build_hf=build_hf,
     )
 
 
@@ -294,7 +347,8 @@ def random_init(lm: LoadedModel, seed: int) -> LoadedModel:
         cfg = dataclasses.replace(lm.model.cfg, seed=seed, init_weights=True, tokenizer_name=None)
         return HookedTransformer(cfg, move_to_device=False).to(cfg.device, print_details=False)
 
-    return dataclasses.replace(lm, build=build, fingerprint=stable_hash([lm.fingerprint, "random_init", seed]))
+    # no transformers form: that would be the pretrained weights
+    return dataclasses.replace(lm, build=build, build_hf=None, fingerprint=stable_hash([lm.fingerprint, "random_init", seed]))
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -41,6 +41,30 @@ def test_hooked_model_computes_what_transformers_computes(pair):
         assert float(lm.model(ids, return_type="loss")) < 5.0
 
 
+def test_extraction_through_transformers_writes_the_hooked_models_residuals(pair, tmp_path):
+    """extract() runs transformers' forward for GGUF models: the same layer-L residuals as the hooked model's
+    run_with_cache, the deepest layer included (its block output, not hidden_states[-1] after the final
+    norm), on rows padded at the end; a random re-initialisation keeps no transformers form."""
+    import dataclasses
+
+    from featlib.activations import Activations, extract
+
+    _, lm, _ = pair
+    assert lm.forward_impl == "transformers" and models.random_init(lm, 0).forward_impl == "transformer-lens"
+    docs = corpus.sotu_documents("analysis")[:1]
+    rows = corpus.token_stream(lm.tokenizer, docs, 24, 4 * 23, lm.bos_id).numpy()
+    rowset = alignment.token_rowset(rows)
+    rowset.lengths[2:] = 17  # the second batch's rows end early: its padding is not run, as in the hooked path
+    rowset.unit_index[2:, 17:] = -1
+    layers = [1, lm.n_layers - 1]
+    for impl, model in (("hf", lm), ("tl", dataclasses.replace(lm, build_hf=None))):
+        (tmp_path / impl).mkdir()
+        extract(model, layers, rowset, 2, tmp_path / impl)
+    for layer in layers:
+        got, want = (np.asarray(Activations(tmp_path / impl, layers).layer(layer)) for impl in ("hf", "tl"))
+        np.testing.assert_allclose(got, want, atol=1e-5 * float(np.abs(want).max()), rtol=1e-4)
+
+
 def test_conversion_is_cached_outside_git(pair):
     name, _, _ = pair
     folder = models.converted_gguf(name)
