@@ -24,8 +24,10 @@ Prints, for this machine:
   relative difference of the gradients;
 * activation extraction (:func:`featlib.activations.extract`) of the ``smollm-gemma`` profile's layers
   of SmolLM2-135M and Gemma-3-270M (real GGUF models, float32): tokens per second, written to disk,
-  against a bare transformers forward pass through the same blocks (the model cut after the deepest
-  layer, hidden states kept in memory) on the same rows, and the largest difference of the two.
+  through transformers' forward (what extract runs for GGUF models) and through the hooked
+  transformer-lens model (what it runs for the others), against a bare transformers forward pass
+  through the same blocks (the model cut after the deepest layer, hidden states kept in memory) on the
+  same rows, and the largest difference of each from it.
 
 ``python -m featlib.tools.bench --quick`` runs every part at a small size (used by the tests).
 """
@@ -266,7 +268,9 @@ def bench_sae_step(d: int, d_sae: int, k: int, batch_size: int, steps: int, dead
 
 
 def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, batch_size: int) -> dict[str, Any]:
-    """featlib's hooked, disk-writing extraction vs a bare transformers forward of the same blocks."""
+    """featlib's disk-writing extraction, through transformers' forward and through the hooked model, vs a
+    bare transformers forward of the same blocks."""
+    import dataclasses
     import tempfile
     from pathlib import Path
 
@@ -294,23 +298,29 @@ def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, ba
     with tempfile.TemporaryDirectory() as tmp:
         rowset = token_rowset(rows.numpy())
 
-        def ours_once(i: int) -> Measured:
-            (Path(tmp) / str(i)).mkdir()
-            return measure(lambda: extract(lm, layers, rowset, batch_size, Path(tmp) / str(i)))
+        hooked = dataclasses.replace(lm, build_hf=None)  # the transformer-lens path
+
+        def once(model: Any, name: str) -> Measured:
+            (Path(tmp) / name).mkdir()
+            return measure(lambda: extract(model, layers, rowset, batch_size, Path(tmp) / name))
 
         # each path once untimed (the first forward of a process pays for allocations and kernel
         # selection: it ran 4x slower than the next ones), then twice each in alternating order, best kept
-        ours_once(0)
-        bare()
-        runs = [(ours_once(i), measure(bare)) for i in (1, 2)]
-        ours, ref = min((r[0] for r in runs), key=lambda m: m.seconds), min((r[1] for r in runs), key=lambda m: m.seconds)
-        acts = Activations(Path(tmp) / "1", layers)
-        # the deepest layer's hidden state comes after the final norm in transformers: compare the others
-        diff = max(float((torch.from_numpy(np.array(acts.layer(L))) - torch.cat(ref.value[L])).abs().max()
-                         / torch.cat(ref.value[L]).abs().max()) for L in layers[:-1])
+        once(lm, "hf0"), once(hooked, "tl0"), bare()
+        runs = [(once(lm, f"hf{i}"), once(hooked, f"tl{i}"), measure(bare)) for i in (1, 2)]
+        ours, tl, ref = (min((r[j] for r in runs), key=lambda m: m.seconds) for j in range(3))
+
+        def diff(name: str) -> float:
+            # the deepest layer's hidden state comes after the final norm in transformers: compare the others
+            acts = Activations(Path(tmp) / name, layers)
+            return max(float((torch.from_numpy(np.array(acts.layer(L))) - torch.cat(ref.value[L])).abs().max()
+                             / torch.cat(ref.value[L]).abs().max()) for L in layers[:-1])
+
+        diffs = diff("hf1"), diff("tl1")
     n = rows.shape[0] * (seq_len - 1)
-    return {"tokens": n, "featlib_tps": n / ours.seconds, "bare_tps": n / ref.seconds,
-            "ratio": ref.seconds / ours.seconds, "max_rel_diff": diff, "n_layers": lm.n_layers}
+    return {"tokens": n, "featlib_tps": n / ours.seconds, "hooked_tps": n / tl.seconds, "bare_tps": n / ref.seconds,
+            "ratio": ref.seconds / ours.seconds, "hooked_ratio": ref.seconds / tl.seconds, "max_rel_diff": diffs[0],
+            "hooked_max_rel_diff": diffs[1], "n_layers": lm.n_layers}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -404,9 +414,10 @@ def _extraction(sizes: dict[str, Any]) -> dict[str, Any]:
     print(f"activation extraction: {sizes['extract_rows']} rows of 128 tokens, batches of 16, the smollm-gemma layers")
     for name in sizes["extract_models"]:
         r = out[name] = bench_extraction(name, layers[name], sizes["extract_rows"], 128, 16)
-        print(f"  {name:22s} layers {layers[name]} of {r['n_layers']}: featlib {r['featlib_tps']:6.0f} tokens/s"
-              f"   bare transformers forward {r['bare_tps']:6.0f} tokens/s   ratio {r['ratio']:.2f}"
-              f"   max relative difference {r['max_rel_diff']:.1e}")
+        print(f"  {name:22s} layers {layers[name]} of {r['n_layers']}: bare transformers forward {r['bare_tps']:6.0f} "
+              f"tokens/s;   featlib {r['featlib_tps']:6.0f} tokens/s, ratio {r['ratio']:.2f}, max relative difference "
+              f"{r['max_rel_diff']:.1e};   through transformer-lens {r['hooked_tps']:6.0f} tokens/s, ratio "
+              f"{r['hooked_ratio']:.2f}, max relative difference {r['hooked_max_rel_diff']:.1e}")
     return out
 
 
