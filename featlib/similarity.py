@@ -826,15 +826,42 @@ def _unit_factor(Xt: torch.Tensor, name: str) -> torch.Tensor:
     return A / s.norm()
 
 
+#: The Gram route of :func:`_nuclear_norms` is kept where its error bound is below this (else svdvals).
+_NUCLEAR_ATOL = 1e-10
+#: Factor columns (singular values of a centred side) below this share of the largest are dropped: centring
+#: leaves one such null direction whenever n <= d, and it would send every shuffle to svdvals.
+_RANK_RTOL = 1e-12
+
+
+def _nuclear_norms(M: torch.Tensor) -> torch.Tensor:
+    """Nuclear norms ``(b,)`` of float64 matrices ``M`` ``(b, r, c)``: the sum of the square roots of the
+    eigenvalues of the smaller Gram matrix (``M M^T`` or ``M^T M``; ``eigvalsh`` of it is ~10x faster than
+    ``svdvals`` of ``M`` at 512 x 768), or ``svdvals`` where that could be off by more than
+    :data:`_NUCLEAR_ATOL`. Each eigenvalue of the float64 Gram matrix is off by at most about
+    ``m eps lambda_max`` (``m = max(r, c)``: its products' length and the eigensolver's backward error),
+    its square root by that over ``2 sqrt(lambda_i)``: the bound summed over ``i`` decides. Measured at
+    5,000 pairs and widths 512/768: error 1.5e-16, bound 8e-11 (singular values spanning 2,000x)."""
+    G = M @ M.mT if M.shape[1] <= M.shape[2] else M.mT @ M
+    ev = torch.linalg.eigvalsh(G)                                    # ascending
+    eps, top = torch.finfo(M.dtype).eps, ev[:, -1:].clamp(min=torch.finfo(M.dtype).tiny)
+    bound = max(M.shape[1:]) * eps * top[:, 0] * (0.5 / ev.clamp(min=eps * eps * top).sqrt()).sum(-1)
+    out = ev.clamp(min=0).sqrt().sum(-1)
+    unsure = bound > _NUCLEAR_ATOL
+    if unsure.any():
+        out[unsure] = torch.linalg.svdvals(M[unsure]).sum(-1)
+    return out
+
+
 def _procrustes_null(A: torch.Tensor, B: torch.Tensor, perms: np.ndarray,
                      batch_size: int | None) -> np.ndarray:
     """Nuclear norms ``(N,)`` of ``A^T B[p]`` ``(r_x, r_y)`` (unit factors), clipped to <= 1."""
+    A, B = (F[:, F.norm(dim=0) > _RANK_RTOL * F.norm(dim=0).max()] for F in (A, B))
     n, rx, ry = A.shape[0], A.shape[1], B.shape[1]
     P, out = torch.from_numpy(perms), torch.empty(len(perms), dtype=F64)
     b = _batch(batch_size, n * ry + rx * ry)
     for start in range(0, len(P), b):
         p = P[start:start + b]
-        out[start:start + len(p)] = torch.linalg.svdvals(A.T @ B[p]).sum(-1)
+        out[start:start + len(p)] = _nuclear_norms(A.T @ B[p])
     return out.clamp_(max=1.0).numpy()
 
 
@@ -862,8 +889,9 @@ def procrustes_null(X: ArrayLike, Y: ArrayLike, n_shuffles: int, seed: int,
                     batch_size: int | None = None) -> np.ndarray:
     """Procrustes similarities ``(n_shuffles,)`` of ``X`` against row-permuted ``Y``.
 
-    Centring, scaling and the SVD reduction are done once; each shuffle is a batched
-    ``svdvals(A^T B[perm]).sum()`` of ``(min(n, d_x), min(n, d_y))`` matrices.
+    Centring, scaling and the SVD reduction are done once; each shuffle is one product
+    ``A^T B[perm]`` of the reduced factors (``(min(n, d_x), min(n, d_y))``) and the square roots of the
+    eigenvalues of its smaller Gram matrix (:func:`_nuclear_norms`, with an svdvals fallback).
     """
     Xt, Yt = _check_pair(X, Y)
     A, B = _unit_factor(Xt, "X"), _unit_factor(Yt, "Y")
