@@ -834,7 +834,7 @@ _NUCLEAR_ATOL = 1e-9
 _RANK_RTOL = 1e-12
 
 
-def _nuclear_norms(M: torch.Tensor) -> torch.Tensor:
+def _nuclear_norms(M: torch.Tensor, route: str = "gram") -> torch.Tensor:
     """Nuclear norms ``(b,)`` of float64 matrices ``M`` ``(b, r, c)``: the sum of the square roots of the
     eigenvalues of the smaller Gram matrix (``M M^T`` or ``M^T M``; ``eigvalsh`` of it is ~10x faster than
     ``svdvals`` of ``M`` at 512 x 768), or ``svdvals`` where that could be off by more than
@@ -842,7 +842,12 @@ def _nuclear_norms(M: torch.Tensor) -> torch.Tensor:
     ``m eps lambda_max`` (``m = max(r, c)``: its products' length and the eigensolver's backward error),
     its square root by that over ``2 sqrt(lambda_i)``: the bound summed over ``i`` decides. Measured on
     re-paired low-rank-plus-noise data: at 5,000 pairs, widths 512/768, error 1e-16 against svdvals,
-    bound 9e-11 (singular values spanning 2,000x); at 1,000 pairs, 576/640, error 1e-16, bound 4e-10."""
+    bound 9e-11 (singular values spanning 2,000x); at 1,000 pairs, 576/640, error 1e-16, bound 4e-10.
+    ``route="svd"``: svdvals for every matrix (the route before this one; for the bench)."""
+    if route not in ("gram", "svd"):
+        raise ValueError(f"route must be 'gram' or 'svd', got {route!r}")
+    if route == "svd":
+        return torch.linalg.svdvals(M).sum(-1)
     G = M @ M.mT if M.shape[1] <= M.shape[2] else M.mT @ M
     ev = torch.linalg.eigvalsh(G)                                    # ascending
     eps, top = torch.finfo(M.dtype).eps, ev[:, -1:].clamp(min=torch.finfo(M.dtype).tiny)
@@ -855,7 +860,7 @@ def _nuclear_norms(M: torch.Tensor) -> torch.Tensor:
 
 
 def _procrustes_null(A: torch.Tensor, B: torch.Tensor, perms: np.ndarray,
-                     batch_size: int | None) -> np.ndarray:
+                     batch_size: int | None, route: str = "gram") -> np.ndarray:
     """Nuclear norms ``(N,)`` of ``A^T B[p]`` ``(r_x, r_y)`` (unit factors), clipped to <= 1."""
     A, B = (F[:, F.norm(dim=0) > _RANK_RTOL * F.norm(dim=0).max()] for F in (A, B))
     n, rx, ry = A.shape[0], A.shape[1], B.shape[1]
@@ -863,7 +868,7 @@ def _procrustes_null(A: torch.Tensor, B: torch.Tensor, perms: np.ndarray,
     b = _batch(batch_size, n * ry + rx * ry)
     for start in range(0, len(P), b):
         p = P[start:start + b]
-        out[start:start + len(p)] = _nuclear_norms(A.T @ B[p])
+        out[start:start + len(p)] = _nuclear_norms(A.T @ B[p], route)
     return out.clamp_(max=1.0).numpy()
 
 
@@ -888,16 +893,17 @@ def procrustes_distance(X: ArrayLike, Y: ArrayLike) -> float:
 
 
 def procrustes_null(X: ArrayLike, Y: ArrayLike, n_shuffles: int, seed: int,
-                    batch_size: int | None = None) -> np.ndarray:
+                    batch_size: int | None = None, route: str = "gram") -> np.ndarray:
     """Procrustes similarities ``(n_shuffles,)`` of ``X`` against row-permuted ``Y``.
 
     Centring, scaling and the SVD reduction are done once; each shuffle is one product
     ``A^T B[perm]`` of the reduced factors (``(min(n, d_x), min(n, d_y))``) and the square roots of the
-    eigenvalues of its smaller Gram matrix (:func:`_nuclear_norms`, with an svdvals fallback).
+    eigenvalues of its smaller Gram matrix (:func:`_nuclear_norms`, with an svdvals fallback;
+    ``route="svd"``: svdvals throughout).
     """
     Xt, Yt = _check_pair(X, Y)
     A, B = _unit_factor(Xt, "X"), _unit_factor(Yt, "Y")
-    return _procrustes_null(A, B, permutations(Xt.shape[0], n_shuffles, seed), batch_size)
+    return _procrustes_null(A, B, permutations(Xt.shape[0], n_shuffles, seed), batch_size, route)
 
 
 #: Relative tolerance of a tie in :func:`p_value`.

@@ -9,6 +9,7 @@ def test_quick_bench_is_exact(capsys):
     assert out["topk"]["max_abs_diff"] < 1e-5 and out["topk"]["product_same"]
     for metric in ("rsa", "svcca", "procrustes"):  # RSA against scipy's pdist and spearmanr
         assert out["nulls"][metric]["max_abs_diff"] < 1e-9
+    assert out["nulls"]["procrustes"]["svd_route_max_abs_diff"] < 1e-9
     assert "speed-up" in capsys.readouterr().out
     assert out["universal"]["tokens_per_second"] > 0 and out["universal"]["n_latents"] == 2 * 768
     assert out["sae"]["small"]["max_rel_grad_diff"] < 1e-4 and out["sae"]["small"]["ms_per_step"] > 0
