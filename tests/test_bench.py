@@ -1,5 +1,7 @@
 """The benchmark runs at a small size and its fast paths agree with the references (no timing asserts)."""
 
+import torch
+
 from featlib.tools import bench
 
 
@@ -10,7 +12,9 @@ def test_quick_bench_is_exact(capsys):
     for metric in ("rsa", "svcca", "procrustes"):  # RSA against scipy's pdist and spearmanr
         assert out["nulls"][metric]["max_abs_diff"] < 1e-9
     assert out["nulls"]["procrustes"]["svd_route_max_abs_diff"] < 1e-9
-    assert "speed-up" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "speed-up" in printed and printed.startswith("featlib bench on the CPU, ")
+    assert ("a CUDA GPU is visible" in printed.splitlines()[0]) == torch.cuda.is_available()
     assert out["universal"]["tokens_per_second"] > 0 and out["universal"]["n_latents"] == 2 * 768
     assert out["sae"]["small"]["max_rel_grad_diff"] < 1e-4 and out["sae"]["small"]["ms_per_step"] > 0
     extraction = out["extraction"]["smollm2-135m-instruct"]

@@ -92,6 +92,14 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def device_line() -> str:
+    """Where the bench runs, in words: the CPU (every part runs there), and whether a CUDA GPU is visible
+    (the study's heavy paths would run on it with ``device: auto``; the bench does not time them there)."""
+    gpu = (f"a CUDA GPU is visible ({torch.cuda.get_device_name(0)}) but not used by the bench"
+           if torch.cuda.is_available() else "no CUDA GPU visible")
+    return f"the CPU, {cpu_name()} ({gpu})"
+
+
 def matmul_gflops(n: int = 4096, reps: int = 3) -> float:
     """Best-of-``reps`` float32 GFLOP/s of an n × n × n product (the machine's plain throughput)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -345,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         sizes = dict(d=16384, k=32, n_tokens=200_000, ref_tokens=4096, dense_d=8192, dense_tokens=65536, n=5000, shuffles=1000, naive=10,
                      usae_steps=50, usae_expansion=8, extract_rows=64, extract_models=["smollm2-135m-instruct", "gemma-3-270m"])
-    print(f"featlib bench on {cpu_name()}, {torch.get_num_threads()} threads ({'quick' if args.quick else 'full'} sizes)\n")
+    print(f"featlib bench on {device_line()}, {torch.get_num_threads()} threads "
+          f"({'quick' if args.quick else 'full'} sizes)\n")
     out: dict[str, Any] = {}
     if "matching" in args.parts:
         out |= _matching(sizes, args.quick)
