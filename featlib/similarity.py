@@ -836,8 +836,8 @@ _RANK_RTOL = 1e-12
 
 def _nuclear_norms(M: torch.Tensor, route: str = "gram") -> torch.Tensor:
     """Nuclear norms ``(b,)`` of float64 matrices ``M`` ``(b, r, c)``: the sum of the square roots of the
-    eigenvalues of the smaller Gram matrix (``M M^T`` or ``M^T M``; ``eigvalsh`` of it is ~10x faster than
-    ``svdvals`` of ``M`` at 512 x 768), or ``svdvals`` where that could be off by more than
+    eigenvalues of the smaller Gram matrix (``M M^T`` or ``M^T M``; forming it and ``eigvalsh`` take 19 ms
+    where ``svdvals`` of ``M`` takes 75, at 512 x 768 on 2 cores), or ``svdvals`` where that could be off by more than
     :data:`_NUCLEAR_ATOL`. Each eigenvalue of the float64 Gram matrix is off by at most about
     ``m eps lambda_max`` (``m = max(r, c)``: its products' length and the eigensolver's backward error),
     its square root by that over ``2 sqrt(lambda_i)``: the bound summed over ``i`` decides. Measured on

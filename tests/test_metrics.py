@@ -231,9 +231,11 @@ def test_nuclear_norms_fall_back_to_svdvals_where_the_gram_route_loses_precision
     want = np.array([spread.sum(), null.sum()])
     np.testing.assert_allclose(sim._nuclear_norms(M).numpy(), want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(sim._nuclear_norms(M.mT.contiguous()).numpy(), want, rtol=0, atol=1e-12)
+    with monkeypatch.context() as m:  # the spread one never needs svdvals
+        m.setattr(torch.linalg, "svdvals", lambda *a, **k: pytest.fail("svdvals called"))
+        np.testing.assert_allclose(sim._nuclear_norms(M[:1]).numpy(), want[:1], rtol=0, atol=1e-12)
     monkeypatch.setattr(sim, "_NUCLEAR_ATOL", float("inf"))
     assert abs(float(sim._nuclear_norms(M)[1]) - want[1]) > 1e-9
-
 
 
 @pytest.mark.parametrize("n, d_x, d_y", [(25, 4, 6), (9, 15, 11)])

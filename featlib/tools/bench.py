@@ -322,7 +322,9 @@ def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, ba
 
         # each path once untimed (the first forward of a process pays for allocations and kernel
         # selection: it ran 4x slower than the next ones), then twice each in alternating order, best kept
-        once(lm, "hf0"), once(hooked, "tl0"), bare()
+        once(lm, "hf0")
+        once(hooked, "tl0")
+        bare()
         runs = [(once(lm, f"hf{i}"), once(hooked, f"tl{i}"), measure(bare)) for i in (1, 2)]
         ours, tl, ref = (min((r[j] for r in runs), key=lambda m: m.seconds) for j in range(3))
 
