@@ -63,7 +63,7 @@ notebooks: $(STAMP)
 	$(OFFLINE) $(PINNED_CPU) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m featlib.tools.chain --profile tiny --in-place
 
 # The pythia profile at its real sizes (6 + 12 layers, 32,768-latent TopK SAEs, 30,000 tokens, 1,000 and 200
-# re-pairings) on offline stand-ins in the hub's formats, built once (about 45 minutes idle, 3.5 GB): the paper's
+# re-pairings) on offline stand-ins in the hub's formats, built once (an estimated 45 minutes idle, 3.5 GB): the paper's
 # setting timed end to end from an empty cache of its own; seconds per notebook in figures/pythia-standin/manifest.json.
 STANDINS := build/standins
 STANDIN_ENV := HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(CURDIR)/$(STANDINS)/hub FEATUNIV_CACHE=$(CURDIR)/$(STANDINS)/cache
