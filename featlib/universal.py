@@ -171,6 +171,48 @@ def selected_rows(W: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -> tor
     return torch.nn.functional.embedding_bag(idx, W, per_sample_weights=vals, mode="sum")
 
 
+class _SelectedLinear(torch.autograd.Function):
+    """``pre.gather(1, idx)`` where ``pre`` = x @ W + b (or its ReLU) was computed without gradient, with W's
+    and b's gradients formed from the selected entries only (see :func:`selected_linear`)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, pre: torch.Tensor,
+                relu: bool) -> torch.Tensor:
+        out = pre.gather(1, idx)
+        ctx.save_for_backward(x, idx, out)
+        ctx.n_latents, ctx.relu = W.shape[1], relu
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.needs_input_grad[0]:
+            raise NotImplementedError("selected_linear gives no gradient to its input x: pass it detached")
+        x, idx, out = ctx.saved_tensors
+        if ctx.relu:
+            grad = torch.where(out > 0, grad, 0.0)
+        d_W = d_b = None
+        if ctx.needs_input_grad[1]:
+            # column j of dW sums grad[r, s] * x[r] over the (r, s) with idx[r, s] = j: the weight gradient
+            # of a weighted embedding_bag whose output's gradient is x
+            with torch.enable_grad():
+                rows = torch.zeros(ctx.n_latents, x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
+                (d_rows,) = torch.autograd.grad(selected_rows(rows, idx, grad), rows, x)
+            d_W = d_rows.T.contiguous()
+        if ctx.needs_input_grad[2]:
+            d_b = grad.new_zeros(ctx.n_latents).index_add_(0, idx.flatten(), grad.flatten())
+        return None, d_W, d_b, None, None, None
+
+
+def selected_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, pre: torch.Tensor,
+                    relu: bool = False) -> torch.Tensor:
+    """(n, m) entries at the columns ``idx`` (n, m) of each row of ``pre`` (n, K), which is x @ W + b
+    (``relu``: its ReLU) computed without gradient, to select ``idx``; x (n, d) takes no gradient. W's
+    gradient then costs n m d multiply-adds, where the dense backward pass (``x.T @ d_pre``) costs n K d
+    (190 times more for 6,144 latents and k = 32), and equals it up to float rounding; b's touches the
+    selected entries only."""
+    return _SelectedLinear.apply(x, W, b, idx, pre, relu)
+
+
 def lr_at(step: int, p: USAEParams) -> float:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``lr_end`` at ``steps``."""
     if step < p.warmup_steps:
@@ -207,8 +249,11 @@ def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True,
         batch = next(batches)
         x = {mid: usae.standardise(mid, v.to(device)) for mid, v in batch.items()}
         i = usae.ids[int(rng.integers(len(usae.ids)))]
-        pre = usae.pre_acts(i, x[i])
-        vals, idx = pre.topk(usae.k, dim=1)
+        W_enc, b_enc = usae.W_enc[i], usae.b_enc[i]
+        with torch.no_grad():  # the dense encoder selects; gradients flow through the selected entries only
+            pre = torch.addmm(b_enc, x[i], W_enc).relu_()
+            idx = pre.topk(usae.k, dim=1).indices
+        vals = selected_linear(x[i], W_enc, b_enc, idx, pre, relu=True)
         # decoding the k active latents only (the code z is zero elsewhere): the same sums as z @ W_dec
         recon = {j: selected_rows(usae.W_dec[j], idx, vals) for j in usae.ids}
         loss = sum(((recon[j] - x[j]) ** 2).mean() for j in usae.ids)
@@ -218,9 +263,10 @@ def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True,
         aux = torch.zeros((), device=device)
         if dead.any() and p.aux_coef > 0:
             resid = (x[i] - recon[i]).detach()
-            dead_pre = torch.where(dead, pre, torch.zeros_like(pre))
             k_aux = min(p.aux_k, int(dead.sum()))
-            a_vals, a_idx = dead_pre.topk(k_aux, dim=1)
+            cols = dead.nonzero().squeeze(1)  # the top among the dead columns only
+            a_idx = cols[pre.index_select(1, cols).topk(k_aux, dim=1).indices]
+            a_vals = selected_linear(x[i], W_enc, b_enc, a_idx, pre, relu=True)
             resid_hat = selected_rows(usae.W_dec[i], a_idx, a_vals)
             aux = ((resid_hat - resid) ** 2).sum() / (resid**2).sum().clamp_min(1e-8)
         total = loss + p.aux_coef * aux

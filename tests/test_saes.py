@@ -99,9 +99,11 @@ def test_width_mismatch_is_a_clear_error(trained):
 
 @pytest.mark.parametrize("dead_share", [0.0, 0.6, 1.0])
 @pytest.mark.parametrize("b_dec_init", ["zeros", "mean"])
-def test_sparse_decode_equals_sae_lens_training_step(dead_share, b_dec_init):
-    """Our TopK training forward pass (decoding only the active latents) gives sae-lens's own losses,
-    outputs, codes and gradients of every parameter, with and without dead latents (the aux loss)."""
+@pytest.mark.parametrize("rescale", [False, True], ids=["", "rescaled"])
+def test_sparse_decode_equals_sae_lens_training_step(dead_share, b_dec_init, rescale):
+    """Our TopK training forward pass (decoding only the active latents, the encoder's gradient from the
+    selected entries only) gives sae-lens's own losses, outputs, codes and gradients of every parameter,
+    with and without dead latents (the aux loss), with and without activations rescaled by decoder norms."""
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
@@ -109,7 +111,8 @@ def test_sparse_decode_equals_sae_lens_training_step(dead_share, b_dec_init):
 
     torch.manual_seed(0)
     d, K, n = 48, 384, 256
-    cfg = TopKTrainingSAEConfig(k=8, d_in=d, d_sae=K, normalize_activations="expected_average_only_in")
+    cfg = TopKTrainingSAEConfig(k=8, d_in=d, d_sae=K, normalize_activations="expected_average_only_in",
+                                rescale_acts_by_decoder_norm=rescale)
     ref, ours = TopKTrainingSAE(cfg), SparseDecodeTopKTrainingSAE(cfg)
     with torch.no_grad():  # decoder rows of unequal norms, non-zero biases: every term of the step counts
         ref.W_dec.mul_(torch.rand(K, 1) + 0.5)

@@ -126,3 +126,37 @@ def test_selected_rows_equal_the_dense_decode():
     gs = torch.autograd.grad(sparse, (W, pre), g)
     for a, b in zip(gs, gd):
         torch.testing.assert_close(a, b)
+
+
+def test_selected_linear_gives_the_dense_encoders_gradients():
+    """The training step's encoder: the top k of ReLU(x W + b) read from activations computed without
+    gradient (selected_linear), and the AuxK term's top latents among the dead ones, give W and b the gradients
+    autograd gives through the dense product; x may not ask for a gradient."""
+    torch.manual_seed(0)
+    n, d, K, k = 256, 24, 384, 8
+    x, target, D = torch.randn(n, d), torch.randn(n, d), torch.randn(K, d)
+    W = torch.randn(d, K, requires_grad=True)
+    b = (torch.randn(K) * 0.5 - 11.0).requires_grad_()  # some of the selected pre-activations are cut by the ReLU
+    dead = torch.rand(K) < 0.3
+
+    def loss(sparse: bool) -> torch.Tensor:
+        if sparse:
+            with torch.no_grad():
+                pre = torch.addmm(b, x, W).relu_()
+                cols = dead.nonzero().squeeze(1)
+                idx, a_idx = pre.topk(k).indices, cols[pre.index_select(1, cols).topk(2 * k).indices]
+            vals = universal.selected_linear(x, W, b, idx, pre, relu=True)
+            a_vals = universal.selected_linear(x, W, b, a_idx, pre, relu=True)
+        else:
+            pre = torch.relu(x @ W + b)
+            (vals, idx), (a_vals, a_idx) = pre.topk(k), torch.where(dead, pre, torch.zeros_like(pre)).topk(2 * k)
+        assert (vals == 0).any() and (vals > 0).any() and (a_vals == 0).any()
+        return (((universal.selected_rows(D, idx, vals) - target) ** 2).sum()
+                + ((universal.selected_rows(D, a_idx, a_vals) - target) ** 2).sum())
+
+    dense, sparse = (torch.autograd.grad(loss(s), (W, b)) for s in (False, True))
+    for got, want in zip(sparse, dense):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    with pytest.raises(NotImplementedError, match="detached"):
+        xg = x.clone().requires_grad_()
+        universal.selected_linear(xg, W, b, torch.zeros(n, 1, dtype=torch.long), xg.detach() @ W).sum().backward()
