@@ -16,7 +16,8 @@ def test_quick_bench_is_exact(capsys):
     assert "speed-up" in printed and printed.startswith("featlib bench on the CPU, ")
     assert ("a CUDA GPU is visible" in printed.splitlines()[0]) == torch.cuda.is_available()
     assert out["universal"]["tokens_per_second"] > 0 and out["universal"]["n_latents"] == 2 * 768
-    assert out["sae"]["small"]["max_rel_grad_diff"] < 1e-4 and out["sae"]["small"]["ms_per_step"] > 0
+    for key in ("small", "small, no dead latents"):
+        assert out["sae"][key]["max_rel_grad_diff"] < 1e-4 and out["sae"][key]["ms_per_step"] > 0
     extraction = out["extraction"]["smollm2-135m-instruct"]
     assert extraction["max_rel_diff"] < 1e-5 and extraction["hooked_max_rel_diff"] < 1e-5 and extraction["tokens"] == 4 * 127
 

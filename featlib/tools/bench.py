@@ -453,11 +453,13 @@ def _sae(quick: bool) -> dict[str, Any]:
     shapes = {"small": (64, 512, 8, 256, 2)} if quick else \
         {"tiny lm-b": (256, 2048, 16, 1024, 20), "pythia-160m": (768, 32768, 32, 1024, 2)}
     out = {}
-    print("TopK SAE training step (forward, MSE + AuxK, backward), 60 % of the latents dead")
+    print("TopK SAE training step (forward, MSE + AuxK, backward), with 60 % of the latents dead (AuxK on) and none")
     for name, (d, d_sae, k, batch, steps) in shapes.items():
-        r = out[name] = bench_sae_step(d, d_sae, k, batch, steps)
-        print(f"  {name:12s} {d} -> {d_sae}, k = {k}, batch {batch}: featlib {r['ms_per_step']:8.1f} ms   sae-lens"
-              f" {r['sae_lens_ms_per_step']:8.1f} ms   speed-up {r['speedup']:.2f}x   max rel. grad diff {r['max_rel_grad_diff']:.1e}")
+        for dead, key in ((0.6, name), (0.0, f"{name}, no dead latents")):
+            r = out[key] = bench_sae_step(d, d_sae, k, batch, steps, dead_share=dead)
+            print(f"  {name:12s} {d} -> {d_sae}, k = {k}, batch {batch}, {dead:4.0%} dead: featlib {r['ms_per_step']:8.1f} ms"
+                  f"   sae-lens {r['sae_lens_ms_per_step']:8.1f} ms   speed-up {r['speedup']:.2f}x"
+                  f"   max rel. grad diff {r['max_rel_grad_diff']:.1e}")
     return out
 
 
