@@ -34,7 +34,8 @@ from .activations import Activations
 from .config import Config, resolve_path
 from .models import LoadedModel, hook_name, resolve_device
 
-CODE_VERSION = 3  # 3: TopK training decodes the active latents only (featlib.topk_training)
+CODE_VERSION = 4  # 3: TopK training decodes the active latents only (featlib.topk_training); 4: and forms the
+# encoder gradient from the selected latents only (featlib.universal.selected_linear)
 TRAIN_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "epochs", "b_dec_init")
 
 

@@ -16,7 +16,8 @@ from .. import matching, sparse_rows, step, universal
 from .core import Comparison, Side, Study
 from .pairs import match, matching_artifact
 
-VERSION = 4  # 4: training decodes the active latents only (universal.selected_rows)
+VERSION = 5  # 4: training decodes the active latents only (universal.selected_rows); 5: and forms the encoder
+# gradient from the selected latents only (universal.selected_linear)
 COUNTERPART_COS = 0.5  # a concept's decoder row has a counterpart in an SAE when their cosine exceeds this
 
 
