@@ -20,6 +20,7 @@ tokens), and next-token loss clean / with the SAE's reconstruction spliced into
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -249,7 +250,7 @@ def decode_sparse(sae: Any, z: torch.Tensor | sp.csr_array) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int,
              codes: sp.csr_array | None = None, chunk_tokens: int = 4096,
-             baselines: dict[Any, Any] | None = None) -> dict[str, float]:
+             baselines: LossBaselines | None = None) -> dict[str, float]:
     """Reconstruction and downstream-loss metrics of one SAE on the eval activations (see module doc).
 
     ``codes``: the SAE's (n_units, d_sae) CSR codes of these activations if already computed (the cached ones
@@ -271,7 +272,7 @@ def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batche
         sse += float(((x - x_hat) ** 2).sum())
         sst += float(((x - mean) ** 2).sum())
     active = codes.indices[codes.data > 0]
-    known = {} if baselines is None else baselines
+    known = LossBaselines() if baselines is None else baselines
 
     def splice(value: torch.Tensor) -> torch.Tensor:
         rest = value[:, 1:].reshape(-1, value.shape[-1])
@@ -292,9 +293,22 @@ def _zero(value: torch.Tensor) -> torch.Tensor:
     return torch.cat([value[:, :1], torch.zeros_like(value[:, 1:])], dim=1)
 
 
+@dataclass
+class LossBaselines:
+    """What :func:`next_token_losses` keeps between calls for one model and its eval rows (none of it
+    depends on the SAE): per batch of 8 rows what transformer-lens's ``input_to_embed`` returns (residual,
+    tokens, shortformer positions, attention mask); the clean loss; per layer the residual stream after
+    that block (one (rows, pos, d_model) tensor per batch) and the zero-ablated loss."""
+
+    embed: list[tuple[Any, ...]] = field(default_factory=list)
+    clean: float = float("nan")
+    resid: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    zero: dict[int, float] = field(default_factory=dict)
+
+
 @torch.inference_mode()
 def next_token_losses(lm: LoadedModel, acts: Activations, layer: int, ce_batches: int,
-                      splice: Callable[[torch.Tensor], torch.Tensor], known: dict[Any, Any]) -> tuple[float, float, float]:
+                      splice: Callable[[torch.Tensor], torch.Tensor], known: LossBaselines) -> tuple[float, float, float]:
     """Mean next-token loss (nats) on the first ``ce_batches`` × 8 eval rows: clean, with ``blocks.L.hook_resid_post``
     replaced by ``splice`` of it ((rows, pos, d_model) -> same), and zero-ablated (all but the BOS position).
 
@@ -313,23 +327,22 @@ def next_token_losses(lm: LoadedModel, acts: Activations, layer: int, ce_batches
         total = sum(float(per_token.float().cpu()[mask].sum()) for per_token, mask in zip(per_batch, real.split(8)))
         return total / int(real.sum())
 
-    if "embed" not in known:  # the embedding, and what transformer-lens's forward derives from the tokens
+    if not known.embed:  # the embedding, and what transformer-lens's forward derives from the tokens
         batches = [b.to(model.cfg.device) for b in tokens.split(8)]
-        known["embed"] = [model.input_to_embed(b) for b in batches]
-        known["clean"] = mean_loss(model(b, return_type="loss", loss_per_token=True) for b in batches)
-        known["resid"] = {}
-    resid: dict[int, list[torch.Tensor]] = known["resid"]
+        known.embed = [model.input_to_embed(b) for b in batches]
+        known.clean = mean_loss(model(b, return_type="loss", loss_per_token=True) for b in batches)
+    resid = known.resid
     if layer not in resid:
         below = max((L for L in resid if L < layer), default=-1)
-        start = resid[below] if below >= 0 else [embed[0] for embed in known["embed"]]
+        start = resid[below] if below >= 0 else [embed[0] for embed in known.embed]
         resid[layer] = [model(x, start_at_layer=below + 1, stop_at_layer=layer + 1, tokens=tok, attention_mask=mask,
-                              shortformer_pos_embed=pos) for x, (_, tok, pos, mask) in zip(start, known["embed"])]
+                              shortformer_pos_embed=pos) for x, (_, tok, pos, mask) in zip(start, known.embed)]
 
     def from_layer(edit: Callable[[torch.Tensor], torch.Tensor]) -> float:
         return mean_loss(model(edit(x), start_at_layer=layer + 1, tokens=tok, attention_mask=mask,
                                shortformer_pos_embed=pos, return_type="loss", loss_per_token=True)
-                         for x, (_, tok, pos, mask) in zip(resid[layer], known["embed"]))
+                         for x, (_, tok, pos, mask) in zip(resid[layer], known.embed))
 
-    if ("zero", layer) not in known:
-        known[("zero", layer)] = from_layer(_zero)
-    return known["clean"], from_layer(splice), known[("zero", layer)]
+    if layer not in known.zero:
+        known.zero[layer] = from_layer(_zero)
+    return known.clean, from_layer(splice), known.zero[layer]

@@ -179,7 +179,7 @@ def test_losses_from_a_layer_equal_full_passes_with_a_hook(which, request):
     def splice(value):  # any edit of the non-BOS positions
         return torch.cat([value[:, :1], 0.5 * value[:, 1:].flip(-1) + 0.1], dim=1)
 
-    known = {}
+    known = saes.LossBaselines()
     for layer in [1, 0, lm.n_layers - 1, 2]:
         got = saes.next_token_losses(lm, acts, layer, 2, splice, known)
         want = [full_pass_losses(lm, acts, layer, 2, edit) for edit in (None, splice, saes._zero)]
@@ -188,7 +188,7 @@ def test_losses_from_a_layer_equal_full_passes_with_a_hook(which, request):
 
 
 def test_every_sae_of_a_model_shares_its_clean_and_zero_ablated_losses():
-    """evaluate with a shared ``baselines`` dict: the same metrics, and each further SAE costs one pass from
+    """evaluate with shared ``baselines``: the same metrics, and each further SAE costs one pass from
     its layer on (counted per block: clean, the kept residual stream, then zero-ablated and spliced passes
     of the layers below it)."""
     lm = models.load_local("A", REPO / "models/tiny/lm-a")
@@ -206,7 +206,7 @@ def test_every_sae_of_a_model_shares_its_clean_and_zero_ablated_losses():
     # alone, per SAE and batch, block i runs in the clean pass, then once up to layer L or twice after it
     assert runs == [2 * 2 * (2 * lm.n_layers + i) for i in range(lm.n_layers)]
     runs[:] = [0] * lm.n_layers
-    baselines = {}
+    baselines = saes.LossBaselines()
     shared = {L: [saes.evaluate(sae, lm, acts, L, ce_batches=2, baselines=baselines) for sae in two]
               for L in range(lm.n_layers)}
     for handle in handles:

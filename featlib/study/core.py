@@ -22,7 +22,7 @@ from .. import step
 from ..activations import Activations, ensure_activations
 from ..config import Config
 from ..models import LoadedModel, load_model, random_init
-from ..saes import check_width, load_pretrained, published_identity, trained_sae, load_trained
+from ..saes import LossBaselines, check_width, load_pretrained, published_identity, trained_sae, load_trained
 
 COMPARISON_KINDS = {
     "cross": "model A vs model B (each with the profile's SAE)",
@@ -79,7 +79,7 @@ class Study:
     _random: dict[str, tuple[LoadedModel, dict[str, Activations]]] = field(default_factory=dict, repr=False)
     _strings: dict[str, list[str]] = field(default_factory=dict, repr=False)
     # clean and zero-ablated next-token losses per (model, eval units, batches), shared by its SAEs (02)
-    ce_baselines: dict[tuple[str, str, int], dict[Any, Any]] = field(default_factory=dict, repr=False)
+    ce_baselines: dict[tuple[str, str, int], LossBaselines] = field(default_factory=dict, repr=False)
 
     @property
     def ids(self) -> list[str]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from .. import step
-from ..saes import evaluate
+from ..saes import LossBaselines, evaluate
 from .codes import codes_artifact, sae_codes
 from .core import Side, Study
 
@@ -28,7 +28,7 @@ def sae_metrics(study: Study, side: Side) -> dict[str, Any]:
     lm = study.model_of(side)
 
     def produce(tmp: Path) -> None:
-        baselines = study.ce_baselines.setdefault((lm.fingerprint, acts.key, ce_batches), {})
+        baselines = study.ce_baselines.setdefault((lm.fingerprint, acts.key, ce_batches), LossBaselines())
         m = evaluate(study.sae(side), lm, acts, side.layer, ce_batches, codes=sae_codes(study, side),
                      chunk_tokens=study.cfg.matching["chunk_tokens"], baselines=baselines)
         step.write_json(tmp / "metrics.json", m)
