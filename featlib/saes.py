@@ -20,7 +20,8 @@ tokens), and next-token loss clean / with the SAE's reconstruction spliced into
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from concurrent.futures import as_completed
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,8 +31,9 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from . import sparse_rows, step
+from . import parallel, sparse_rows, step
 from .activations import Activations
+from .cache import is_complete
 from .config import Config, resolve_path
 from .models import LoadedModel, hook_name, resolve_device
 
@@ -64,7 +66,7 @@ def _batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Ten
 
 
 def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | None = None,
-              device: str = "cpu") -> Any:
+              device: str = "cpu", progress: bool = True) -> Any:
     """Train one SAE with sae-lens on (n_tokens, d_in) activations; returns the inference SAE, on ``device``.
     ``d_sae``: its latents (default ``params["expansion"]`` × d_in). The activations stay in host memory;
     each batch is copied to ``device`` (a GPU trains the same SAE up to float rounding, and is not in the
@@ -100,7 +102,7 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | 
     import sae_lens.training.sae_trainer as trainer_module
 
     # a plain text bar (the same in notebooks, terminals and logs) that shares the line of an outer bar
-    trainer_module.tqdm = partial(tqdm, position=0, leave=False)
+    trainer_module.tqdm = partial(tqdm, position=0, leave=False, disable=not progress)
     trainer = SAETrainer(trainer_cfg, sae, _batches(acts, bs, seed))
     if params["b_dec_init"] == "mean":
         # start the decoder bias at the data mean (in sae-lens's scaled units, with its scale
@@ -122,22 +124,77 @@ def sae_seed(seed: int, model_id: str, layer: int) -> int:
     return int(step.stable_hash([seed, model_id, layer], 8), 16)
 
 
-def trained_sae(cfg: Config, model_id: str, layer: int, train: Activations, seed: int) -> step.Artifact:
-    """The SAE of ``model_id`` at ``layer`` trained with ``seed`` on its ``train`` activations (a cached
-    step: inputs the activations, parameters the training keys, the layer and the derived seed; inside
-    :func:`featlib.step.planning` it is only located, not trained)."""
-    torch_seed = sae_seed(seed, model_id, layer)
-    params = {"layer": layer, "sae": {k: cfg.sae[k] for k in TRAIN_KEYS}, "seed": torch_seed}
+@dataclass(frozen=True)
+class SaeTraining:
+    """One SAE to train and cache: ``model_id``'s at ``layer``, on its ``train`` activations, with
+    ``seed`` (the torch seed derives from it, the model and the layer) and the profile's training keys
+    ``sae`` (:data:`TRAIN_KEYS` of its ``sae`` section). Picklable, so that a worker process can run it."""
 
-    def produce(tmp: Path) -> None:
-        train_sae(train.layer(layer), cfg.sae, torch_seed, device=resolve_device("auto")).save_inference_model(tmp)
+    sae: dict[str, Any]
+    model_id: str
+    layer: int
+    train: Activations
+    seed: int
 
-    meta = {"model": model_id, "layer": layer, "seed": seed, "torch_seed": torch_seed}
-    return step.run("sae", params, {"activations": train.key}, produce, version=CODE_VERSION, meta=meta)
+    @classmethod
+    def of(cls, cfg: Config, model_id: str, layer: int, train: Activations, seed: int) -> "SaeTraining":
+        return cls({k: cfg.sae[k] for k in TRAIN_KEYS}, model_id, layer, train, seed)
+
+    def artifact(self, device: str = "auto", progress: bool = True) -> step.Artifact:
+        """The cached step (inputs the activations; parameters the training keys, the layer and the torch
+        seed; inside :func:`featlib.step.planning` only located, not trained)."""
+        torch_seed = sae_seed(self.seed, self.model_id, self.layer)
+        params = {"layer": self.layer, "sae": self.sae, "seed": torch_seed}
+
+        def produce(tmp: Path) -> None:
+            sae = train_sae(self.train.layer(self.layer), self.sae, torch_seed, device=resolve_device(device),
+                            progress=progress)
+            sae.save_inference_model(tmp)
+
+        meta = {"model": self.model_id, "layer": self.layer, "seed": self.seed, "torch_seed": torch_seed}
+        return step.run("sae", params, {"activations": self.train.key}, produce, version=CODE_VERSION, meta=meta)
+
+    def worker_bytes(self) -> float:
+        """Memory one worker process training this SAE needs, about: the imported libraries (~0.75 GB
+        measured on tiny), parameters, gradients and Adam's two moments of both matrices, and a batch's
+        dense pre-activations and their top-k work space."""
+        d_in = int(self.train.layer(self.layer).shape[1])
+        d_sae = self.sae["expansion"] * d_in
+        return 1e9 + 4 * 4 * 2 * d_in * d_sae + 4 * 4 * self.sae["batch_size"] * d_sae
+
+
+def _train_in_worker(job: SaeTraining) -> None:
+    job.artifact(device="cpu", progress=False)
+
+
+def train_all(jobs: list[SaeTraining]) -> int:
+    """Train and cache the SAEs of ``jobs`` that are not cached yet, in parallel single-threaded worker
+    processes when more than one fits (:func:`featlib.parallel.worker_count`; on the CPU only: a GPU
+    trains them one by one). Returns the number of workers used; with one, nothing is done here and each
+    SAE trains in this process when first asked for, as before. Each worker trains the same SAE as a
+    single-threaded run of this process (the cache key does not depend on threads or workers)."""
+    with step.planning():
+        todo = [job for job in jobs if not is_complete(job.artifact().path, verify=False)]
+    if not todo or resolve_device("auto") != "cpu":
+        return 1
+    workers = parallel.worker_count(len(todo), max(job.worker_bytes() for job in todo))
+    if workers == 1:
+        return 1
+    fresh = [replace(job, train=Activations(job.train.path, job.train.layers)) for job in todo]  # no cached arrays
+    with parallel.pool(workers) as pool:
+        futures = [pool.submit(_train_in_worker, job) for job in fresh]
+        try:
+            for done in tqdm(as_completed(futures), total=len(futures), desc=f"training SAEs ({workers} processes)",
+                             leave=False):
+                done.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return workers
 
 
 def load_trained(artifact: step.Artifact, device: str = "cpu") -> Any:
-    """A trained SAE (:func:`trained_sae`) from its artifact folder."""
+    """A trained SAE (:meth:`SaeTraining.artifact`) from its artifact folder."""
     from sae_lens import SAE
 
     return SAE.load_from_disk(artifact.path, device=device)

@@ -1,6 +1,7 @@
 """SAE training with sae-lens, saving/loading, and the width check."""
 
 import itertools
+import math
 import numpy as np
 import pytest
 import torch
@@ -78,6 +79,59 @@ def test_same_seed_same_sae():
     a = saes.train_sae(sparse_data(n=1024), dict(PARAMS, epochs=1), seed=3)
     b = saes.train_sae(sparse_data(n=1024), dict(PARAMS, epochs=1), seed=3)
     assert torch.equal(a.W_dec, b.W_dec)
+
+
+def test_worker_count_respects_threads_cpus_quota_and_memory(monkeypatch):
+    from featlib import parallel
+
+    monkeypatch.setattr(parallel, "available_memory", lambda: 10e9)
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: math.inf)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert parallel.worker_count(26, 1e9) == 4  # torch's thread count
+    assert parallel.worker_count(3, 1e9) == 3  # the jobs
+    assert parallel.worker_count(26, 4e9) == 2  # the memory
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: 1.5)  # a container's CPU quota (Binder)
+    assert parallel.worker_count(26, 1e9) == 1
+    monkeypatch.setattr(parallel, "available_memory", lambda: 0.5e9)
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: math.inf)
+    assert parallel.worker_count(26, 1e9) == 1  # never none
+
+
+def test_sae_trainings_in_worker_processes_equal_single_threaded_ones(tmp_path, monkeypatch):
+    """saes.train_all: two SAEs trained by two single-threaded worker processes land in the cache under
+    the keys this process gives them, equal bit for bit to what this process trains with one thread."""
+    from featlib import parallel
+    from featlib.activations import Activations
+
+    folder = tmp_path / "activations" / "00000000000000aa"
+    folder.mkdir(parents=True)
+    for layer in (0, 1):
+        np.save(folder / f"layer_{layer}.npy", sparse_data(n=2048, seed=layer))
+    train = Activations(folder, [0, 1])
+    jobs = [saes.SaeTraining(dict(PARAMS, epochs=2), "m", layer, train, seed=5) for layer in (0, 1)]
+    monkeypatch.setattr(parallel, "available_memory", lambda: math.inf)
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: math.inf)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "workers"))
+        torch.set_num_threads(2)
+        assert saes.train_all(jobs) == 2
+        assert saes.train_all(jobs) == 1  # all cached: nothing to do
+        monkeypatch.setattr(saes, "train_sae", None)  # the workers' SAEs are found, not retrained
+        in_workers = [job.artifact() for job in jobs]
+        monkeypatch.undo()
+        monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "here"))
+        torch.set_num_threads(1)
+        here = [job.artifact() for job in jobs]
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(in_workers, here):
+        assert a.key == b.key and a.path != b.path
+        sa, sb = saes.load_trained(a), saes.load_trained(b)
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            assert torch.equal(getattr(sa, name), getattr(sb, name)), name
 
 
 def test_save_and_load_as_pretrained(trained, tmp_path):

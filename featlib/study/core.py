@@ -22,7 +22,7 @@ from .. import step
 from ..activations import Activations, ensure_activations
 from ..config import Config
 from ..models import LoadedModel, load_model, random_init
-from ..saes import LossBaselines, check_width, load_pretrained, published_identity, trained_sae, load_trained
+from ..saes import LossBaselines, SaeTraining, check_width, load_pretrained, load_trained, published_identity, train_all
 
 COMPARISON_KINDS = {
     "cross": "model A vs model B (each with the profile's SAE)",
@@ -170,11 +170,22 @@ class Study:
         with step.planning():
             return self._sae_source(side)
 
-    def _sae_source(self, side: Side) -> step.Input:
+    def _training(self, side: Side) -> SaeTraining | None:
+        """How ``side``'s SAE is trained here; None for the published SAE of ``sae.source: pretrained``."""
         if self.cfg.sae["source"] == "pretrained" and side.seed is None and not side.random_init:
-            return published_identity(self.cfg, side.model, side.layer)
-        return trained_sae(self.cfg, side.model, side.layer, self.acts_of(side, "train"),
-                           self.cfg.sae["seed"] if side.seed is None else side.seed)
+            return None
+        return SaeTraining.of(self.cfg, side.model, side.layer, self.acts_of(side, "train"),
+                              self.cfg.sae["seed"] if side.seed is None else side.seed)
+
+    def _sae_source(self, side: Side) -> step.Input:
+        training = self._training(side)
+        return published_identity(self.cfg, side.model, side.layer) if training is None else training.artifact()
+
+    def train_saes(self, sides: list[Side]) -> int:
+        """Train the SAEs of ``sides`` that are trained here and not cached yet, in parallel worker processes
+        where more than one fits (:func:`featlib.saes.train_all`); returns the number of workers (1: each
+        SAE trains when first asked for)."""
+        return train_all([t for t in map(self._training, sides) if t is not None])
 
     def sae(self, side: Side) -> Any:
         """The SAE of ``side`` (loaded once per study; trained and cached first when needed)."""

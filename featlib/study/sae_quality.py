@@ -46,12 +46,14 @@ def sae_label(side: Side) -> str:
 
 def sae_table(study: Study, sides: list[Side] | None = None) -> "pd.DataFrame":
     """Metrics of SAEs, one row per side (default: the profile's SAE at every model and layer, then the
-    ceilings' and floors' SAEs: the second seed's, the random re-initialisation's)."""
+    ceilings' and floors' SAEs: the second seed's, the random re-initialisation's). The SAEs not cached
+    yet are trained first, in parallel where the machine allows (:meth:`Study.train_saes`)."""
     import pandas as pd
 
     if sides is None:
         sides = [Side(mid, L) for mid in study.ids for L in study.cfg.layers[mid]]
         sides += study.reference_sides()
+    study.train_saes(sides)
     rows = [{"model": s.model, "layer": s.layer, "sae": sae_label(s), **sae_metrics(study, s)}
             for s in tqdm(sides, desc="SAEs")]
     return pd.DataFrame(rows)
