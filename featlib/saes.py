@@ -99,10 +99,14 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | 
         dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2),
         n_batches_for_norm_estimate=min(50, max(1, len(acts) // bs)), device=device,
     )
+    import sae_lens.training.activation_scaler as scaler_module
     import sae_lens.training.sae_trainer as trainer_module
+    from tqdm.auto import tqdm as auto_tqdm
 
-    # a plain text bar (the same in notebooks, terminals and logs) that shares the line of an outer bar
+    # a plain text bar (the same in notebooks, terminals and logs) that shares the line of an outer bar;
+    # without progress, neither it nor the norm estimate's bar (sae-lens's own) prints
     trainer_module.tqdm = partial(tqdm, position=0, leave=False, disable=not progress)
+    scaler_module.tqdm = partial(auto_tqdm, disable=not progress)
     trainer = SAETrainer(trainer_cfg, sae, _batches(acts, bs, seed))
     if params["b_dec_init"] == "mean":
         # start the decoder bias at the data mean (in sae-lens's scaled units, with its scale
