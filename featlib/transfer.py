@@ -222,7 +222,7 @@ class Steerer:
         with torch.inference_mode():
             self.resid = model(self.tokens, stop_at_layer=layer + 1)  # (n_rows, T, d)
             lp = torch.log_softmax(self._logits(self.resid).float(), dim=-1)
-            self.clean_lift = lp[:, 1:, :].index_select(-1, self.vocab_ids).mean(dim=(0, 1))
+            self.clean_lift = lp[:, 1:, :].mean(dim=(0, 1)).index_select(-1, self.vocab_ids)
             self.clean_loss = self._loss(lp)
             self.clean_codes = self._codes(self.resid) if sae is not None else None
 
@@ -259,7 +259,9 @@ class Steerer:
             if not torch.isfinite(loss).all():
                 raise ValueError(f"steering by alpha = {alpha:.4g} makes the loss non-finite at layer {self.layer}. "
                                  "Fix: lower transfer.loss_rise (a smaller dose).")
-            lifts.append((lp[:, :, 1:, :].index_select(-1, self.vocab_ids).mean(dim=(1, 2)) - self.clean_lift).cpu())
+            # the mean over rows and positions first, then the shared strings: index_select along the last axis
+            # of the strided (b, n_rows, T - 1, V) slice was most of a steering's time (0.7 s per batch on tiny)
+            lifts.append((lp[:, :, 1:, :].mean(dim=(1, 2)).index_select(-1, self.vocab_ids) - self.clean_lift).cpu())
             losses.append((loss - self.clean_loss).cpu())
             if features is not None:
                 z = self._codes(x).reshape(len(v), -1, self.clean_codes.shape[-1])

@@ -240,6 +240,38 @@ def test_steering_transfers_exactly_through_the_planted_isometry(planted):
     assert np.median(rand.feature_lift) < 0.5 * np.median(er.feature_lift)
 
 
+def test_steering_equals_a_hooked_forward_pass(planted):
+    """Effects computed from the kept residual equal a full forward pass with the direction added by a hook
+    at blocks.L.hook_resid_post (every position but BOS): log-probability lift, loss rise, code lift."""
+    A, _, _, sae_a, _, tokens, ids = planted
+    layer, alpha, X = 1, 2.5, sae_a.W_dec.double().numpy()[:5]
+    effects = transfer.Steerer(A, layer, tokens, ids, sae_a).run(X, alpha, np.arange(5))
+    t = torch.tensor(tokens)
+
+    def reference(v: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        kept = {}
+
+        def add(resid, hook):
+            if v is not None:
+                resid[:, 1:, :] += alpha * v
+            kept["resid"] = resid.clone()
+            return resid
+
+        with torch.no_grad(), A.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", add)]):
+            lp = torch.log_softmax(A(t), dim=-1)
+        lift = lp[:, 1:, ids].mean(dim=(0, 1))
+        loss = -lp[:, 1:-1, :].gather(-1, t[:, 2:, None]).mean()
+        return lift, loss, sae_a.encode(kept["resid"][:, 1:, :].reshape(-1, 16))
+
+    clean = reference(None)
+    for i, x in enumerate(X):
+        v = torch.tensor(x / np.linalg.norm(x), dtype=torch.float32)
+        lift, loss, codes = reference(v)
+        assert np.allclose(effects.lift[i], (lift - clean[0]).numpy(), atol=1e-5)
+        assert np.isclose(effects.loss_rise[i], float(loss - clean[1]), atol=1e-5)
+        assert np.isclose(effects.feature_lift[i], float((codes[:, i] - clean[2][:, i]).mean()), atol=1e-5)
+
+
 def test_the_steerer_batches_do_not_change_the_numbers(planted):
     A, _, _, sae_a, _, tokens, ids = planted
     X = sae_a.W_dec.double().numpy()[:7]

@@ -31,7 +31,8 @@ from .usae import universal_sae, usae_artifact
 if TYPE_CHECKING:
     import pandas as pd
 
-VERSION = 1
+# 2: the log-probability lift averaged before selecting the shared strings (other float rounding than 1)
+VERSION = 2
 DOSE_FACTORS = tuple(2.0 ** np.arange(-6, 5))  # sizes tried, times the layer's mean residual norm
 FUNCTION_WORDS = {"the", "of", "and", "to", "in", "a", "that", "for", "is", "on", "with", "as", "by", "it", "we"}
 CELL_KEYS = ("max_pairs", "folds", "ridge", "n_rows", "n_tokens", "loss_rise", "n_calibration", "top_n", "seed")
