@@ -2,6 +2,8 @@
 PROFILE ?= tiny
 # overrides of single values, e.g. make figures SET="similarity.n_shuffles=100 layers.A=[1,2]"
 SET ?=
+# notebooks run at once after 03 by make figures: auto (two where the CPUs and memory allow) or a number
+JOBS ?= auto
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -27,7 +29,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 
 ## Run notebooks 01-09 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
 figures: $(STAMP)
-	$(PY) -m featlib.tools.chain --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)')
+	$(PY) -m featlib.tools.chain --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)') --jobs $(JOBS)
 
 ## JupyterLab in the project's environment, opened on notebooks/ (LAB_ARGS passes options, e.g. LAB_ARGS=--no-browser).
 lab: $(STAMP)

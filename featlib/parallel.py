@@ -55,12 +55,17 @@ def available_memory() -> float:
     return free
 
 
-def worker_count(n_jobs: int, bytes_per_worker: float) -> int:
-    """How many single-threaded workers to run ``n_jobs`` jobs on (at least 1: then run them in-process)."""
+def usable_cpus() -> int:
+    """The CPUs this process may keep busy: torch's thread count, its affinity set, a container's quota."""
     cpus = min(torch.get_num_threads(), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                else os.cpu_count() or 1, cpu_quota())
+    return max(1, int(cpus))
+
+
+def worker_count(n_jobs: int, bytes_per_worker: float) -> int:
+    """How many single-threaded workers to run ``n_jobs`` jobs on (at least 1: then run them in-process)."""
     by_memory = available_memory() / bytes_per_worker
-    return max(1, int(min(n_jobs, cpus, by_memory)))
+    return max(1, int(min(n_jobs, usable_cpus(), by_memory)))
 
 
 def _single_threaded() -> None:

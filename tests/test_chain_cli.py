@@ -34,6 +34,7 @@ def test_set_values_are_read_as_yaml():
     (["--profile", "tiny", "--set", "layers.A=[1, 2"], "not valid YAML"),
     (["--profile", "nope"], "unknown profile 'nope'"),
     (["--profile", "tiny", "--set", "similarity.n_shuffles=5", "--in-place"], "--in-place runs the notebooks"),
+    (["--profile", "tiny", "--jobs", "0"], "--jobs '0' is not a positive number or auto"),
 ])
 def test_a_bad_profile_or_set_is_one_line_and_exit_2(capsys, argv, says):
     assert chain.main(argv) == 2
@@ -85,6 +86,61 @@ def test_run_injects_profile_and_overrides_and_writes_the_resolved_profile(tmp_p
     assert calls and calls[0][2] == {"profile": str(mine.resolve()), "overrides": {}}
     assert (tmp_path / "figures" / "mine" / "profile.yaml").exists()
     assert json.loads((tmp_path / "figures" / "mine" / "manifest.json").read_text())["seconds"].keys() == {"01_extract_activations"}
+
+
+def test_jobs_run_the_notebooks_after_03_at_once_and_01_to_03_alone(tmp_path, monkeypatch):
+    """With --jobs 2, 01-03 (what every later notebook reads) run one after the other, each alone; the later ones
+    two at a time, 09 only after 07 (whose universal SAE it reuses), the longest chain of the last run's times
+    first; the manifest lists every notebook in order."""
+    import json
+    import threading
+    import time
+
+    import papermill
+
+    running: set[str] = set()
+    spans: dict[str, tuple[float, float, frozenset[str]]] = {}
+    lock = threading.Lock()
+
+    def execute(src, dst, parameters, **kw):
+        name = src.rsplit("/", 1)[1][:2]
+        with lock:
+            running.add(name)
+            start = time.perf_counter()
+        time.sleep(1.0 if name == "07" else 0.2)  # 07 outlasts 04, 05, 06 and 08 together
+        with lock:
+            spans[name] = (start, time.perf_counter(), frozenset(running))
+            running.discard(name)
+        shutil.copy(src, dst)
+        return nbformat.read(dst, as_version=4)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    monkeypatch.setattr(plots, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(chain, "REPO", tmp_path)
+    names = [nb.name[:2] for nb in chain.notebooks()]
+    first, later = names[:3], names[3:]
+    assert first[-1] == chain.SHARED_STAGES and chain.NEEDS == {"09": ("07",)}
+    timings = chain.run("smoke", jobs=2)
+    assert [t[:2] for t in timings] == names
+    assert all(spans[n][2] == {n} for n in first)  # alone
+    assert max(spans[n][1] for n in first) <= min(spans[n][0] for n in later)
+    assert max(len(spans[n][2]) for n in later) == 2  # two at once, never more
+    assert spans["09"][0] >= spans["07"][1]
+    def first_two() -> set[str]:
+        return set(sorted(later, key=lambda n: spans[n][0])[:2])
+
+    assert first_two() == {"07", "04"}  # no times yet: the chain 07 -> 09 first, then in order
+    # a second run starts with the longest chain of the first's times (from the manifest)
+    cfg = config.build("smoke")
+    manifest = tmp_path / "figures" / cfg.label / "manifest.json"
+    seconds = json.loads(manifest.read_text())["seconds"]
+    assert list(seconds) == [nb.stem for nb in chain.notebooks()]
+    stems = {nb.name[:2]: nb.stem for nb in chain.notebooks()}
+    seconds[stems["05"]] = 99.0
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "seconds": seconds}))
+    spans.clear()
+    chain.run("smoke", jobs=2)
+    assert first_two() == {"05", "07"} and spans["09"][0] >= spans["07"][1]
 
 
 async def _signals_sent_at_shutdown(manager_class) -> list[int]:

@@ -16,6 +16,15 @@ updates the manifest (the times of the others are kept when the parameters are t
 ``--list`` prints the profiles. ``--in-place`` instead executes the source notebooks themselves with
 the defaults of their ``parameters`` cell (the ``tiny`` profile), which is how the committed,
 executed notebooks are made. A wrong profile or ``--set`` is one line on stderr and exit status 2.
+
+``--jobs N``: after 01-03 (activations, SAEs, matching: what every later notebook reads), which run one
+after the other, up to N notebooks run at once. 04-09 read cached artifacts and compute what they miss, so
+any order gives the same artifacts (the cache publishes each key once, under a lock); one that reuses what
+another trains waits for it (:data:`NEEDS`), and the longest chain of the last run's times goes first. The
+CPUs are shared out: with N at once each kernel gets 1/N of the threads (``OMP_NUM_THREADS`` and its kin; kernels that each spin a full set of OpenMP
+threads on the same cores run many times slower), so its numbers are those of a sequential run with that many
+threads. ``--jobs auto`` (``make figures``) runs two at once where torch may use at least two CPUs and the
+memory allows, else one.
 """
 
 from __future__ import annotations
@@ -23,23 +32,35 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
+import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import yaml
 from jupyter_client.manager import AsyncKernelManager
 
-from ..config import PARAMS_DIR, REPO, ConfigError, available_profiles, build, profile_path
+from ..config import PARAMS_DIR, REPO, Config, ConfigError, available_profiles, build, profile_path
 from ..plots import RESULTS, resolved_profile
 from ..step import write_json as write_json_atomic
 from .tidy import tidy
 
 NOTEBOOKS = REPO / "notebooks"
 # kernels on this machine talk through Unix sockets (IPC) instead of TCP on localhost, which ipykernel
-# warns about on every start ("running over TCP without encryption")
+# warns about on every start ("running over TCP without encryption"); each kernel gets its own socket
+# path prefix (:func:`kernel_config`), else kernels started at once pick the same sockets
 LOCAL_KERNEL = {"KernelManager": {"transport": "ipc"}}
+# notebooks up to this prefix make what every later one reads (activations, SAEs, matching): they run in order
+SHARED_STAGES = "03"
+# later notebooks that reuse an expensive artifact of another: 09's universal-SAE method steers through the
+# universal SAE that 07 trains (run at once, both would train it)
+NEEDS = {"09": ("07",)}
+# what one kernel of a later notebook holds besides the correlation's accumulator (``--jobs auto``)
+KERNEL_BYTES = 2**30
 
 
 class IdleShutdownKernelManager(AsyncKernelManager):
@@ -54,6 +75,13 @@ class IdleShutdownKernelManager(AsyncKernelManager):
     async def _async_interrupt_kernel(self) -> None:
         if not self.shutting_down:
             await super()._async_interrupt_kernel()
+
+
+def kernel_config(sockets: Path) -> Any:
+    """papermill's kernel settings: IPC sockets named ``<sockets>-<n>`` (a path no other kernel uses)."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {**LOCAL_KERNEL["KernelManager"], "ip": str(sockets)}})
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
@@ -105,12 +133,49 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def auto_jobs(cfg: Config) -> int:
+    """``--jobs auto``: notebooks at once after 03: at most 2, as the CPUs torch may use and the memory allow
+    (a kernel may hold the correlation's accumulator, ``matching.max_bytes``, and about a GiB besides)."""
+    from ..parallel import worker_count
+
+    return worker_count(2, cfg.matching["max_bytes"] + KERNEL_BYTES)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@contextmanager
+def threads_each(jobs: int) -> Iterator[None]:
+    """Kernels started inside get 1/``jobs`` of the usable CPUs as their thread count (at least one)."""
+    from ..parallel import usable_cpus
+
+    before = {v: os.environ.get(v) for v in THREAD_VARIABLES}
+    os.environ.update({v: str(max(1, usable_cpus() // jobs)) for v in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for v, value in before.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
+
+
+def parse_jobs(value: str, cfg: Config) -> int:
+    """``--jobs``: a positive number, or ``auto`` (:func:`auto_jobs`)."""
+    if value == "auto":
+        return auto_jobs(cfg)
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"--jobs {value!r} is not a positive number or auto. Fix: give e.g. --jobs 2 or --jobs auto.")
+    return int(value)
+
+
 def run(profile: str, only: list[str] | None = None, in_place: bool = False,
-        overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    """Execute the chain on a profile name or a profile YAML file (plus overrides); returns seconds per notebook."""
+        overrides: dict[str, Any] | None = None, jobs: int = 1) -> dict[str, float]:
+    """Execute the chain on a profile name or a profile YAML file (plus overrides); returns seconds per
+    notebook. ``jobs``: how many of the notebooks after 03 run at once (see the module doc)."""
     import nbformat
     import papermill
-    from traitlets.config import Config
 
     overrides = dict(overrides or {})
     cfg = build(profile, overrides)  # validate before spending any time
@@ -129,25 +194,37 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
     out_dir = REPO / "build" / label
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = resolved_profile(cfg)
-    timings: dict[str, float] = {}
-    for nb in chosen:
+
+    def execute(nb: Path) -> float:
         t0 = time.time()
         print(f"[{label}] {nb.name}", flush=True)
         out = nb if in_place else out_dir / nb.name
         executed = papermill.execute_notebook(
             str(nb), str(out), parameters=None if in_place else params,
             cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=False,
-            config=Config(LOCAL_KERNEL), kernel_manager_class=IdleShutdownKernelManager,
+            config=kernel_config(Path(sockets) / nb.name[:2]), kernel_manager_class=IdleShutdownKernelManager,
         )
         tidied = out.with_name(out.name + ".tmp")  # progress bars and machine paths dropped (featlib.tools.tidy)
         nbformat.write(tidy(executed), tidied)
         tidied.replace(out)
-        timings[nb.stem] = round(time.time() - t0, 1)
-        print(f"[{label}] {nb.name} done in {timings[nb.stem]:.0f} s", flush=True)
-    if only and (fig_dir / "manifest.json").is_file():  # keep the times of the notebooks not re-run now
-        before = json.loads((fig_dir / "manifest.json").read_text())
-        if before.get("params_hash") == cfg.params_hash:
-            timings = {**before.get("seconds", {}), **timings}
+        seconds = round(time.time() - t0, 1)
+        print(f"[{label}] {nb.name} done in {seconds:.0f} s", flush=True)
+        return seconds
+
+    timings: dict[str, float] = {}
+    later = [nb for nb in chosen if nb.name[:2] > SHARED_STAGES]
+    with tempfile.TemporaryDirectory(prefix="featuniv-kernels-") as sockets:
+        for nb in chosen:
+            if nb not in later:
+                timings[nb.stem] = execute(nb)
+        if jobs > 1 and len(later) > 1:
+            with threads_each(jobs):
+                timings.update(run_at_once(later, jobs, execute, _manifest_seconds(fig_dir, cfg.params_hash)))
+        else:
+            timings.update((nb.stem, execute(nb)) for nb in later)
+    if only:  # keep the times of the notebooks not re-run now
+        timings = {**_manifest_seconds(fig_dir, cfg.params_hash), **timings}
+    timings = {nb.stem: timings[nb.stem] for nb in notebooks() if nb.stem in timings}
     figures = sorted(fig_dir.glob("*.png"))
     manifest = {
         "label": label, "profile": cfg.profile, "overrides": overrides, "params_hash": cfg.params_hash,
@@ -165,6 +242,43 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
     return {nb.stem: timings[nb.stem] for nb in chosen}
 
 
+def run_at_once(nbs: list[Path], jobs: int, execute: Callable[[Path], float],
+                before: dict[str, float]) -> dict[str, float]:
+    """``execute`` each notebook, ``jobs`` at a time, each after the ones it :data:`NEEDS` (those among ``nbs``);
+    first the one heading the longest chain of ``before``'s seconds (one second where it has none)."""
+    names = {nb.name[:2] for nb in nbs}
+
+    def needs(nb: Path) -> set[str]:
+        return set(NEEDS.get(nb.name[:2], ())) & names
+
+    def chain_seconds(nb: Path) -> float:
+        after = [m for m in nbs if nb.name[:2] in needs(m)]
+        return before.get(nb.stem, 1.0) + max((chain_seconds(m) for m in after), default=0.0)
+
+    pending = sorted(nbs, key=chain_seconds, reverse=True)
+    done: set[str] = set()
+    running: dict[Future[float], Path] = {}
+    seconds: dict[str, float] = {}
+    with ThreadPoolExecutor(jobs) as ex:
+        while pending or running:
+            for nb in [nb for nb in pending if needs(nb) <= done][: jobs - len(running)]:
+                pending.remove(nb)
+                running[ex.submit(execute, nb)] = nb
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                nb = running.pop(f)
+                seconds[nb.stem] = f.result()  # a failed notebook raises here; the running ones finish first
+                done.add(nb.name[:2])
+    return seconds
+
+
+def _manifest_seconds(fig_dir: Path, params_hash: str) -> dict[str, float]:
+    """Seconds per notebook of the last run with these parameters (its manifest), or nothing."""
+    path = fig_dir / "manifest.json"
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    return before.get("seconds", {}) if before.get("params_hash") == params_hash else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m featlib.tools.chain", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="override one value, e.g. similarity.n_shuffles=100 (VALUE is YAML; repeatable)")
     ap.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 03 04")
     ap.add_argument("--in-place", action="store_true", help="execute the source notebooks with their defaults")
+    ap.add_argument("--jobs", default="1", help="notebooks run at once after 03: a number or auto (default 1)")
     ap.add_argument("--list", action="store_true", help="list the profiles in params/ and exit")
     args = ap.parse_args(argv)
     if args.list:
@@ -182,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         overrides = parse_sets(args.sets)
-        label = build(args.profile, overrides).label
-        run(args.profile, args.only, args.in_place, overrides)
+        cfg = build(args.profile, overrides)
+        label, jobs = cfg.label, parse_jobs(args.jobs, cfg)
+        run(args.profile, args.only, args.in_place, overrides, jobs)
     except ConfigError as e:
         print(f"featuniv: {e}", file=sys.stderr)
         return 2
