@@ -116,6 +116,7 @@ def test_jobs_run_the_notebooks_after_03_at_once_and_01_to_03_alone(tmp_path, mo
 
     monkeypatch.setattr(papermill, "execute_notebook", execute)
     monkeypatch.setattr(plots, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(chain, "RESULTS", tmp_path / "results")  # not the smoke chain's real tables
     monkeypatch.setattr(chain, "REPO", tmp_path)
     names = [nb.name[:2] for nb in chain.notebooks()]
     first, later = names[:3], names[3:]
