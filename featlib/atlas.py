@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .plots import format_p
+
 
 @dataclass
 class Atlas:
@@ -132,7 +134,7 @@ def write_html(atlas: Atlas, path: Path) -> Path:
     stats = atlas.stats.get("neighbourhood", {})
     title = f"Feature atlas: {a}{la} vs {b}{lb} ({atlas.matching} matching, {len(atlas.pairs)} pairs)"
     subtitle = (f"neighbourhood preservation (k = {stats['k']}) {stats['score']:.3f} vs random pairs "
-                f"{stats['null_mean']:.3f} ± {stats['null_std']:.3f}, p = {stats['p']:.3g}") if stats else ""
+                f"{stats['null_mean']:.3f} ± {stats['null_std']:.3f}, {format_p(stats['p'])}") if stats else ""
     html = PAGE.replace("__TITLE__", title).replace("__SUBTITLE__", subtitle).replace("__PLOTLY__", js).replace("__DATA__", data)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

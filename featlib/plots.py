@@ -83,10 +83,45 @@ def save_table(table: "pd.DataFrame", cfg: "Config", notebook: str, name: str) -
     return path
 
 
+def display_options() -> None:
+    """pandas' display in the notebooks: wide tables, numbers as :func:`format_number` writes them."""
+    import pandas as pd
+
+    pd.set_option("display.width", 200, "display.max_colwidth", 80, "display.float_format", format_number)
+
+
+def format_number(v: float) -> str:
+    """A number in a table as text: three significant digits (0.00223, 2.14), whole numbers and those of
+    100 or more without decimals and with thousands separators (2,048), scientific notation only below
+    10⁻⁴, and "—" where it is not scorable (NaN)."""
+    if not np.isfinite(v):
+        return "—"
+    if abs(v) >= 100 or float(v).is_integer():
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if abs(v) >= 1e-4 else f"{v:.2e}"
+
+
+def format_p(p: float) -> str:
+    """A permutation p-value as text: ``p < 0.001`` below a thousandth (the +1-corrected minimum of 1,000
+    re-pairings is 1/1,001), else two significant digits."""
+    return "p < 0.001" if p < 1e-3 else f"p = {p:.2g}"
+
+
+def value_range(*arrays: np.ndarray) -> tuple[float | None, float | None]:
+    """(min, max) over the finite entries of ``arrays``, for a shared colour scale; (None, None) if none."""
+    finite = np.concatenate([np.asarray(a, float).ravel() for a in arrays])
+    finite = finite[np.isfinite(finite)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+
+
 def heatmap(ax: Any, values: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], title: str, fmt: str = "{:.2f}",
             vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis") -> Any:
-    """Annotated heatmap of ``values`` (len(rows), len(cols)); NaN cells are left blank."""
+    """Annotated heatmap of ``values`` (len(rows), len(cols)); NaN cells are left blank, and a panel without
+    a finite cell says so (a metric not scorable anywhere, e.g. SVCCA with k > n/2 in every cell)."""
     im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", origin="lower")
+    if not np.isfinite(values).any():
+        ax.text(0.5, 0.5, "not scorable in any cell", transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                color="0.4")
     ax.set_xticks(range(len(cols)), [str(c) for c in cols])
     ax.set_yticks(range(len(rows)), [str(r) for r in rows])
     ax.set_title(title, fontsize=10)
@@ -104,7 +139,7 @@ def heatmap(ax: Any, values: np.ndarray, rows: Sequence[Any], cols: Sequence[Any
 def null_histogram(ax: Any, null: np.ndarray, observed: float, title: str, p: float) -> None:
     """Histogram of a null distribution with the observed score as a vertical line."""
     ax.hist(null, bins=40, color="0.7", label=f"random re-pairings (n={len(null)})")
-    ax.axvline(observed, color="C3", lw=2, label=f"paired: {observed:.3f} (p = {p:.3g})")
+    ax.axvline(observed, color="C3", lw=2, label=f"paired: {observed:.3f} ({format_p(p)})")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
 

@@ -160,3 +160,16 @@ def test_selected_linear_gives_the_dense_encoders_gradients():
     with pytest.raises(NotImplementedError, match="detached"):
         xg = x.clone().requires_grad_()
         universal.selected_linear(xg, W, b, torch.zeros(n, 1, dtype=torch.long), xg.detach() @ W).sum().backward()
+
+
+def test_firing_findings_are_written_from_the_numbers():
+    from featlib import study as fs
+
+    firing = {"concepts that fire": 2048, "of them with entropy > 0.9": 0.427, "with entropy < 0.1": 0.072,
+              "that co-fire at least once": 458, "median co-fire proportion": 0.031,
+              "r(log co-fires, log energy)": 0.956, "r, top quarter by co-fires": 0.856}
+    text = fs.firing_findings(firing)
+    assert text.startswith("**What we find.** 2048 universal concepts fire; 43% of them")
+    assert "7% in one model only" in text and "on 3.1% of the tokens" in text and "458 concepts co-fire" in text
+    assert "r = 0.96 (0.86 over the top quarter" in text
+    assert "correlate" not in fs.firing_findings(firing | {"r(log co-fires, log energy)": float("nan")})

@@ -10,7 +10,7 @@
 ``geometry``    (04–05) SVCCA, held-out CCA, RSA, CKA, debiased CKA, mutual k-NN, Procrustes vs
                         re-pairing nulls; the layer grid; the ceilings and floors at every layer
 ``scale``       (03–06) every cross score between its random-model floor and seed ceiling
-``findings``    (03–06) the "What we find" paragraphs, written from the numbers
+``findings``    (03–07, 09) the "What we find" paragraphs, written from the numbers
 ``groups``      (06)    concept groups (semantic subspaces) vs re-pairing and random-set nulls
 ``usae``        (07)    the universal SAE and what it shares
 ``atlas_view``  (08)    the feature atlas of a comparison
@@ -22,7 +22,8 @@ from .atlas_view import atlas_comparison, atlas_page, feature_atlas, pool_correl
 from .codes import FeatureTokens, feature_tokens, sae_codes, top_token_strings
 from .core import COMPARISON_KINDS, Comparison, Side, Study, open_study
 from .extraction import extraction_table, residual_norms, same_units, unit_sample
-from .findings import grid_findings, group_findings, matching_findings, scale_findings, transfer_findings
+from .findings import (firing_findings, grid_findings, group_findings, matching_findings, scale_findings,
+                       transfer_findings)
 from .geometry import (METRIC_NAMES, METRICS, Geometry, Score, compare_pairs, geometry_table, grid_matrix, layer_grid,
                        reference_grid)
 from .groups import subspace_scores
@@ -36,7 +37,7 @@ from .usae import USAEResults, counterpart_table, firing_summary, pick_concept, 
 __all__ = [
     "COMPARISON_KINDS", "Cell", "Comparison", "FeatureTokens", "Geometry", "METRICS", "METRIC_NAMES", "Match", "Score", "Side",
     "Study", "USAEResults", "atlas_comparison", "atlas_page", "calibrate", "calibrated_grid", "calibration_table",
-    "compare_pairs", "counterpart_table", "dose_table", "extraction_table", "feature_atlas", "feature_tokens", "firing_summary",
+    "compare_pairs", "counterpart_table", "dose_table", "extraction_table", "feature_atlas", "feature_tokens", "firing_findings", "firing_summary",
     "funnel_table", "geometry_table", "grid_findings", "grid_matrix", "group_findings", "layer_grid", "layer_table", "match",
     "matching_findings", "open_study", "pair_table", "pick_concept", "pool_correlations", "reference_grid",
     "residual_norms", "sae_codes", "sae_metrics", "sae_table", "same_units", "scale_findings", "subspace_scores",

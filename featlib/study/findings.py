@@ -1,4 +1,4 @@
-"""The "What we find" paragraphs that end notebooks 03–06, written from the computed numbers (markdown)."""
+"""The "What we find" paragraphs of notebooks 03–07 and 09, written from the computed numbers (markdown)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..calibration import ABOVE
+from ..plots import format_p
 from ..similarity import METRIC_NAMES
 from .pairs import Match
 
@@ -95,12 +96,28 @@ def group_findings(groups: "pd.DataFrame", metric: str = "rsa") -> str:
         fl, ce = floors.get(r.group, np.nan), ceilings.get(r.group, np.nan)
         ok = r[f"{metric} p (re-pair)"] < 0.05 and np.isfinite(fl) and r[metric] > fl
         above += [r.group] if ok else []
-        lines.append(f"- {r.group} ({r.pairs} pairs): cross {r[metric]:.3f} (p {r[f'{metric} p (re-pair)']:.3g}), "
+        lines.append(f"- {r.group} ({r.pairs} pairs): cross {r[metric]:.3f} ({format_p(r[f'{metric} p (re-pair)'])}), "
                      f"best floor {fl:.3f}, mean ceiling {ce:.3f}" + (" — above the floor" if ok else ""))
     name = METRIC_NAMES[metric]
     return (HEAD + f"{len(above)} of {len(cross)} concept groups with a scorable {METRIC_NAMES[metric]} have a cross-model {name} above its "
             f"re-pairing null (p < 0.05) and above the random-model floors' {name} of the same group"
             + (f": {', '.join(above)}" if above else "") + ".\n\n" + "\n".join(lines))
+
+
+def firing_findings(firing: dict[str, float]) -> str:
+    """What notebook 07's firing statistics (:func:`featlib.study.firing_summary`) say, in words: firing in
+    every model about equally often is not firing on the same tokens."""
+    n = int(firing["concepts that fire"])
+    text = (HEAD + f"{n} universal concepts fire; {firing['of them with entropy > 0.9']:.0%} of them fire about equally "
+            f"often in every model (firing entropy > 0.9) and {firing['with entropy < 0.1']:.0%} in one model only "
+            f"(< 0.1). Equally often is not on the same tokens: the median concept fires in every model at once on "
+            f"{firing['median co-fire proportion']:.1%} of the tokens where it fires at all (its co-fire proportion), "
+            f"and {int(firing['that co-fire at least once'])} concepts co-fire at least once.")
+    if np.isfinite(firing["r(log co-fires, log energy)"]):
+        text += (f" Among those, the concepts that co-fire more carry more of the reconstruction: log co-fires and "
+                 f"log energy correlate with r = {firing['r(log co-fires, log energy)']:.2f} "
+                 f"({firing['r, top quarter by co-fires']:.2f} over the top quarter by co-fires).")
+    return text
 
 
 def transfer_findings(table: "pd.DataFrame", by_r: "pd.DataFrame", chance: float) -> str:
