@@ -51,7 +51,7 @@ def test_decoder_bias_starts_at_the_data_mean():
     x = sparse_data() + offset
     frozen = saes.train_sae(x, dict(PARAMS, lr=1e-12, epochs=1, b_dec_init="mean"), seed=0)
     np.testing.assert_allclose(frozen.b_dec.detach().numpy(), x[: 64 * 256].mean(0), rtol=1e-4, atol=1e-3)
-    assert float(saes.train_sae(x, dict(PARAMS, lr=1e-12, epochs=1), seed=0).b_dec.abs().max()) < 1e-6
+    assert float(saes.train_sae(x, dict(PARAMS, lr=1e-12, epochs=1), seed=0).b_dec.detach().abs().max()) < 1e-6
     test = torch.from_numpy(sparse_data(n=5120)[4096:] + offset)
     short = dict(PARAMS, epochs=2)
     ev_mean = explained_variance(saes.train_sae(x, dict(short, b_dec_init="mean"), seed=0), test)
