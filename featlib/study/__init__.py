@@ -18,12 +18,12 @@
 ======================  ===========================================================================
 """
 
-from .atlas_view import atlas_comparison, atlas_page, feature_atlas, pool_correlations
+from .atlas_view import atlas_comparison, atlas_page, feature_atlas, group_colors, pool_correlations
 from .codes import FeatureTokens, feature_tokens, sae_codes, top_token_strings
 from .core import COMPARISON_KINDS, Comparison, Side, Study, open_study
 from .extraction import extraction_table, residual_norms, same_units, unit_sample
-from .findings import (firing_findings, grid_findings, group_findings, matching_findings, scale_findings,
-                       transfer_findings)
+from .findings import (atlas_findings, extraction_findings, firing_findings, grid_findings, group_findings, matching_findings,
+                       sae_findings, scale_findings, transfer_findings)
 from .geometry import (METRIC_NAMES, METRICS, Geometry, Score, compare_pairs, geometry_table, grid_matrix, layer_grid,
                        reference_grid)
 from .groups import subspace_scores
@@ -36,10 +36,10 @@ from .usae import USAEResults, counterpart_table, firing_summary, pick_concept, 
 
 __all__ = [
     "COMPARISON_KINDS", "Cell", "Comparison", "FeatureTokens", "Geometry", "METRICS", "METRIC_NAMES", "Match", "Score", "Side",
-    "Study", "USAEResults", "atlas_comparison", "atlas_page", "calibrate", "calibrated_grid", "calibration_table",
-    "compare_pairs", "counterpart_table", "dose_table", "extraction_table", "feature_atlas", "feature_tokens", "firing_findings", "firing_summary",
-    "funnel_table", "geometry_table", "grid_findings", "grid_matrix", "group_findings", "layer_grid", "layer_table", "match",
+    "Study", "USAEResults", "atlas_comparison", "atlas_findings", "atlas_page", "calibrate", "calibrated_grid", "calibration_table",
+    "compare_pairs", "counterpart_table", "dose_table", "extraction_findings", "extraction_table", "feature_atlas", "feature_tokens", "firing_findings", "firing_summary",
+    "funnel_table", "geometry_table", "grid_findings", "grid_matrix", "group_colors", "group_findings", "layer_grid", "layer_table", "match",
     "matching_findings", "open_study", "pair_table", "pick_concept", "pool_correlations", "reference_grid",
-    "residual_norms", "sae_codes", "sae_metrics", "sae_table", "same_units", "scale_findings", "subspace_scores",
+    "residual_norms", "sae_codes", "sae_findings", "sae_metrics", "sae_table", "same_units", "scale_findings", "subspace_scores",
     "success_by_r", "success_table", "top_token_strings", "transfer_cells", "transfer_findings", "transfer_gallery", "unit_sample", "universal_metrics", "universal_sae",
 ]

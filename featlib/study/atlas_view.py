@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import atlas as atl
-from .. import matching, sparse_rows, step
+from .. import matching, plots, sparse_rows, step
 from ..config import REPO
 from ..correlation import correlate
 from ..subspaces import group_features, resolve_groups
@@ -100,8 +100,14 @@ def feature_atlas(study: Study, comparison: Comparison | None = None) -> atl.Atl
                      matching=p["matching"], stats=stats)
 
 
+def group_colors(study: Study) -> dict[str, str]:
+    """Concept group -> colour for every figure and the atlas page (:func:`featlib.plots.group_colors` over
+    the profile's ``subspaces.groups``, in their order)."""
+    return plots.group_colors(list(resolve_groups(study.cfg.subspaces["groups"])))
+
+
 def atlas_page(study: Study, at: atl.Atlas) -> Path:
     """Write the atlas page to ``build/atlas/<label>/atlas_<A><la>_<B><lb>_<matching>.html``; returns its path."""
     (a, b), (la, lb) = at.ids, at.layers
     name = f"atlas_{a}{la}_{b}{lb}_{at.matching}".replace(" ", "").replace("(", "_").replace(")", "")
-    return atl.write_html(at, REPO / "build" / "atlas" / study.cfg.label / f"{name}.html")
+    return atl.write_html(at, REPO / "build" / "atlas" / study.cfg.label / f"{name}.html", group_colors(study))

@@ -21,7 +21,7 @@ import numpy as np
 from .. import step
 from ..activations import Activations, ensure_activations
 from ..config import Config
-from ..models import LoadedModel, load_model, random_init
+from ..models import LoadedModel, display_name, load_model, random_init
 from ..saes import LossBaselines, SaeTraining, check_width, load_pretrained, load_trained, published_identity, train_all
 
 COMPARISON_KINDS = {
@@ -243,6 +243,10 @@ class Study:
     def relative_depth(self, model_id: str, layer: int) -> float:
         """(layer + 1) / n_layers: the fraction of the model's blocks that have run at our layer ``layer``."""
         return (layer + 1) / self.models[model_id].n_layers
+
+    def model_names(self) -> dict[str, str]:
+        """Model id -> the name figures show (:func:`featlib.models.display_name`), e.g. ``{"A": "SmolLM2-135M-Instruct"}``."""
+        return {mid: display_name(spec) for mid, spec in self.cfg.models.items()}
 
     def layer_labels(self, model_id: str) -> list[str]:
         """Tick labels "L (relative depth)" of a model's profile layers, for comparing models of other depths."""

@@ -1,4 +1,4 @@
-"""The "What we find" paragraphs of notebooks 03–07 and 09, written from the computed numbers (markdown)."""
+"""The "What we find" paragraphs of the notebooks, written from the computed numbers (markdown)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,58 @@ HEAD = "**What we find.** "
 
 def _share(lo: float, x: float, hi: float) -> str:
     return f"{(x - lo) / (hi - lo):.0%} of the way from the floor to the ceiling" if hi > lo else "the ceiling is not above the floor"
+
+
+def extraction_findings(extraction: "pd.DataFrame", norms: "pd.DataFrame", names: dict[str, str]) -> str:
+    """Notebook 01: the units both models read and how each model's residual-stream norm grows with depth.
+    ``extraction``: :func:`featlib.study.extraction_table`; ``norms``: :func:`featlib.study.residual_norms`."""
+    lines, last = [], {}
+    for mid, rows in norms.groupby("model"):
+        first, end = rows.iloc[0], rows.iloc[-1]
+        last[mid] = float(end["mean norm"])
+        lines.append(f"{names[mid]} ({mid}) from {first['mean norm']:,.3g} at relative depth {first.depth:.2f} to "
+                     f"{end['mean norm']:,.3g} at {end.depth:.2f} ({end['mean norm'] / first['mean norm']:.1f}-fold)")
+    units = int(extraction["eval units"].min())
+    ratio = max(last.values()) / min(last.values())
+    return (HEAD + f"every model stores the same {units:,} eval units. The mean residual-stream norm grows with depth: "
+            + "; ".join(lines) + f". At the last extracted layers one model's norm is {ratio:,.1f} times the other's, so "
+            "raw activations are not comparable across models: features are matched by correlation (03), which "
+            "ignores scale, and their geometry is compared with scale-free metrics (04).")
+
+
+def sae_findings(table: "pd.DataFrame", min_explained_variance: float) -> str:
+    """Notebook 02: the quality of the profile's SAEs on held-out tokens, then of the ceilings' and floors'
+    SAEs. ``table``: :func:`featlib.study.sae_table`."""
+    prof = table[table.sae == "profile"]
+    worst = prof.loc[prof.explained_variance.idxmin()]
+
+    def span(col: str, pct: bool = True) -> str:
+        lo, hi = prof[col].min(), prof[col].max()
+        return f"{lo:.0%}–{hi:.0%}" if pct else f"{lo:,.3g}–{hi:,.3g}"
+
+    text = (HEAD + f"the profile's {len(prof)} SAEs explain {span('explained_variance')} of the activations' variance "
+            f"on held-out tokens (required: {min_explained_variance:.0%}; lowest: model {worst.model} layer {worst.layer}), "
+            f"recover {span('ce_recovered')} of the next-token loss that zero-ablating their layer costs, fire "
+            f"{span('l0', pct=False)} latents per token, and leave {span('dead_fraction')} of their latents dead.")
+    for kind, rows in table[table.sae != "profile"].groupby("sae", sort=False):
+        what = "of the randomly initialised models (floors)" if kind == "random init" else f"trained with {kind} (ceilings)"
+        text += (f" The {len(rows)} SAEs {what} explain {rows.explained_variance.min():.0%}–"
+                 f"{rows.explained_variance.max():.0%}.")
+    return text
+
+
+def atlas_findings(stats: dict[str, float], n_grouped: int, n_points: int) -> str:
+    """Notebook 08: neighbourhood preservation of the paired features against random re-pairings.
+    ``stats``: the atlas's ``stats["neighbourhood"]`` (:func:`featlib.atlas.neighbourhood_preservation`)."""
+    if stats["p"] >= 0.05:
+        verdict = "no more than random re-pairings keep: the two maps share no local geometry we can detect"
+    else:
+        verdict = (f"{stats['score'] / stats['null_mean']:.1f} times what random re-pairings keep: the maps share "
+                   + ("part of their local geometry, far from all of it" if stats["score"] < 0.5 else "most of their local geometry"))
+    return (HEAD + f"of each paired feature's {stats['k']} nearest paired neighbours in one model, {stats['score']:.1%} "
+            f"have their partners among its partner's {stats['k']} nearest in the other ({stats['n']} pairs), against "
+            f"{stats['null_mean']:.1%} ± {stats['null_std']:.1%} for random re-pairings ({format_p(stats['p'])}; chance "
+            f"k / (n − 1) = {stats['chance']:.1%}): {verdict}. {n_grouped} of the {n_points} points belong to a concept group.")
 
 
 def matching_findings(matches: list[Match]) -> str:

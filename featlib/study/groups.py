@@ -48,8 +48,9 @@ def subspace_scores(study: Study, m: Match) -> "pd.DataFrame":
         row["scorable"] = scored
         for metric in GROUP_METRICS:
             sc = s.get(metric, {})
-            num = {k: np.nan if sc.get(k) is None else sc[k] for k in ("score", "null_mean", "p", "random_set_mean", "random_set_p")}
-            row |= {metric: num["score"], f"{metric} null (re-pair)": num["null_mean"], f"{metric} p (re-pair)": num["p"],
+            num = {k: np.nan if sc.get(k) is None else sc[k] for k in ("score", "null_mean", "null_std", "p", "random_set_mean", "random_set_p")}
+            row |= {metric: num["score"], f"{metric} null (re-pair)": num["null_mean"],
+                    f"{metric} null sd (re-pair)": num["null_std"], f"{metric} p (re-pair)": num["p"],
                     f"{metric} null (random set)": num["random_set_mean"], f"{metric} p (random set)": num["random_set_p"],
                     f"{metric} not scorable": sc.get("reason", "")}
         rows.append(row)
