@@ -14,7 +14,7 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
 
-.PHONY: venv figures lab site atlas models notebooks bench pythia-standin test test-pytest test-unit test-chain test-nbval clean
+.PHONY: venv figures executed lab site atlas models notebooks bench pythia-standin test test-pytest test-unit test-chain test-nbval clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 ## Run notebooks 01-09 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
 figures: $(STAMP)
 	$(PY) -m featlib.tools.chain --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)') --jobs $(JOBS)
+
+## Keep PROFILE's executed notebooks (build/PROFILE/, from make figures) in notebooks/PROFILE/, to commit them
+## (the smollm-gemma run is committed so that its results can be read without a 50-minute run).
+executed:
+	test "$(PROFILE)" != tiny || { echo "PROFILE=tiny: its executed notebooks are notebooks/*.ipynb (make notebooks)"; exit 2; }
+	test -f build/$(PROFILE)/09_transfer.ipynb || { echo "build/$(PROFILE)/ lacks executed notebooks: run make figures PROFILE=$(PROFILE) first"; exit 2; }
+	rm -rf notebooks/$(PROFILE) && mkdir -p notebooks/$(PROFILE)
+	cp build/$(PROFILE)/[0-9][0-9]_*.ipynb notebooks/$(PROFILE)/
 
 ## JupyterLab in the project's environment, opened on notebooks/ (LAB_ARGS passes options, e.g. LAB_ARGS=--no-browser).
 lab: $(STAMP)
@@ -105,7 +113,7 @@ test-chain: $(STAMP)
 ## The committed, executed notebooks re-run and compared with their stored outputs.
 test-nbval: $(STAMP)
 	rm -rf $(NB_CACHE)
-	$(OFFLINE) $(PINNED_CPU) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env --nbval-cell-timeout=7200 -p tests.nbval_plugin -q -p no:cacheprovider --durations=10
+	$(OFFLINE) $(PINNED_CPU) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m pytest --nbval notebooks/[0-9][0-9]_*.ipynb --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env --nbval-cell-timeout=7200 -p tests.nbval_plugin -q -p no:cacheprovider --durations=10
 
 clean:
 	rm -rf build cache

@@ -50,3 +50,18 @@ def test_a_site_replaces_the_previous_one_and_never_a_folder_of_other_files(tmp_
         site.build_site(other, ["tiny"])
     with pytest.raises(SystemExit, match="no executed notebooks for nope"):
         site.build_site(out, ["nope"])
+
+
+def test_sources_are_tiny_the_committed_runs_and_local_builds(tmp_path, monkeypatch):
+    monkeypatch.setattr(site, "NOTEBOOKS", tmp_path / "notebooks")
+    monkeypatch.setattr(site, "REPO", tmp_path)
+    for folder in ("notebooks/smollm-gemma", "notebooks/.ipynb_checkpoints", "build/smoke", "build/atlas", "build/tiny"):
+        (tmp_path / folder).mkdir(parents=True)
+    for nb in ("notebooks/smollm-gemma/01_x.ipynb", "notebooks/.ipynb_checkpoints/01_x-checkpoint.ipynb", "build/smoke/01_x.ipynb",
+               "build/tiny/01_x.ipynb"):
+        (tmp_path / nb).write_text("{}")
+    assert site.sources() == {"tiny": tmp_path / "notebooks", "smollm-gemma": tmp_path / "notebooks/smollm-gemma",
+                              "smoke": tmp_path / "build/smoke"}
+    (tmp_path / "build/smollm-gemma").mkdir()
+    (tmp_path / "build/smollm-gemma/01_x.ipynb").write_text("{}")
+    assert site.sources()["smollm-gemma"] == tmp_path / "build/smollm-gemma", "a local run replaces the committed one"

@@ -2,8 +2,9 @@
 
 ``python -m featlib.tools.site [--label tiny ...] [--out build/site]`` renders, for each label, its
 executed notebooks to HTML with nbconvert (JupyterLab's template; figures are inlined in the outputs):
-``tiny`` from the committed ``notebooks/``, any other label from ``build/<label>/`` (what
-``make figures PROFILE=...`` leaves there). Notebook 08 shows its atlas page in an IFrame that points into
+``tiny`` from the committed ``notebooks/``, other labels from their committed runs in
+``notebooks/<label>/`` (``smollm-gemma``) or from ``build/<label>/`` (what ``make figures PROFILE=...``
+leaves there). Notebook 08 shows its atlas page in an IFrame that points into
 ``build/atlas/<label>/``: the page is copied beside the notebook (``<label>/atlas/``) and the IFrame
 pointed at the copy, so the site works from disk; a page that is not on this machine is replaced by a
 note naming ``make atlas``. ``index.html`` lists every label's notebooks with their titles and what
@@ -49,12 +50,14 @@ class Page:
 
 
 def sources() -> dict[str, Path]:
-    """Label -> folder of executed notebooks: ``tiny`` (the committed notebooks) and every ``build/<label>/``
-    that holds executed numbered notebooks."""
+    """Label -> folder of executed notebooks: ``tiny`` (the committed ``notebooks/``), the committed runs of
+    other profiles (``notebooks/<label>/``, e.g. ``smollm-gemma``), and every ``build/<label>/`` that holds
+    executed numbered notebooks (a local ``make figures`` run; it replaces the committed run of its label)."""
     found = {"tiny": NOTEBOOKS}
-    for folder in sorted((REPO / "build").glob("*/")):
-        if folder.name != "tiny" and any(folder.glob("[0-9][0-9]_*.ipynb")):
-            found[folder.name] = folder
+    for root in (NOTEBOOKS, REPO / "build"):
+        for folder in sorted(root.glob("*/")):
+            if folder.name != "tiny" and not folder.name.startswith(".") and any(folder.glob("[0-9][0-9]_*.ipynb")):
+                found[folder.name] = folder
     return found
 
 
