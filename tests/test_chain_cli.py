@@ -86,6 +86,11 @@ def test_run_injects_profile_and_overrides_and_writes_the_resolved_profile(tmp_p
     assert calls and calls[0][2] == {"profile": str(mine.resolve()), "overrides": {}}
     assert (tmp_path / "figures" / "mine" / "profile.yaml").exists()
     assert json.loads((tmp_path / "figures" / "mine" / "manifest.json").read_text())["seconds"].keys() == {"01_extract_activations"}
+    # re-running one notebook keeps the others' times apart, as an earlier run's
+    chain.run("smoke", only=["02"], overrides={"similarity.n_shuffles": 10})
+    again = json.loads((folder / "manifest.json").read_text())
+    assert list(again["seconds"]) == ["02_saes"]
+    assert list(again["seconds in earlier runs"]) == [s for s in manifest["seconds"] if s != "02_saes"]
 
 
 def test_jobs_run_the_notebooks_after_03_at_once_and_01_to_03_alone(tmp_path, monkeypatch):

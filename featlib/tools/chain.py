@@ -222,13 +222,15 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
                 timings.update(run_at_once(later, jobs, execute, _manifest_seconds(fig_dir, cfg.params_hash)))
         else:
             timings.update((nb.stem, execute(nb)) for nb in later)
-    if only:  # keep the times of the notebooks not re-run now
-        timings = {**_manifest_seconds(fig_dir, cfg.params_hash), **timings}
-    timings = {nb.stem: timings[nb.stem] for nb in notebooks() if nb.stem in timings}
+    order = [nb.stem for nb in notebooks()]
+    # the times of the notebooks not re-run now are kept apart: they come from an earlier run (same parameters)
+    earlier = {k: v for k, v in _manifest_seconds(fig_dir, cfg.params_hash).items() if k not in timings} if only else {}
+    timings = {k: timings[k] for k in order if k in timings}
     figures = sorted(fig_dir.glob("*.png"))
     manifest = {
         "label": label, "profile": cfg.profile, "overrides": overrides, "params_hash": cfg.params_hash,
         "source": cfg.source, "resolved": cfg.as_dict(), "seconds": timings,
+        "seconds in earlier runs": {k: earlier[k] for k in order if k in earlier},
         "figures": [
             {"figure": str(p.relative_to(REPO)), "pdf": str(p.with_suffix(".pdf").relative_to(REPO)),
              "notebook": f"notebooks/{p.name.split('__')[0]}.ipynb", "profile": cfg.profile, "label": label,
@@ -273,10 +275,13 @@ def run_at_once(nbs: list[Path], jobs: int, execute: Callable[[Path], float],
 
 
 def _manifest_seconds(fig_dir: Path, params_hash: str) -> dict[str, float]:
-    """Seconds per notebook of the last run with these parameters (its manifest), or nothing."""
+    """Seconds per notebook in the manifest of the last runs with these parameters (its own notebooks' and
+    those it kept from earlier runs), or nothing."""
     path = fig_dir / "manifest.json"
     before = json.loads(path.read_text()) if path.is_file() else {}
-    return before.get("seconds", {}) if before.get("params_hash") == params_hash else {}
+    if before.get("params_hash") != params_hash:
+        return {}
+    return {**before.get("seconds in earlier runs", {}), **before.get("seconds", {})}
 
 
 def main(argv: list[str] | None = None) -> int:
