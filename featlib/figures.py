@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from . import plots
-from .plots import CEILING_COLOR, CROSS_COLOR, NULL_COLOR, ONE_COLUMN, TWO_COLUMN, new_figure, outside_legend, style
+from .plots import CROSS_COLOR, NULL_COLOR, ONE_COLUMN, TWO_COLUMN, new_figure, outside_legend, style
 from .similarity import METRIC_NAMES
 
 if TYPE_CHECKING:
@@ -90,13 +90,13 @@ def sae_quality(table: "pd.DataFrame", names: dict[str, str], depth: Callable[[s
 
 def best_correlations(matches: Sequence[Any], min_r: float, names: dict[str, str]) -> "Figure":
     """03: per comparison (``matches``: :class:`featlib.study.Match`), the correlation of every active B
-    feature with its best A partner (grey) and of the final pairs (blue), with the threshold; shared x."""
+    feature with its best A partner (grey) and of the final pairs (blue), with the threshold, on one r axis (−0.2 to 1)."""
     with style():
-        fig, axes = _grid(len(matches), min(3, len(matches)), 2.0, sharex=True)
+        fig, axes = _grid(len(matches), min(3, len(matches)), 2.0)
         for ax, m in zip(axes.flat, matches):
             ax.hist(m.many_to_one.r, bins=50, range=(-0.2, 1), color=NULL_COLOR, label="best partner of every active B feature")
             ax.hist(m.pairs.r, bins=50, range=(-0.2, 1), color=CROSS_COLOR, alpha=0.85, label="final pairs after the filters")
-            ax.axvline(min_r, color=plots.FLOOR_COLOR, ls="--", lw=1, label=f"threshold r = {min_r}")
+            ax.axvline(min_r, color="k", ls="--", lw=0.8, label=f"threshold r = {min_r}")
             ax.set(title=f"{m.comparison.name}\n{len(m.pairs):,} of {len(m.many_to_one):,} kept", xlabel="Pearson r of activations",
                    ylabel="features (log)", yscale="log")
             plots.plain_log_ticks(ax)

@@ -46,13 +46,20 @@ def style() -> Any:
 
 
 def plain_log_ticks(ax: Any, axis: str = "y") -> None:
-    """Tick labels of a log axis as plain numbers (30, 200, 20,000), not powers of ten."""
+    """Tick labels of a log axis as plain numbers (30, 200, 20,000), not powers of ten; between the powers,
+    the 2s, 3s and 5s are labelled too where the axis spans under 1.5 decades, the 2s and 5s under two."""
     from matplotlib.ticker import FuncFormatter
 
-    fmt = FuncFormatter(lambda v, _: f"{v:,.6g}")
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_formatter(fmt)
-    target.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}" if str(f"{v:.6g}")[0] in "2358" else ""))
+
+    def minor(v: float, _: Any) -> str:
+        lo, hi = sorted(target.get_view_interval())
+        decades = np.log10(hi / lo) if lo > 0 else np.inf
+        digits = "235" if decades < 1.5 else "25" if decades < 2 else ""
+        return f"{v:,.6g}" if f"{v:.6g}"[0] in digits else ""
+
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
+    target.set_minor_formatter(FuncFormatter(minor))
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = TWO_COLUMN, height: float = 2.4, **kw: Any) -> tuple[Any, Any]:

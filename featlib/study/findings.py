@@ -32,7 +32,9 @@ def extraction_findings(extraction: "pd.DataFrame", norms: "pd.DataFrame", names
                      f"{end['mean norm']:,.3g} at {end.depth:.2f} ({end['mean norm'] / first['mean norm']:.1f}-fold)")
     units = int(extraction["eval units"].min())
     ratio = max(last.values()) / min(last.values())
-    return (HEAD + f"every model stores the same {units:,} eval units. The mean residual-stream norm grows with depth: "
+    grows = all(rows["mean norm"].iloc[-1] > rows["mean norm"].iloc[0] for _, rows in norms.groupby("model"))
+    return (HEAD + f"Every model stores the same {units:,} eval units. The mean residual-stream norm "
+            + ("grows with depth: " if grows else "changes with depth: ")
             + "; ".join(lines) + f". At the last extracted layers one model's norm is {ratio:,.1f} times the other's, so "
             "raw activations are not comparable across models: features are matched by correlation (03), which "
             "ignores scale, and their geometry is compared with scale-free metrics (04).")
@@ -44,18 +46,17 @@ def sae_findings(table: "pd.DataFrame", min_explained_variance: float) -> str:
     prof = table[table.sae == "profile"]
     worst = prof.loc[prof.explained_variance.idxmin()]
 
-    def span(col: str, pct: bool = True) -> str:
-        lo, hi = prof[col].min(), prof[col].max()
-        return f"{lo:.0%}–{hi:.0%}" if pct else f"{lo:,.3g}–{hi:,.3g}"
+    def span(col: str, pct: bool = True, rows: "pd.DataFrame" = prof) -> str:
+        lo, hi = (f"{v:.0%}" if pct else f"{v:,.3g}" for v in (rows[col].min(), rows[col].max()))
+        return lo if lo == hi else f"{lo}–{hi}"
 
-    text = (HEAD + f"the profile's {len(prof)} SAEs explain {span('explained_variance')} of the activations' variance "
+    text = (HEAD + f"The profile's {len(prof)} SAEs explain {span('explained_variance')} of the activations' variance "
             f"on held-out tokens (required: {min_explained_variance:.0%}; lowest: model {worst.model} layer {worst.layer}), "
             f"recover {span('ce_recovered')} of the next-token loss that zero-ablating their layer costs, fire "
             f"{span('l0', pct=False)} latents per token, and leave {span('dead_fraction')} of their latents dead.")
     for kind, rows in table[table.sae != "profile"].groupby("sae", sort=False):
         what = "of the randomly initialised models (floors)" if kind == "random init" else f"trained with {kind} (ceilings)"
-        text += (f" The {len(rows)} SAEs {what} explain {rows.explained_variance.min():.0%}–"
-                 f"{rows.explained_variance.max():.0%}.")
+        text += f" The {len(rows)} SAEs {what} explain {span('explained_variance', rows=rows)}."
     return text
 
 
@@ -63,14 +64,14 @@ def atlas_findings(stats: dict[str, float], n_grouped: int, n_points: int) -> st
     """Notebook 08: neighbourhood preservation of the paired features against random re-pairings.
     ``stats``: the atlas's ``stats["neighbourhood"]`` (:func:`featlib.atlas.neighbourhood_preservation`)."""
     if stats["p"] >= 0.05:
-        verdict = "no more than random re-pairings keep: the two maps share no local geometry we can detect"
+        verdict = "No more than random re-pairings keep: the two maps share no local geometry we can detect."
     else:
-        verdict = (f"{stats['score'] / stats['null_mean']:.1f} times what random re-pairings keep: the maps share "
-                   + ("part of their local geometry, far from all of it" if stats["score"] < 0.5 else "most of their local geometry"))
-    return (HEAD + f"of each paired feature's {stats['k']} nearest paired neighbours in one model, {stats['score']:.1%} "
+        verdict = (f"That is {stats['score'] / stats['null_mean']:.1f} times what random re-pairings keep: the maps share "
+                   + ("part of their local geometry, far from all of it." if stats["score"] < 0.5 else "most of their local geometry."))
+    return (HEAD + f"Of each paired feature's {stats['k']} nearest paired neighbours in one model, {stats['score']:.1%} "
             f"have their partners among its partner's {stats['k']} nearest in the other ({stats['n']} pairs), against "
             f"{stats['null_mean']:.1%} ± {stats['null_std']:.1%} for random re-pairings ({format_p(stats['p'])}; chance "
-            f"k / (n − 1) = {stats['chance']:.1%}): {verdict}. {n_grouped} of the {n_points} points belong to a concept group.")
+            f"k / (n − 1) = {stats['chance']:.1%}). {verdict} {n_grouped} of the {n_points} points belong to a concept group.")
 
 
 def matching_findings(matches: list[Match]) -> str:

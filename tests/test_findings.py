@@ -1,0 +1,33 @@
+"""The written results of notebooks 01, 02 and 08 (featlib.study.findings): every number from the tables,
+and the words follow the numbers."""
+
+import pandas as pd
+
+from featlib import study as fs
+
+
+def test_extraction_findings_name_the_models_and_follow_the_norms():
+    extraction = pd.DataFrame({"model": ["A", "B"], "eval units": [32893, 32893]})
+    norms = pd.DataFrame({"model": ["A", "A", "B", "B"], "depth": [0.5, 1.0, 0.5, 1.0], "mean norm": [100.0, 300.0, 20000.0, 25000.0]})
+    text = fs.extraction_findings(extraction, norms, {"A": "SmolLM2-135M-Instruct", "B": "Gemma-3-270M"})
+    assert "32,893 eval units" in text and "grows with depth" in text and "SmolLM2-135M-Instruct (A) from 100" in text
+    assert "(3.0-fold)" in text and "83.3 times the other's" in text  # 25,000 / 300
+    norms.loc[3, "mean norm"] = 10000.0  # B's norm falls
+    assert "changes with depth" in fs.extraction_findings(extraction, norms, {"A": "a", "B": "b"})
+
+
+def test_sae_findings_give_ranges_and_one_number_where_all_agree():
+    table = pd.DataFrame({"model": ["A", "B", "A"], "layer": [0, 1, 0], "sae": ["profile", "profile", "random init"],
+                          "explained_variance": [0.9, 0.98, 0.6], "ce_recovered": [0.95, 0.99, 0.1], "l0": [16.0, 16.0, 16.0],
+                          "dead_fraction": [0.2, 0.7, 0.1]})
+    text = fs.sae_findings(table, 0.5)
+    assert "explain 90%–98%" in text and "lowest: model A layer 0" in text and "fire 16 latents" in text
+    assert "The 1 SAEs of the randomly initialised models (floors) explain 60%." in text
+
+
+def test_atlas_findings_say_chance_when_the_maps_keep_no_more_than_random_pairs():
+    stats = {"k": 10, "n": 171, "score": 0.194, "null_mean": 0.059, "null_std": 0.007, "p": 0.005, "chance": 0.059}
+    text = fs.atlas_findings(stats, 35, 833)
+    assert "19.4% have their partners" in text and "3.3 times what random re-pairings keep" in text and "p = 0.005" in text
+    assert "35 of the 833 points" in text
+    assert "No more than random re-pairings keep" in fs.atlas_findings(stats | {"score": 0.06, "p": 0.4}, 0, 10)
