@@ -228,5 +228,6 @@ def test_committed_notebooks_hold_no_progress_bars_or_machine_paths(path):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert tidy_outputs(cell.outputs) == cell.outputs, f"{path.name}: progress bars (make notebooks tidies them)"
+    assert "widgets" not in nb.metadata, f"{path.name}: saved widget state (make notebooks tidies it)"
     papermill = nb.metadata.get("papermill", {})
     assert not any(str(papermill.get(k, "")).startswith("/") for k in ("input_path", "output_path", "cwd"))

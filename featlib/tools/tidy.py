@@ -3,7 +3,8 @@
 Progress bars show progress while a cell runs; stored, they are noise (notebook 07 held 1,561 of them,
 02 one widget per SAE stuck at "0%"). :func:`tidy_outputs` drops tqdm's text bars from stderr (every
 other stderr line, a warning say, stays) and the widget views of ``tqdm.auto``, whose state a stored
-notebook does not keep anyway. :func:`tidy` also stores papermill's notebook paths relative to the
+notebook does not keep anyway. :func:`tidy` also drops the widgets' saved state from the notebook's
+metadata, and stores papermill's notebook paths relative to the
 repository, so that no machine's folders are committed. The chain (:mod:`featlib.tools.chain`) tidies
 every notebook it executes; nbval's plugin (``tests/nbval_plugin.py``) tidies the fresh run the same
 way before comparing.
@@ -46,11 +47,13 @@ def tidy_outputs(outputs: list[Any]) -> list[Any]:
 
 
 def tidy(nb: Any) -> Any:
-    """``nb`` (an nbformat notebook, changed in place and returned) with tidied outputs in every code cell
-    and papermill's ``input_path`` / ``output_path`` relative to the repository."""
+    """``nb`` (an nbformat notebook, changed in place and returned) with tidied outputs in every code cell,
+    without the saved state of widgets, and papermill's ``input_path`` / ``output_path`` relative to the
+    repository."""
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = tidy_outputs(cell.outputs)
+    nb.metadata.pop("widgets", None)  # the dropped widget views' saved state (230 KB in notebook 02)
     pm = nb.metadata.get("papermill", {})
     for key in ("input_path", "output_path"):
         if pm.get(key) and os.path.isabs(pm[key]):
