@@ -222,10 +222,10 @@ def group_scores(groups: "pd.DataFrame", metrics: Sequence[str], colors: dict[st
     from matplotlib.patches import Patch
 
     with style():
-        fig, axes = new_figure(1, len(metrics), TWO_COLUMN, 2.8, sharey=True)
-        for ax, metric in zip(axes[0], metrics):
-            plots.group_scale(ax, groups, metric, f"{METRIC_NAMES[metric]} per concept group", colors)
-        fig.suptitle(_key(names))
+        fig, axes = new_figure(len(metrics), 1, TWO_COLUMN, 0.4 + 1.6 * len(metrics), sharex=True)
+        for ax, metric in zip(axes[:, 0], metrics):
+            plots.group_scale(ax, groups, metric, METRIC_NAMES[metric], colors)
+        fig.suptitle(f"Concept groups ({_key(names)})")
         entries = plots.legend_entries(fig)
         entries.pop("cross-model", None)
         outside_legend(fig, [Patch(color=CROSS_COLOR), *entries.values()], ["cross-model (bar, in the group's colour)", *entries])

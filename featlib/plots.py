@@ -330,11 +330,12 @@ def calibrated_heatmap(ax: Any, grid: "pd.DataFrame", metric: str, rows: Sequenc
     return heatmap(ax, values, rows, cols, title, vmin=0, vmax=1, ns=below, colorbar=False)
 
 
-def group_scale(ax: Any, groups: "pd.DataFrame", metric: str, title: str, colors: dict[str, str]) -> None:
+def group_scale(ax: Any, groups: "pd.DataFrame", metric: str, name: str, colors: dict[str, str]) -> None:
     """Per concept group scorable in the cross comparison: the cross-model ``metric`` (a bar in the group's
     colour), its re-pairing null (mean ± 1 sd, grey), and each ceiling (``seed``, triangles up) and floor
     (``random_init``, triangles down) of the same group, from a :func:`featlib.study.subspace_scores`
-    table of several comparisons; a group whose pairs the metric cannot score says so."""
+    table of several comparisons; a group whose pairs the metric cannot score says so. ``name``: the
+    metric's name, on the y axis."""
     cross = groups[(groups.kind == "cross") & groups.scorable].reset_index(drop=True)
     x = np.arange(len(cross))
     ax.bar(x, cross[metric], color=[colors[g] for g in cross.group], width=0.6, label="cross-model")
@@ -347,8 +348,8 @@ def group_scale(ax: Any, groups: "pd.DataFrame", metric: str, title: str, colors
             ax.scatter(np.full(len(vals), i - 0.2), vals, color=color, marker=marker, s=14, zorder=3, label=label)
     for i in np.flatnonzero(~np.isfinite(cross[metric].to_numpy(dtype=float))):
         panel_note(ax, "not scorable", x=i, y=0.5, rotation=90, transform=ax.get_xaxis_transform())
-    ax.set_xticks(x, [f"{g}\n(n={n})" for g, n in zip(cross.group, cross.pairs)], rotation=30, ha="right", rotation_mode="anchor")
-    ax.set(title=title, ylabel=title.split(" per ")[0], xlim=(-0.7, max(len(cross), 4) - 0.3))
+    ax.set_xticks(x, [f"{g}\n(n={n})" for g, n in zip(cross.group, cross.pairs)])
+    ax.set(ylabel=name, xlim=(-0.7, max(len(cross), 4) - 0.3))
     if not len(cross):
         panel_note(ax, "no concept group scorable", fontsize=7)
 
