@@ -38,9 +38,8 @@ def style() -> Any:
     :data:`RC` on top; nothing outside the block changes."""
     import matplotlib as mpl
     import seaborn as sns
-    from cycler import cycler
 
-    palette = cycler(color=sns.color_palette("colorblind").as_hex())
+    palette = mpl.cycler(color=sns.color_palette("colorblind").as_hex())
     with mpl.rc_context({**sns.axes_style("ticks"), **sns.plotting_context("paper"), **RC, "axes.prop_cycle": palette}):
         yield
 
@@ -96,7 +95,7 @@ def legend_entries(fig: Any) -> dict[str, Any]:
 def outside_legend(fig: Any, handles: Sequence[Any] | None = None, labels: Sequence[str] | None = None,
                    where: str = "lower center", ncols: int | None = None) -> Any:
     """One legend for the whole figure, outside every axes (``where``: ``lower center``, ``upper center`` or
-    ``right``); handles and labels default to the first axes' that has any, without duplicates."""
+    ``right``); handles and labels default to every labelled artist of the figure (:func:`legend_entries`)."""
     if handles is None:
         entries = legend_entries(fig)
         handles, labels = list(entries.values()), list(entries)
