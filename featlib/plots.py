@@ -229,7 +229,7 @@ def panel_note(ax: Any, text: str, x: float = 0.5, y: float = 0.5, width: int = 
     (a long reason must not widen its column)."""
     import textwrap
 
-    wrapped = "\n".join(textwrap.fill(part, width) for part in text.split("\n"))
+    wrapped = "\n".join(textwrap.fill(part, width, break_on_hyphens=False) for part in text.split("\n"))
     t = ax.text(x, y, wrapped, transform=kw.pop("transform", ax.transAxes), ha="center", va="center", color="0.35",
                 fontsize=kw.pop("fontsize", 6), **kw)
     t.set_in_layout(False)
