@@ -171,12 +171,13 @@ def layer_heatmaps(grid: "pd.DataFrame", metrics: tuple[str, str], rows: Sequenc
 
     with style():
         fig, axes = new_figure(2, 3, TWO_COLUMN, 4.6)
-        lo, hi = _symmetric(*(_excess(grid, m) for m in metrics))
+        excess = {m: _excess(grid, m) for m in metrics}
+        lo, hi = _symmetric(*excess.values())
         for row, metric in enumerate(metrics):
             ns = _not_significant(grid, metric)
             score = grid_matrix(grid, metric)
             plots.heatmap(axes[row, 0], score, rows, cols, f"{METRIC_NAMES[metric]} (paired)", ns=ns)
-            plots.heatmap(axes[row, 1], _excess(grid, metric), rows, cols, f"{METRIC_NAMES[metric]} − null mean",
+            plots.heatmap(axes[row, 1], excess[metric], rows, cols, f"{METRIC_NAMES[metric]} − null mean",
                           vmin=lo, vmax=hi, cmap="vlag", ns=ns)
         plots.heatmap(axes[0, 2], grid_matrix(grid, "pairs"), rows, cols, "pairs per cell", fmt="{:.0f}", cmap="Greys")
         axes[1, 2].set_axis_off()
@@ -191,8 +192,9 @@ def other_metrics(grid: "pd.DataFrame", metrics: Sequence[str], rows: Sequence[s
     scale with one colour bar; hatched where p ≥ 0.05."""
     with style():
         fig, axes = _grid(len(metrics), 3, 2.3)
-        lo, hi = _symmetric(*(_excess(grid, m) for m in metrics))
-        images = [plots.heatmap(ax, _excess(grid, m), rows, cols, f"{METRIC_NAMES[m]} − null mean", vmin=lo, vmax=hi,
+        excess = {m: _excess(grid, m) for m in metrics}
+        lo, hi = _symmetric(*excess.values())
+        images = [plots.heatmap(ax, excess[m], rows, cols, f"{METRIC_NAMES[m]} − null mean", vmin=lo, vmax=hi,
                                 cmap="vlag", ns=_not_significant(grid, m), colorbar=False) for ax, m in zip(axes.flat, metrics)]
         _layer_axes(axes, len(metrics), names, a, b)
         if im := next((i for i in images if i is not None), None):

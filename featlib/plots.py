@@ -27,7 +27,7 @@ DPI = 300  # of the saved PNGs (the PDFs are vector)
 RC = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
       "legend.fontsize": 7, "legend.title_fontsize": 7, "legend.frameon": False, "axes.spines.top": False,
       "axes.spines.right": False, "image.cmap": "viridis", "hatch.linewidth": 0.5, "hatch.color": "0.35",
-      "figure.dpi": 100, "savefig.dpi": DPI,
+      "figure.dpi": 100,  # the screen size in notebooks, whatever a user's matplotlibrc says (files: DPI)
       "patch.force_edgecolor": False}
 NULL_COLOR, FLOOR_COLOR, CROSS_COLOR, CEILING_COLOR = "0.55", "#d55e00", "#0173b2", "#029e73"
 

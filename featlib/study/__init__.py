@@ -10,7 +10,7 @@
 ``geometry``    (04–05) SVCCA, held-out CCA, RSA, CKA, debiased CKA, mutual k-NN, Procrustes vs
                         re-pairing nulls; the layer grid; the ceilings and floors at every layer
 ``scale``       (03–06) every cross score between its random-model floor and seed ceiling
-``findings``    (03–07, 09) the "What we find" paragraphs, written from the numbers
+``findings``    (01–09) the "What we find" paragraphs, written from the numbers
 ``groups``      (06)    concept groups (semantic subspaces) vs re-pairing and random-set nulls
 ``usae``        (07)    the universal SAE and what it shares
 ``atlas_view``  (08)    the feature atlas of a comparison

@@ -24,15 +24,15 @@ def _share(lo: float, x: float, hi: float) -> str:
 def extraction_findings(extraction: "pd.DataFrame", norms: "pd.DataFrame", names: dict[str, str]) -> str:
     """Notebook 01: the units both models read and how each model's residual-stream norm grows with depth.
     ``extraction``: :func:`featlib.study.extraction_table`; ``norms``: :func:`featlib.study.residual_norms`."""
-    lines, last = [], {}
+    lines, last, grows = [], {}, True
     for mid, rows in norms.groupby("model"):
         first, end = rows.iloc[0], rows.iloc[-1]
         last[mid] = float(end["mean norm"])
+        grows &= bool(end["mean norm"] > first["mean norm"])
         lines.append(f"{names[mid]} ({mid}) from {first['mean norm']:,.3g} at relative depth {first.depth:.2f} to "
                      f"{end['mean norm']:,.3g} at {end.depth:.2f} ({end['mean norm'] / first['mean norm']:.1f}-fold)")
     units = int(extraction["eval units"].min())
     ratio = max(last.values()) / min(last.values())
-    grows = all(rows["mean norm"].iloc[-1] > rows["mean norm"].iloc[0] for _, rows in norms.groupby("model"))
     return (HEAD + f"Every model stores the same {units:,} eval units. The mean residual-stream norm "
             + ("grows with depth: " if grows else "changes with depth: ")
             + "; ".join(lines) + f". At the last extracted layers one model's norm is {ratio:,.1f} times the other's, so "

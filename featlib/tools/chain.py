@@ -194,6 +194,7 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
     out_dir = REPO / "build" / label
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = resolved_profile(cfg)
+    before = _manifest_seconds(fig_dir, cfg.params_hash)  # the last run's: to schedule, and kept after --only
 
     def execute(nb: Path) -> float:
         t0 = time.time()
@@ -219,12 +220,12 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
                 timings[nb.stem] = execute(nb)
         if jobs > 1 and len(later) > 1:
             with threads_each(jobs):
-                timings.update(run_at_once(later, jobs, execute, _manifest_seconds(fig_dir, cfg.params_hash)))
+                timings.update(run_at_once(later, jobs, execute, before))
         else:
             timings.update((nb.stem, execute(nb)) for nb in later)
     order = [nb.stem for nb in notebooks()]
     # the times of the notebooks not re-run now are kept apart: they come from an earlier run (same parameters)
-    earlier = {k: v for k, v in _manifest_seconds(fig_dir, cfg.params_hash).items() if k not in timings} if only else {}
+    earlier = {k: v for k, v in before.items() if k not in timings} if only else {}
     timings = {k: timings[k] for k in order if k in timings}
     figures = sorted(fig_dir.glob("*.png"))
     manifest = {
