@@ -14,7 +14,7 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
 
-.PHONY: venv figures executed lab site atlas models notebooks bench pythia-standin test test-pytest test-unit test-chain test-nbval clean
+.PHONY: venv figures executed lab exercises site atlas models notebooks bench pythia-standin test test-pytest test-unit test-chain test-nbval clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ executed:
 ## JupyterLab in the project's environment, opened on notebooks/ (LAB_ARGS passes options, e.g. LAB_ARGS=--no-browser).
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+## The coursework's student notebooks exercises/NN_*.ipynb from their solutions exercises/solutions/ (docs/coursework.md);
+## the tests fail when they are out of date.
+exercises: $(STAMP)
+	$(PY) -m featlib.tools.exercises
 
 ## The executed notebooks as a static site in build/site/ (tiny: the committed ones; other profiles: build/LABEL/
 ## from make figures), atlas pages embedded; open build/site/index.html. Run make atlas first for tiny's atlas page.

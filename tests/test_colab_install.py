@@ -1,8 +1,8 @@
 """Colab's install (scripts/colab_install.sh), simulated: a fresh virtual environment holding "Colab's own"
 packages (requirements.txt's [runtime] section, with numpy and tqdm at other versions than ours, as Colab's
 would be), then the script. It must pin nothing over them, install nothing for the tests or the GGUF models,
-and leave an environment in which every notebook's imports work, and in which notebook 04 runs alone on the
-smoke profile from an empty cache (a Colab runtime per notebook: it computes the activations, SAEs and
+and leave an environment in which every notebook's and exercise's imports work, and in which notebook 04 runs
+alone on the smoke profile from an empty cache (a Colab runtime per notebook: it computes the activations, SAEs and
 matchings it needs).
 
 Slow (about 4 minutes) because it is a real install, from PyPI and the local torch wheel, and a real run.
@@ -89,7 +89,8 @@ def test_colab_install_pins_nothing_over_colabs_own_packages(colab_venv, tmp_pat
 
 
 def test_every_notebook_imports_and_04_runs_alone_in_the_colab_environment(colab_venv, tmp_path):
-    imports = sorted({ln for nb in chain.notebooks() for c in nbformat.read(nb, as_version=4).cells
+    exercises = sorted((REPO / "exercises").glob("[0-9][0-9]_*.ipynb"))
+    imports = sorted({ln for nb in chain.notebooks() + exercises for c in nbformat.read(nb, as_version=4).cells
                       if c.cell_type == "code" for ln in c.source.splitlines() if re.match(r"^(import|from) \w", ln)})
     code = "\n".join(imports + ["import featlib.tools.chain, featlib.atlas, featlib.transfer, featlib.universal"])
     subprocess.run([str(colab_venv), "-c", code], check=True, cwd=REPO / "notebooks")

@@ -35,10 +35,10 @@ def repo_url() -> str:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 
 
-def badge(notebook: str) -> str:
-    """Markdown of the badge that opens ``notebooks/<notebook>`` on Colab."""
+def badge(notebook: str, folder: str = "notebooks") -> str:
+    """Markdown of the badge that opens ``<folder>/<notebook>`` (a path in the repository) on Colab."""
     slug = repo_url().removeprefix("https://github.com/")
-    url = f"https://colab.research.google.com/github/{slug}/blob/{BRANCH}/notebooks/{notebook}"
+    url = f"https://colab.research.google.com/github/{slug}/blob/{BRANCH}/{folder}/{notebook}"
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
@@ -72,8 +72,8 @@ def _setup_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return next(c for c in nb.cells if c.cell_type == "code")
 
 
-def has_header(nb: nbformat.NotebookNode, notebook: str) -> bool:
-    return nb.cells[0].source.startswith(badge(notebook)) and _setup_cell(nb).source.startswith(setup_block())
+def has_header(nb: nbformat.NotebookNode, notebook: str, folder: str = "notebooks") -> bool:
+    return nb.cells[0].source.startswith(badge(notebook, folder)) and _setup_cell(nb).source.startswith(setup_block())
 
 
 def _strip_block(body: str) -> str:
