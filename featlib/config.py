@@ -114,12 +114,29 @@ class Similarity(_Section):
     layerwise_shuffles: PosInt = 200
 
 
+class Phrases(_Section):
+    """Multi-token concept groups (notebook 06, featlib.phrases)."""
+
+    # "default" (featlib/data/phrase_groups.yaml) or {group name: [phrase, ...]}
+    groups: Literal["default"] | dict[str, Annotated[list[str], Field(min_length=1)]] = "default"
+    rule: Literal["last", "max", "mean"] = "last"  # a feature's activation over a phrase: at its last unit, max, mean
+    n_controls: PosInt = 4  # control windows per occurrence
+    min_auroc: float = Field(0.75, ge=0.5, lt=1)  # a member's selectivity is above this and above the null's threshold
+    max_features: PosInt = 32  # the most selective members kept per group and SAE
+    n_shuffles: PosInt = 200  # relabellings of the family-wise null
+    alpha: float = Field(0.05, gt=0, lt=1)
+    min_occurrences: PosInt = 5  # a group that occurs less often in the eval text has no members
+    n_random_sets: PosInt = 200  # random same-size feature sets of the interaction null
+    seed: int = 0
+
+
 class Subspaces(_Section):
     # "default" (featlib.subspaces.CONCEPT_GROUPS) or {group name: [keyword, ...]}
     groups: Literal["default"] | dict[str, Annotated[list[str], Field(min_length=1)]] = "default"
     min_features: PosInt = 4
     n_random_sets: PosInt = 200
     seed: int = 0
+    phrases: Phrases = Phrases()
 
 
 class Universal(_Section):
