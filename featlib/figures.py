@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["residual_norms", "sae_quality", "best_correlations", "null_distributions", "calibration",
-           "layer_heatmaps", "other_metrics", "calibrated_grid", "group_scores", "usae_training", "cross_r2",
+           "layer_heatmaps", "other_metrics", "calibrated_grid", "group_scores", "group_interactions", "usae_training", "cross_r2",
            "firing", "counterparts", "atlas_maps", "transfer_success", "success_by_r"]
 
 
@@ -217,20 +217,47 @@ def calibrated_grid(calgrid: "pd.DataFrame", metrics: Sequence[str], rows: Seque
     return fig
 
 
-def group_scores(groups: "pd.DataFrame", metrics: Sequence[str], colors: dict[str, str], names: dict[str, str]) -> "Figure":
+def group_scores(groups: "pd.DataFrame", metrics: Sequence[str], colors: dict[str, str], names: dict[str, str],
+                 title: str = "Concept groups") -> "Figure":
     """06: per concept group, each metric's cross-model score beside its re-pairing null (mean ± sd), its
-    seed ceilings and random-model floors. ``groups``: :func:`featlib.study.subspace_scores` rows of the
-    cross, seed and random-init comparisons."""
+    seed ceilings and random-model floors. ``groups``: :func:`featlib.study.subspace_scores` (or
+    :func:`~featlib.study.phrase_scores`) rows of the cross, seed and random-init comparisons."""
     from matplotlib.patches import Patch
 
     with style():
         fig, axes = new_figure(len(metrics), 1, TWO_COLUMN, 0.4 + 1.6 * len(metrics), sharex=True)
         for ax, metric in zip(axes[:, 0], metrics):
             plots.group_scale(ax, groups, metric, METRIC_NAMES[metric], colors)
-        fig.suptitle(f"Concept groups ({_key(names)})")
+        fig.suptitle(f"{title} ({_key(names)})")
         entries = plots.legend_entries(fig)
         entries.pop("cross-model", None)
         outside_legend(fig, [Patch(color=CROSS_COLOR), *entries.values()], ["cross-model (bar, in the group's colour)", *entries])
+    return fig
+
+
+def group_interactions(inter: Any, sides: Sequence[str], names: dict[str, str]) -> "Figure":
+    """06: how the phrase groups sit relative to each other in each SAE (mean cos² of the principal angles between
+    two groups' subspaces, one matrix per side, one colour scale) and the two matrices' off-diagonal entries against
+    each other, with the agreement r and its random-set null. ``inter``: :class:`featlib.phrases.Interaction`;
+    ``sides``: the two sides' names (e.g. ``A2``, ``B3``)."""
+    with style():
+        fig, axes = new_figure(1, 3, TWO_COLUMN, 2.8)
+        labels = inter.groups
+        for ax, m, side in zip(axes[0, :2], (inter.a, inter.b), sides):
+            im = plots.heatmap(ax, m, labels, labels, f"{side}: group subspaces", vmin=0, vmax=1, colorbar=False,
+                               fmt=plots.compact if len(labels) <= 8 else "")  # twelve groups' values do not fit their cells
+            ax.tick_params(axis="x", labelrotation=90)
+        if im is not None:
+            fig.colorbar(im, ax=axes[0, :2].tolist(), fraction=0.04, pad=0.02, label="mean cos² of principal angles")
+        ax = axes[0, 2]
+        iu = np.triu_indices(len(inter.groups), 1)
+        ax.scatter(inter.a[iu], inter.b[iu], s=10, color=CROSS_COLOR, label="pairs of groups")
+        stats = (f"r = {inter.agreement:.2f} ({plots.format_p(inter.p)});\nrandom sets' 95th pct {np.quantile(inter.null, 0.95):.2f}"
+                 if np.isfinite(inter.agreement) else "not scorable")
+        ax.set(xlabel=f"{sides[0]}: mean cos²\n{stats}", ylabel=f"{sides[1]}: mean cos²", title="pairs of groups")
+        if not np.isfinite(inter.agreement):
+            plots.panel_note(ax, inter.reason, fontsize=7)
+        fig.suptitle(f"Phrase groups relative to each other ({_key(names)})")
     return fig
 
 

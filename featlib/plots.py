@@ -75,12 +75,12 @@ def new_figure(nrows: int = 1, ncols: int = 1, width: float = TWO_COLUMN, height
 def group_colors(groups: Sequence[str]) -> dict[str, str]:
     """One colour per concept group, by its place in the profile's groups (``subspaces.groups``), so a
     group has the same colour in every figure and in the atlas page (seaborn's colour-blind palette;
-    its grey left out; beyond nine groups, evenly spaced hues)."""
+    its grey left out; groups after the ninth, evenly spaced hues)."""
     import seaborn as sns
 
     colorblind = [c for c in sns.color_palette("colorblind").as_hex() if c != "#949494"]  # grey: "no group", nulls
-    palette = colorblind if len(groups) <= len(colorblind) else sns.color_palette("husl", len(groups)).as_hex()
-    return dict(zip(groups, palette))
+    extra = max(0, len(groups) - len(colorblind))
+    return dict(zip(groups, colorblind + (sns.color_palette("husl", extra).as_hex() if extra else [])))
 
 
 def legend_entries(fig: Any) -> dict[str, Any]:

@@ -143,6 +143,14 @@ def _saes() -> pd.DataFrame:
                           "dead_fraction": 0.2} for m in NAMES for L in range(3)])
 
 
+def _interaction():
+    from featlib.phrases import interaction_agreement
+
+    dec_a, dec_b = RNG.standard_normal((60, 8)), RNG.standard_normal((60, 10))
+    groups = [np.arange(i * 5, i * 5 + 5) for i in range(len(GROUPS))]
+    return interaction_agreement(dec_a, dec_b, GROUPS, groups, groups, np.arange(60), np.arange(60), 20, seed=0)
+
+
 CASES = {
     "residual_norms": lambda: figures.residual_norms(_norms(), NAMES),
     "sae_quality": lambda: figures.sae_quality(_saes(), NAMES, lambda m, L: (L + 1) / 3, 0.5),
@@ -153,6 +161,7 @@ CASES = {
     "other_metrics": lambda: figures.other_metrics(_grid(), ["cka", "mutual_knn", "procrustes"], ROWS, COLS, "A", "B", NAMES),
     "calibrated_grid": lambda: figures.calibrated_grid(_calibrated_grid(), METRICS, ROWS, COLS, ([0, 1, 2], [0, 1, 2, 3]), "A", "B", NAMES),
     "group_scores": lambda: figures.group_scores(_groups(), ("rsa", "svcca"), COLORS, NAMES),
+    "group_interactions": lambda: figures.group_interactions(_interaction(), ("A1", "B2"), NAMES),
     "usae_training": lambda: figures.usae_training(list(np.geomspace(1, 0.01, 400))),
     "cross_r2": lambda: figures.cross_r2(np.array([[0.9, 0.3], [0.2, 0.8]]), ["A", "B"], NAMES),
     "firing": lambda: figures.firing(_usae(), {"r(log co-fires, log energy)": 0.9, "r, top quarter by co-fires": 0.5}),

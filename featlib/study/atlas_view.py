@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import atlas as atl
-from .. import matching, plots, sparse_rows, step
+from .. import matching, phrases, plots, sparse_rows, step
 from ..config import REPO
 from ..correlation import correlate
 from ..subspaces import group_features, resolve_groups
@@ -102,8 +102,10 @@ def feature_atlas(study: Study, comparison: Comparison | None = None) -> atl.Atl
 
 def group_colors(study: Study) -> dict[str, str]:
     """Concept group -> colour for every figure and the atlas page (:func:`featlib.plots.group_colors` over
-    the profile's ``subspaces.groups``, in their order)."""
-    return plots.group_colors(list(resolve_groups(study.cfg.subspaces["groups"])))
+    the profile's ``subspaces.groups`` in their order, then the phrase groups of ``subspaces.phrases`` not among them)."""
+    tokens = list(resolve_groups(study.cfg.subspaces["groups"]))
+    more = [g for g in phrases.resolve_groups(study.cfg.subspaces["phrases"]["groups"]) if g not in tokens]
+    return plots.group_colors(tokens + more)
 
 
 def atlas_page(study: Study, at: atl.Atlas) -> Path:

@@ -78,6 +78,8 @@ class Study:
     _saes: dict[Side, Any] = field(default_factory=dict, repr=False)
     _random: dict[str, tuple[LoadedModel, dict[str, Activations]]] = field(default_factory=dict, repr=False)
     _strings: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    # phrase-group members per (side, rule) (06; featlib.study.groups.phrase_members)
+    phrase_memo: dict[tuple[Side, str], Any] = field(default_factory=dict, repr=False)
     # clean and zero-ablated next-token losses per (model, eval units, batches), shared by its SAEs (02)
     ce_baselines: dict[tuple[str, str, int], LossBaselines] = field(default_factory=dict, repr=False)
 

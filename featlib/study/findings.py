@@ -138,9 +138,10 @@ def grid_findings(grid: "pd.DataFrame", diagonal: list[tuple[int, int]]) -> str:
             + (f": {', '.join(middle)}" if middle else "") + ".\n\n" + "\n".join(lines))
 
 
-def group_findings(groups: "pd.DataFrame", metric: str = "rsa") -> str:
+def group_findings(groups: "pd.DataFrame", metric: str = "rsa", what: str = "concept groups") -> str:
     """Concept groups whose cross-model ``metric`` beats its re-pairing null (p < 0.05) and every floor's
-    score of the same group (not scorable floors do not count as beaten)."""
+    score of the same group (not scorable floors do not count as beaten), each with its place between the
+    floor and the ceiling where both are scored: (cross - best floor) / (mean ceiling - best floor)."""
     cross = groups[(groups.kind == "cross") & groups.scorable & np.isfinite(groups[metric])]
     floors = groups[groups.kind == "random_init"].groupby("group")[metric].max()
     ceilings = groups[groups.kind == "seed"].groupby("group")[metric].mean()
@@ -149,12 +150,55 @@ def group_findings(groups: "pd.DataFrame", metric: str = "rsa") -> str:
         fl, ce = floors.get(r.group, np.nan), ceilings.get(r.group, np.nan)
         ok = r[f"{metric} p (re-pair)"] < 0.05 and np.isfinite(fl) and r[metric] > fl
         above += [r.group] if ok else []
+        place = f", {(r[metric] - fl) / (ce - fl):.2f} of the way from floor to ceiling" if np.isfinite(fl) and ce > fl else ""
         lines.append(f"- {r.group} ({r.pairs} pairs): cross {r[metric]:.3f} ({format_p(r[f'{metric} p (re-pair)'])}), "
-                     f"best floor {fl:.3f}, mean ceiling {ce:.3f}" + (" — above the floor" if ok else ""))
+                     + (f"best floor {fl:.3f}" if np.isfinite(fl) else "floor not scorable") + ", "
+                     + (f"mean ceiling {ce:.3f}" if np.isfinite(ce) else "ceiling not scorable")
+                     + place + (" — above the floor" if ok else ""))
     name = METRIC_NAMES[metric]
-    return (HEAD + f"{len(above)} of {len(cross)} concept groups with a scorable {METRIC_NAMES[metric]} have a cross-model {name} above its "
+    n_all = int((groups.kind == "cross").sum())
+    return (HEAD + f"{len(cross)} of {n_all} {what} have a scorable cross-model {name}; {len(above)} of them are above its "
             f"re-pairing null (p < 0.05) and above the random-model floors' {name} of the same group"
             + (f": {', '.join(above)}" if above else "") + ".\n\n" + "\n".join(lines))
+
+
+def interaction_findings(table: "pd.DataFrame") -> str:
+    """Whether the phrase groups sit alike relative to each other in both models (:func:`featlib.study.interaction_table`
+    rows of the cross, seed and random-init comparisons): the cross agreement against its random-set null, the
+    ceilings' and floors' agreements beside it."""
+    cross = table[table.kind == "cross"]
+    if cross.empty:
+        return ""
+    r = cross.iloc[0]
+    refs = []
+    for kind, what in (("seed", "seed ceilings"), ("random_init", "random-model floors")):
+        rows = table[table.kind == kind]
+        if len(rows):
+            said = [f"r = {x['agreement (r)']:.2f} ({format_p(x.p)})" if np.isfinite(x["agreement (r)"])
+                    else f"not scorable ({x['not scorable']})" for _, x in rows.iterrows()]
+            refs.append(f"{what} " + ", ".join(dict.fromkeys(said)))  # one reason said once
+    if not np.isfinite(r["agreement (r)"]):
+        return f"Group interactions are not scorable across models: {r['not scorable']}."
+    verdict = "agree beyond" if r.p < 0.05 else "do not agree beyond"
+    return (f"How the {r.groups} phrase groups with members in both models sit relative to each other (mean cos² of the "
+            f"principal angles between their subspaces): the two models' group x group matrices correlate with "
+            f"r = {r['agreement (r)']:.2f}, against {r['null mean']:.2f} for random feature sets of the same sizes "
+            f"(95th percentile {r['null 95th percentile']:.2f}, {format_p(r.p)}): they {verdict} their null. "
+            f"The same agreement for the {'; '.join(refs) or 'ceilings and floors: not computed'}.")
+
+
+def phrase_findings(tokens: "pd.DataFrame", phrase: "pd.DataFrame", interactions: "pd.DataFrame", metric: str = "rsa") -> str:
+    """Notebook 06's written result: single-token and phrase groups side by side (:func:`group_findings` of each),
+    then the phrase groups' interactions (:func:`interaction_findings`)."""
+    floors = phrase[phrase.kind == "random_init"]
+    floor = ""
+    if len(floors):
+        n, trained = int(floors["features B"].sum()), int(floors["features A"].sum())
+        floor = (f"\n\nThe random-model floors' SAEs have {n} member features in all phrase groups together (their trained "
+                 f"counterparts {trained})" + (": selectivity for several phrases in context is not reached by token identity "
+                                               "alone, so a phrase group's floor is empty, not scorable." if n == 0 else "."))
+    return (group_findings(tokens, metric, "single-token groups") + "\n\n"
+            + group_findings(phrase, metric, "phrase groups").removeprefix(HEAD) + floor + "\n\n" + interaction_findings(interactions))
 
 
 def firing_findings(firing: dict[str, float]) -> str:
