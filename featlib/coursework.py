@@ -241,23 +241,16 @@ def random_codes(n: int, d_a: int, d_b: int, seed: int) -> tuple[torch.Tensor, t
     return torch.from_numpy(a).float(), torch.from_numpy(b).float()
 
 
-def chunk_pairs(a: torch.Tensor, b: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(a, b) in consecutive row chunks of ``size`` (the last one shorter): a one-pass stream."""
-    for start in range(0, len(a), size):
-        yield a[start : start + size], b[start : start + size]
+def chunk_pairs(a: torch.Tensor | sp.csr_array, b: torch.Tensor | sp.csr_array,
+                size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(a, b) — dense tensors or sparse codes (n, d_a), (n, d_b) — as consecutive dense row chunks of ``size``
+    (the last one shorter): a one-pass stream."""
+    def dense(x: Any) -> torch.Tensor:
+        return torch.from_numpy(x.toarray()) if sp.issparse(x) else x
 
-
-def dense_chunks(codes_a: sp.csr_array, codes_b: sp.csr_array, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The two sides' sparse codes (n, d_a), (n, d_b) as consecutive dense row chunks of ``size``: a one-pass stream."""
-    for start in range(0, codes_a.shape[0], size):
+    for start in range(0, a.shape[0], size):
         rows = slice(start, start + size)
-        yield torch.from_numpy(codes_a[rows].toarray()), torch.from_numpy(codes_b[rows].toarray())
-
-
-def active_features(codes: sp.csr_array) -> np.ndarray:
-    """(d,) bool: the features of ``codes`` (n, d) that are not constant over the tokens (standard deviation > 0)."""
-    mean = np.asarray(codes.mean(axis=0), dtype=np.float64).ravel()
-    return np.asarray(codes.power(2).mean(axis=0), dtype=np.float64).ravel() - mean**2 > 1e-12 * np.maximum(1.0, mean**2)
+        yield dense(a[rows]), dense(b[rows])
 
 
 MIXED_HINT = ("Pearson's r uses the same normalisation (1/n, or 1/(n - 1)) for the covariance and both standard "
@@ -622,10 +615,11 @@ def check_lift_agreement(fn: Callable[..., Any], study: "Study | None" = None) -
 
 @dataclass(frozen=True)
 class SteeringSetup:
-    """Exercise 5's experiment at the study's focus layer pair: per model id, the hooked model, its layer, held-out
+    """Exercise 5's experiment at the study's cross comparison: per model id, the hooked model, its layer, held-out
     rows (n_rows, T) (BOS first), the token ids of the strings both vocabularies share (S,) in the same order,
-    the dose ``alpha`` (notebook 09's: the steering size that raises the loss by ``transfer.loss_rise``), and the
-    unit decoder rows (n_pairs, d_model) of the strongest final pairs (by r); ``r`` (n_pairs,) their correlations."""
+    notebook 09's dose ``alpha`` (the steering size at which the model's own features raise its loss by
+    ``transfer.loss_rise``), and the unit decoder rows (n_pairs, d_model) of the strongest final pairs (by r);
+    ``r`` (n_pairs,) their correlations."""
 
     models: dict[str, Any]
     layers: dict[str, int]
@@ -638,28 +632,22 @@ class SteeringSetup:
 
 
 def steering_setup(study: "Study", n_pairs: int = 12) -> SteeringSetup:
-    """The pieces of a small transfer experiment (see :class:`SteeringSetup`), from the study's cached artifacts."""
-    from .activations import heldout_rows
+    """The pieces of a small transfer experiment (see :class:`SteeringSetup`), from the study's cached artifacts and
+    notebook 09's set-up (:func:`featlib.study.transfer.steerers`, its random draws in 09's order: the same doses)."""
     from .study import match
-    from .study.transfer import DOSE_FACTORS
+    from .study.transfer import steerers
 
     t, comp = study.cfg.transfer, study.comparison("cross")
-    a, b = study.ids[:2]
-    sides, layers = {a: comp.a, b: comp.b}, {a: comp.a.layer, b: comp.b.layer}
     pairs = match(study, comp).pairs
+    rng = np.random.default_rng(t["seed"])
+    rng.choice(len(pairs), min(t["max_pairs"], len(pairs)), replace=False)  # 09 draws its test pairs first
+    steer, doses, strings = steerers(study, comp, pairs, rng, with_sae=False)
     top = np.argsort(-pairs.r, kind="stable")[:n_pairs]
-    idx = {a: pairs.idx_a[top], b: pairs.idx_b[top]}
-    rows = heldout_rows(study.cfg, [study.models[m] for m in (a, b)], t["n_rows"], t["n_tokens"])
-    special = {m: set(study.models[m].tokenizer.all_special_ids) for m in (a, b)}
-    ids_a, ids_b, strings = transfer.shared_strings(study.token_strings(a), study.token_strings(b), special[a], special[b])
-    alpha = {}
-    for m, ids in ((a, ids_a), (b, ids_b)):
-        steer = transfer.Steerer(study.models[m].model, layers[m], rows[m], ids)
-        own = np.random.default_rng(t["seed"]).choice(len(pairs), min(t["n_calibration"], len(pairs)), replace=False)
-        dirs = study.decoder_rows(sides[m], {a: pairs.idx_a, b: pairs.idx_b}[m][own])
-        alpha[m] = transfer.dose(steer, dirs, t["loss_rise"], study.eval_acts(m).mean_norm(layers[m]), DOSE_FACTORS)["alpha"]
-    return SteeringSetup({m: study.models[m].model for m in (a, b)}, layers, rows, {a: ids_a, b: ids_b}, strings, alpha,
-                         {m: transfer.unit_rows(study.decoder_rows(sides[m], idx[m])) for m in (a, b)}, pairs.r[top])
+    sides, idx = {m: s for m, s in zip(study.ids, (comp.a, comp.b))}, dict(zip(study.ids, (pairs.idx_a[top], pairs.idx_b[top])))
+    return SteeringSetup({m: s.model for m, s in steer.items()}, {m: s.layer for m, s in steer.items()},
+                         {m: s.tokens.cpu().numpy() for m, s in steer.items()}, {m: s.vocab_ids.cpu().numpy() for m, s in steer.items()},
+                         strings, {m: d["alpha"] for m, d in doses.items()},
+                         {m: transfer.unit_rows(study.decoder_rows(sides[m], idx[m])) for m in steer}, pairs.r[top])
 
 
 #: The check of every exercise function, by the function's name.

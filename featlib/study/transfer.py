@@ -24,7 +24,8 @@ from .. import step, transfer
 from ..activations import heldout_rows
 from ..subspaces import group_features, resolve_groups
 from .codes import top_token_strings
-from .core import Study
+from ..matching import Matches
+from .core import Comparison, Study
 from .pairs import match, matching_artifact
 from .usae import universal_sae, usae_artifact
 
@@ -77,6 +78,29 @@ def transfer_artifact(study: Study, la: int, lb: int) -> step.Artifact:
                     meta={"cell": [la, lb]})
 
 
+def steerers(study: Study, comp: Comparison, pairs: Matches, rng: np.random.Generator,
+             with_sae: bool = True) -> tuple[dict[str, transfer.Steerer], dict[str, dict[str, Any]], list[str]]:
+    """Each model of ``comp`` steered at its layer over the same held-out rows (``transfer.n_rows`` x ``n_tokens``),
+    reading its codes (``with_sae``) and the token strings both vocabularies share (returned, with their ids in
+    each Steerer's ``vocab_ids``), and its dose: :func:`featlib.transfer.dose` of ``transfer.n_calibration`` of
+    ``pairs``' own decoder rows, drawn with ``rng`` (model A's first), at sizes times the layer's mean residual
+    norm (``mean_norm`` in the dose's dict)."""
+    t, (a, b) = study.cfg.transfer, study.ids[:2]
+    sides, idx = {a: comp.a, b: comp.b}, {a: pairs.idx_a, b: pairs.idx_b}
+    rows = heldout_rows(study.cfg, [study.models[m] for m in (a, b)], t["n_rows"], t["n_tokens"])
+    special = {m: set(study.models[m].tokenizer.all_special_ids) for m in (a, b)}
+    ids_a, ids_b, strings = transfer.shared_strings(study.token_strings(a), study.token_strings(b), special[a], special[b])
+    steer, doses = {}, {}
+    for m, ids in ((a, ids_a), (b, ids_b)):
+        steer[m] = transfer.Steerer(study.models[m].model, sides[m].layer, rows[m], ids,
+                                    sae=study.sae(sides[m]) if with_sae else None)
+        own = rng.choice(len(pairs), min(t["n_calibration"], len(pairs)), replace=False)
+        scale = study.eval_acts(m).mean_norm(sides[m].layer)
+        doses[m] = transfer.dose(steer[m], study.decoder_rows(sides[m], idx[m][own]), t["loss_rise"], scale,
+                                 DOSE_FACTORS) | {"mean_norm": scale}
+    return steer, doses, strings
+
+
 def _experiment(study: Study, la: int, lb: int, names: list[str], tmp: Path) -> dict[str, np.ndarray]:
     t, (a, b) = study.cfg.transfer, study.ids[:2]
     comp = study.cross(la, lb)
@@ -90,16 +114,9 @@ def _experiment(study: Study, la: int, lb: int, names: list[str], tmp: Path) -> 
     test = np.sort(rng.choice(n_all, min(t["max_pairs"], n_all), replace=False))
     fold = transfer.folds(len(test), t["folds"], t["seed"])
     idx = {a: pairs.idx_a, b: pairs.idx_b}
-    rows = heldout_rows(study.cfg, [study.models[m] for m in (a, b)], t["n_rows"], t["n_tokens"])
-    special = {m: set(study.models[m].tokenizer.all_special_ids) for m in (a, b)}
-    ids_a, ids_b, strings = transfer.shared_strings(study.token_strings(a), study.token_strings(b), special[a], special[b])
-    steer, alpha, out, info = {}, {}, {}, {"strings": strings, "n_pairs": n_all, "methods": names, "dose": {}}
-    for m, ids in ((a, ids_a), (b, ids_b)):
-        steer[m] = transfer.Steerer(study.models[m].model, layer[m], rows[m], ids, sae=study.sae(sides[m]))
-        own = rng.choice(n_all, min(t["n_calibration"], n_all), replace=False)
-        scale = study.eval_acts(m).mean_norm(layer[m])
-        d = transfer.dose(steer[m], study.decoder_rows(sides[m], idx[m][own]), t["loss_rise"], scale, DOSE_FACTORS)
-        alpha[m], info["dose"][m] = d["alpha"], d | {"mean_norm": scale}
+    steer, doses, strings = steerers(study, comp, pairs, rng)
+    alpha, out = {m: d["alpha"] for m, d in doses.items()}, {}
+    info = {"strings": strings, "n_pairs": n_all, "methods": names, "dose": doses}
     usae = universal_sae(study)[0] if "universal" in names else None
     for src, tgt in ((a, b), (b, a)):
         X, Y = study.decoder_rows(sides[src], idx[src]), study.decoder_rows(sides[tgt], idx[tgt])
