@@ -208,12 +208,12 @@ def selectivity(on: sp.csr_array, off: sp.csr_array, n_shuffles: int, seed: int)
     return auroc, null
 
 
-def members(codes: sp.csr_array, ut: UnitText, phrases: list[str], p: dict[str, Any], occ: Occurrences | None = None) -> Members:
+def members(codes: sp.csr_array, ut: UnitText, phrases: list[str], p: dict[str, Any]) -> Members:
     """The member features of the group of ``phrases`` in the SAE whose eval codes are ``codes`` (n_units, d),
     with ``p`` = ``subspaces.phrases`` (``rule``, ``n_controls``, ``min_auroc``, ``max_features``,
     ``n_shuffles``, ``alpha``, ``min_occurrences``, ``seed``). A group with fewer than ``min_occurrences``
     occurrences has no members."""
-    occ = find_occurrences(ut, phrases) if occ is None else occ
+    occ = find_occurrences(ut, phrases)
     found = len(np.unique(occ.phrase))
     if len(occ) < p["min_occurrences"]:
         return Members(np.zeros(0, np.int64), np.zeros(0), float("nan"), len(occ), found)

@@ -3,7 +3,7 @@ per SAE and layer, row t holding unit t's non-zero codes (at most k for TopK SAE
 
 ``pack`` builds it from dense code chunks in unit order; ``chunks`` replays it as the padded
 :class:`featlib.correlation.SparseCodes` chunks the correlation engine reads; ``restrict`` keeps a
-subset of features (renumbered).
+subset of features (renumbered); ``active_features`` says which features vary.
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ def _feature_stats(codes: sp.csr_array) -> tuple[np.ndarray, np.ndarray, np.ndar
     silent = fires < n  # some unit reads 0 for this feature
     hi, lo = np.where(silent, np.maximum(hi, 0), hi), np.where(silent, np.minimum(lo, 0), lo)
     return mean, std, (hi > lo) & (std > 0)
+
+
+def active_features(codes: sp.csr_array) -> np.ndarray:
+    """(d,) bool: the features of (n, d) ``codes`` that vary over the units (max > min and std > 0): the ones
+    correlation matching can pair."""
+    return _feature_stats(codes)[2]
 
 
 def _block_ends(codes_a: sp.csr_array, codes_b: sp.csr_array, max_entries: int) -> list[int]:

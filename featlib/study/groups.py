@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from .. import matching, phrases
+from .. import matching, phrases, sparse_rows
 from ..phrases import Interaction, Members, UnitText
 from ..subspaces import GROUP_METRICS, group_features, resolve_groups, score_group
 from .codes import sae_codes, top_token_strings
@@ -136,7 +136,7 @@ def phrase_interactions(study: Study, m: Match) -> Interaction:
     mem = [phrase_members(study, s) for s in sides]
     names = list(mem[0])
     dec = [study.sae(s).W_dec.detach().double().cpu().numpy() for s in sides]
-    pools = [np.unique(sae_codes(study, s).indices).astype(np.int64) for s in sides]
+    pools = [np.flatnonzero(sparse_rows.active_features(sae_codes(study, s))) for s in sides]
     return phrases.interaction_agreement(dec[0], dec[1], names, [mem[0][g].features for g in names],
                                          [mem[1][g].features for g in names], pools[0], pools[1], p["n_random_sets"], p["seed"])
 
