@@ -44,6 +44,9 @@ class _Section(BaseModel):
     # strict: no silent coercion ("100" is not an int, 1 is not a bool); an int is accepted where a number is
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    def __getitem__(self, key: str) -> Any:  # transitional: featlib reads attributes (cfg.similarity.n_shuffles)
+        return getattr(self, key)
+
 
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -98,7 +101,6 @@ class Sae(_Section):
 
 
 class Matching(_Section):
-    layer_pair: list[Layer] = Field(min_length=2, max_length=2)  # [layer of the first model, layer of the second]
     min_r: float = Field(0.1, ge=0, lt=1)
     one_to_one: bool = True
     top_k_tokens: PosInt = 5
@@ -140,9 +142,11 @@ class Subspaces(_Section):
 
 
 class Universal(_Section):
-    """The universal SAE (notebook 07, featlib.universal)."""
+    """The universal SAE (notebook 07, featlib.universal): one sparse code shared by ``models``."""
 
-    layers: list[Layer] = []  # one per model; [] = matching.layer_pair
+    models: list[str] = Field([], description="the models it reads; [] = every model of the profile")
+    layers: dict[str, Layer] = Field({}, description="the layer of each of its models; a model left out: its "
+                                                     "layer in the first comparison that names it")
     expansion: PosInt = 8
     k: PosInt = 32
     lr: float = Field(3e-4, gt=0)
@@ -164,7 +168,8 @@ class Universal(_Section):
 class Atlas(_Section):
     """The feature atlas (notebook 08, featlib.atlas)."""
 
-    layer_pair: list[Layer] = []  # [] = matching.layer_pair
+    comparison: NonNegInt = Field(0, description="which of comparisons (its index) the atlas shows")
+    layers: list[Layer] = Field([], description="[layer of side a, layer of side b]; [] = the comparison's layers")
     matching: Literal["best", "hungarian"] = "best"
     n_active: PosInt = 300
     n_neighbors: int = Field(15, ge=2)
@@ -174,24 +179,35 @@ class Atlas(_Section):
     seed: int = 42
 
 
-COMPARISONS = ("cross", "seed", "random_init")
+COMPARISON_KINDS = ("cross",)  # kinds a profile lists; "seed" and "random_init" are derived (references)
+REFERENCE_KINDS = ("seed", "random_init")
 
 
-class Comparisons(_Section):
-    """Which comparisons of SAE sides the study computes (featlib.study).
+class ComparisonSpec(_Section):
+    """One comparison the study scores: model ``a``'s SAE at ``layers[0]`` vs model ``b``'s at ``layers[1]``."""
 
-    ``cross``: the first model's SAE vs the second's at ``matching.layer_pair`` (and every layer pair in 05);
-    ``seed`` (the *ceiling*): each of ``models``' SAE vs a second SAE of the same model and layer trained with
-    ``sae.seed = second_seed``; ``random_init`` (the *floor*): each of ``models``' SAE vs the SAE, trained
-    identically, of a random re-initialisation of the same architecture (``init_seed``). Ceilings and floors
-    are computed at ``layers``: ``focus`` (``matching.layer_pair``), ``diagonal`` (also every layer pair of
-    equal relative depth) or ``all`` (every extracted layer).
+    a: str = Field("", description="a model id; '' = the profile's first model")
+    b: str = Field("", description="another model id; '' = the profile's second model")
+    layers: list[Layer] = Field(min_length=2, max_length=2,
+                                description="[layer of a, layer of b]: the cell notebooks 03-09 focus on")
+    kind: Literal["cross"] = Field("cross", description="cross: two different models, each with its own SAE")
+
+
+class References(_Section):
+    """The ceilings and floors every comparison is calibrated between (featlib.study).
+
+    ``seed`` (the *ceiling*): a model's SAE vs a second SAE of the same model and layer trained with
+    ``sae.seed = second_seed``; ``random_init`` (the *floor*): a model's SAE vs the SAE, trained identically, of
+    a random re-initialisation of the same architecture (``init_seed``). Computed at ``layers``: ``focus`` (the
+    comparisons' layers), ``diagonal`` (also every layer pair of equal relative depth of each comparison) or
+    ``all`` (every extracted layer).
     """
 
-    run: list[Literal["cross", "seed", "random_init"]] = Field(["cross"], min_length=1)
-    models: list[str] = []  # [] = every model
-    second_seed: int = 1
-    init_seed: int = 0
+    run: list[Literal["seed", "random_init"]] = Field([], description="which references to compute: seed (ceiling), "
+                                                                      "random_init (floor)")
+    models: list[str] = Field([], description="the models that get them; [] = every model of a comparison")
+    second_seed: int = Field(1, description="sae.seed of the ceiling's second SAE")
+    init_seed: int = Field(0, description="seed of the floor's random re-initialisation")
     layers: Literal["focus", "diagonal", "all"] = "diagonal"
 
 
@@ -207,7 +223,8 @@ class Calibration(_Section):
 class Transfer(_Section):
     """Causal transfer of steering directions between the models (notebook 09, featlib.transfer)."""
 
-    layers: Literal["focus", "diagonal"] = "focus"  # matching.layer_pair, or also every pair of equal relative depth
+    layers: Literal["focus", "diagonal"] = "focus"  # the comparison's layers, or also every pair of equal relative depth
+    comparison: NonNegInt = Field(0, description="which of comparisons (its index) is tested")
     max_pairs: PosInt = 200  # test pairs per layer pair (a seeded sample; all when fewer)
     folds: int = Field(5, ge=2)  # the rotation for a test pair is fitted on the pairs outside its fold
     ridge: float = Field(0.01, gt=0)  # affine map: penalty = ridge x mean eigenvalue of the source covariance
@@ -234,7 +251,8 @@ class Profile(_Section):
     subspaces: Subspaces = Subspaces()
     universal: Universal = Universal()
     atlas: Atlas = Atlas()
-    comparisons: Comparisons = Comparisons()
+    comparisons: list[ComparisonSpec] = Field(min_length=1)
+    references: References = References()
     calibration: Calibration = Calibration()
     transfer: Transfer = Transfer()
 
@@ -496,21 +514,23 @@ def _apply(raw: dict[str, Any], overrides: dict[str, Any], where: _Where) -> dic
 
 @dataclass(frozen=True)
 class Config:
-    """Validated parameters of one run: every section a plain dict, all keys filled in."""
+    """Validated parameters of one run: every section its typed model (``cfg.similarity.n_shuffles``), all
+    keys filled in."""
 
     profile: str
-    models: dict[str, dict[str, Any]]
-    data: dict[str, Any]
+    models: dict[str, ModelSpec]
+    data: Data
     layers: dict[str, list[int]]
-    sae: dict[str, Any]
-    matching: dict[str, Any]
-    similarity: dict[str, Any]
-    subspaces: dict[str, Any]
-    universal: dict[str, Any]
-    atlas: dict[str, Any]
-    comparisons: dict[str, Any]
-    calibration: dict[str, Any]
-    transfer: dict[str, Any]
+    sae: Sae
+    matching: Matching
+    similarity: Similarity
+    subspaces: Subspaces
+    universal: Universal
+    atlas: Atlas
+    comparisons: list[ComparisonSpec]
+    references: References
+    calibration: Calibration
+    transfer: Transfer
     overrides: dict[str, Any] = field(default_factory=dict)  # as given to build()
     source: str = field(default="", compare=False)  # the profile file (repository-relative when inside it)
 
@@ -520,13 +540,24 @@ class Config:
         return f"{self.profile}+{stable_hash(self.overrides)[:6]}" if self.overrides else self.profile
 
     @property
+    def model_ids(self) -> list[str]:
+        return list(self.models)
+
+    @property
     def universal_layers(self) -> dict[str, int]:
-        """The layer of every model the universal SAE reads (``universal.layers`` or ``matching.layer_pair``)."""
-        return dict(zip(self.models, self.universal["layers"] or self.matching["layer_pair"]))
+        """The layer of every model the universal SAE reads (``universal.models``, every model when empty), in
+        the profile's model order: ``universal.layers``, else the model's layer in the first comparison naming it."""
+        out = {}
+        for mid in self.universal.models or self.model_ids:
+            if mid in self.universal.layers:
+                out[mid] = self.universal.layers[mid]
+            else:
+                out[mid] = next(c.layers[(c.a, c.b).index(mid)] for c in self.comparisons if mid in (c.a, c.b))
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved profile: ``profile`` and every section (defaults and overrides applied)."""
-        return {s: copy.deepcopy(getattr(self, s)) for s in SECTIONS}
+        return {s: _plain(getattr(self, s)) for s in SECTIONS}
 
     @property
     def params_hash(self) -> str:
@@ -541,6 +572,17 @@ class Config:
         head += ["#   every default filled in; params_hash " + self.params_hash]
         body = dict(self.as_dict(), profile=self.label)
         return "\n".join(head) + "\n" + yaml.dump(body, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+def _plain(value: Any) -> Any:
+    """A section as plain data (dicts, lists, scalars), as the profile file would write it."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return copy.deepcopy(value)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -574,13 +616,43 @@ def build(profile: str, overrides: dict[str, Any] | None = None) -> Config:
     where = _Where(path, overrides)
     raw = _apply(raw, overrides, where)
     raw["profile"] = label
+    _refuse_moved(raw, where)
     try:
         p = Profile.model_validate(raw)
     except ValidationError as e:
         raise _from_validation(e, raw, where) from None
     d = p.model_dump()
-    _check(d, where)
-    return Config(**d, overrides=overrides, source=_show(path))
+    _check(d, where)  # fills in comparisons' a and b, references.models
+    p = Profile.model_validate(d)
+    return Config(**{s: getattr(p, s) for s in SECTIONS}, overrides=overrides, source=_show(path))
+
+
+def _refuse_moved(raw: dict[str, Any], where: _Where) -> None:
+    """Keys of profiles written before comparisons became a list: one line saying where each went."""
+    comp = raw.get("comparisons")
+    if isinstance(comp, dict):
+        run = [k for k in comp.get("run", []) if k != "cross"]
+        raise where.error("comparisons", comp, "a list of comparisons, e.g. [{a: A, b: B, layers: [2, 3]}]",
+                          what="is a mapping (the former layout)",
+                          fix=f"Fix: in {where.file} move run (now {run}, without 'cross'), models, second_seed, "
+                          "init_seed and layers to a section references:, and write comparisons: [{a: ..., b: ..., "
+                          "layers: <matching.layer_pair>}].")
+    matching = raw.get("matching")
+    if isinstance(matching, dict) and "layer_pair" in matching:
+        raise where.error("matching.layer_pair", matching["layer_pair"], "no such key: the layers of a comparison are "
+                          "its own", what="has moved", fix=f"Fix: in {where.file} write comparisons: [{{layers: "
+                          f"{matching['layer_pair']}}}] and remove matching.layer_pair.")
+    atlas = raw.get("atlas")
+    if isinstance(atlas, dict) and "layer_pair" in atlas:
+        raise where.error("atlas.layer_pair", atlas["layer_pair"], "no such key", what="has moved",
+                          fix=f"Fix: in {where.file} rename it to atlas.layers ([] = the comparison's layers).")
+    universal = raw.get("universal")
+    if isinstance(universal, dict) and isinstance(universal.get("layers"), list):
+        ids, layers = list(raw.get("models") or {}), universal["layers"]
+        example = "{" + ", ".join(f"{m}: {layer}" for m, layer in zip(ids, layers)) + "}" if layers else "{}"
+        raise where.error("universal.layers", layers, "a mapping of model id to layer ({} = each model's layer in the "
+                          "first comparison naming it)", what="is a list (the former layout)",
+                          fix=f"Fix: in {where.file} write universal.layers: {example}.")
 
 
 def resolve_path(path: str) -> Path:
@@ -604,7 +676,8 @@ def local_shape(spec: dict[str, Any]) -> dict[str, int]:
 
 
 def _check(d: dict[str, Any], where: _Where) -> None:
-    """The checks across keys (the schema checks each value on its own); fills comparisons.models."""
+    """The checks across keys (the schema checks each value on its own); fills in comparisons' models and
+    references.models."""
     ids = list(d["models"])
     for mid, spec in d["models"].items():
         need = "path" if spec["source"] == "local" else "name"
@@ -623,25 +696,20 @@ def _check(d: dict[str, Any], where: _Where) -> None:
     for mid, ls in layers.items():
         if not ls:
             raise where.error(f"layers.{mid}", ls, "a non-empty list of integers >= 0")
-    comp = d["comparisons"]
-    run = comp["run"]
-    if len(set(run)) != len(run):
-        raise where.error("comparisons.run", run, "a non-empty list of distinct items from "
-                          + ", ".join(map(repr, COMPARISONS)), what="repeats an item")
-    comp["models"] = comp["models"] or ids[:2]
-    if not set(comp["models"]) <= set(ids[:2]) or len(set(comp["models"])) != len(comp["models"]):
-        raise where.error("comparisons.models", comp["models"], "distinct model ids among " + ", ".join(map(repr, ids[:2])))
+    _check_comparisons(d, where)
+    refs = d["references"]
+    run = refs["run"]
     trained_here = [k for k in ("seed", "random_init") if k in run]
     if trained_here and d["sae"]["source"] != "train":
         raise ConfigError(
-            f"{where.source('sae.source' if where.override('sae.source') else 'comparisons.run')}: comparisons.run = "
+            f"{where.source('sae.source' if where.override('sae.source') else 'references.run')}: references.run = "
             f"{run!r} is not allowed with sae.source = "
             f"{d['sae']['source']!r}; allowed: 'seed' and 'random_init' only with sae.source 'train'. Fix: the ceiling "
             "and floor compare SAEs trained here; set sae.source: train or drop 'seed' and 'random_init' from "
-            "comparisons.run."
+            "references.run."
         )
-    if "seed" in run and comp["second_seed"] == d["sae"]["seed"]:
-        raise where.error("comparisons.second_seed", comp["second_seed"], f"any integer but sae.seed "
+    if "seed" in run and refs["second_seed"] == d["sae"]["seed"]:
+        raise where.error("references.second_seed", refs["second_seed"], f"any integer but sae.seed "
                           f"({d['sae']['seed']})", what="equals sae.seed")
     data = d["data"]
     if data["source"] != "sotu" and not data["path"]:
@@ -687,24 +755,80 @@ def _check(d: dict[str, Any], where: _Where) -> None:
                 raise where.error(f"sae.{key}", d["sae"][key], f"one entry per model ({', '.join(ids)}) for "
                                   f"sae.source 'pretrained'", what=f"lacks {', '.join(missing)}")
 
-    def pair_check(key: str, pair: list[int], n: int) -> None:
-        what = f"one extracted layer of each of {', '.join(ids[:n])}: " + "; ".join(f"{m} {layers[m]}" for m in ids[:n])
-        if len(pair) != n:
-            raise where.error(key, pair, what)
-        for mid, layer in zip(ids, pair):
-            if layer not in layers[mid]:
-                raise where.error(key, pair, what, what=f"names layer {layer} of model {mid}, which is not among "
-                                  f"its extracted layers",
-                                  fix=where.fix(key).rstrip(".") + " (or add the layer to layers." + mid + ").")
-
     if d["transfer"]["n_tokens"] > d["data"]["seq_len"]:
         raise where.error("transfer.n_tokens", d["transfer"]["n_tokens"], f"at most data.seq_len "
                           f"({d['data']['seq_len']})", what="is longer than a row")
     if any(not p.strip() for p in d["transfer"]["prompts"]):
         raise where.error("transfer.prompts", d["transfer"]["prompts"], "non-empty strings", what="holds an empty prompt")
-    pair = d["matching"]["layer_pair"]
-    pair_check("matching.layer_pair", pair, 2)
-    if d["universal"]["layers"]:
-        pair_check("universal.layers", d["universal"]["layers"], len(ids))
-    if d["atlas"]["layer_pair"]:
-        pair_check("atlas.layer_pair", d["atlas"]["layer_pair"], 2)
+    for key in ("atlas", "transfer"):
+        i = d[key]["comparison"]
+        if i >= len(d["comparisons"]):
+            raise where.error(f"{key}.comparison", i, f"the index of one of comparisons (0..{len(d['comparisons']) - 1}: "
+                              + ", ".join(_comparison_name(c) for c in d["comparisons"]) + ")", what="names no comparison")
+    if d["atlas"]["layers"]:
+        c = d["comparisons"][d["atlas"]["comparison"]]
+        _check_layers(d, where, "atlas.layers", d["atlas"]["layers"], [c["a"], c["b"]])
+    usae = d["universal"]
+    umodels = usae["models"] or ids
+    if len(umodels) < 2 or len(set(umodels)) != len(umodels) or not set(umodels) <= set(ids):
+        raise where.error("universal.models", usae["models"], "[] (every model) or at least two distinct model ids "
+                          "among " + ", ".join(map(repr, ids)))
+    extra = sorted(set(usae["layers"]) - set(umodels))
+    if extra:
+        raise where.error("universal.layers", usae["layers"], "a layer for models among " + ", ".join(map(repr, umodels)),
+                          what=f"names model {extra[0]!r}, which the universal SAE does not read")
+    for mid in umodels:
+        if mid in usae["layers"]:
+            _check_layers(d, where, f"universal.layers.{mid}", [usae["layers"][mid]], [mid])
+        elif not any(mid in (c["a"], c["b"]) for c in d["comparisons"]):
+            raise where.error("universal.layers", usae["layers"], f"a layer for model {mid!r}, which no comparison "
+                              "names", what=f"lacks model {mid!r}",
+                              fix=where.fix("universal.layers").rstrip(".") + f" (add {mid}: <layer>), or leave "
+                              f"{mid} out of universal.models.")
+
+
+def _comparison_name(c: dict[str, Any]) -> str:
+    return f"{c['a']}{c['layers'][0]}–{c['b']}{c['layers'][1]}"
+
+
+def _check_layers(d: dict[str, Any], where: _Where, key: str, layers: list[int], models: list[str]) -> None:
+    """``layers[i]`` must be one of model ``models[i]``'s extracted layers."""
+    extracted = d["layers"]
+    what = "; ".join(f"{m} {extracted[m]}" for m in models)
+    what = f"one extracted layer of each of {', '.join(models)}: {what}" if len(models) > 1 else f"an extracted layer of {what}"
+    for mid, layer in zip(models, layers):
+        if layer not in extracted[mid]:
+            raise where.error(key, layers if len(layers) > 1 else layer, what,
+                              what=f"names layer {layer} of model {mid}, which is not among its extracted layers",
+                              fix=where.fix(key).rstrip(".") + f" (or add the layer to layers.{mid}).")
+
+
+def _check_comparisons(d: dict[str, Any], where: _Where) -> None:
+    """Fill in each comparison's models (the first two when not given) and check them; check references."""
+    ids = list(d["models"])
+    seen: dict[tuple[str, str, int, int], int] = {}
+    for i, c in enumerate(d["comparisons"]):
+        key = f"comparisons[{i}]"
+        c["a"] = c["a"] or ids[0]
+        c["b"] = c["b"] or next(m for m in ids if m != c["a"])
+        for side in ("a", "b"):
+            if c[side] not in ids:
+                raise where.error(f"{key}.{side}", c[side], "a model id among " + ", ".join(map(repr, ids)),
+                                  what="names no model")
+        if c["a"] == c["b"]:
+            raise where.error(f"{key}.b", c["b"], f"a model other than a ({c['a']!r}): kind {c['kind']!r} compares "
+                              "two models", what="is the same model as a")
+        _check_layers(d, where, f"{key}.layers", c["layers"], [c["a"], c["b"]])
+        tag = (c["a"], c["b"], *c["layers"])
+        if tag in seen:
+            raise where.error(key, c, "each comparison listed once", what=f"repeats comparisons[{seen[tag]}]")
+        seen[tag] = i
+    refs = d["references"]
+    run, named = refs["run"], [m for c in d["comparisons"] for m in (c["a"], c["b"])]
+    if len(set(run)) != len(run):
+        raise where.error("references.run", run, "a list of distinct items from " + ", ".join(map(repr, REFERENCE_KINDS)),
+                          what="repeats an item")
+    refs["models"] = refs["models"] or list(dict.fromkeys(m for m in ids if m in named))
+    if not set(refs["models"]) <= set(named) or len(set(refs["models"])) != len(refs["models"]):
+        raise where.error("references.models", refs["models"], "distinct model ids among those the comparisons name: "
+                          + ", ".join(map(repr, dict.fromkeys(m for m in ids if m in named))))

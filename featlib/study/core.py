@@ -4,11 +4,12 @@ A :class:`Side` is one sparse dictionary: a model, a layer and an SAE variant (t
 published, or trained here with ``sae.seed`` — or an SAE trained here with another seed). A
 :class:`Comparison` is two sides read over the same units. Matching (03), the geometry metrics with
 their nulls (04–05), concept groups (06) and the atlas (08) take comparisons, so the same chain scores
-model A against model B (``cross``), each model's SAE against a second SAE of the same model and layer
-trained with another seed (``seed``, the *ceiling*: how alike can two dictionaries of one network be?) and
-each model's SAE against the SAE of a random re-initialisation of the same architecture (``random_init``,
-the *floor*: what token identity and architecture give without learning). Ceilings and floors are
-computed at the layers ``comparisons.layers`` names (:meth:`Study.reference_layers`).
+each comparison the profile lists (``comparisons``: any two of its models, ``cross``), each model's SAE
+against a second SAE of the same model and layer trained with another seed (``seed``, the *ceiling*: how
+alike can two dictionaries of one network be?) and each model's SAE against the SAE of a random
+re-initialisation of the same architecture (``random_init``, the *floor*: what token identity and
+architecture give without learning). Ceilings and floors are computed at the layers ``references.layers``
+names (:meth:`Study.reference_layers`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import numpy as np
 
 from .. import step
 from ..activations import Activations, ensure_activations
-from ..config import Config
+from ..config import REFERENCE_KINDS, Config
 from ..models import LoadedModel, display_name, load_model, random_init
 from ..saes import LossBaselines, SaeTraining, check_width, load_pretrained, load_trained, published_identity, train_all
 
 COMPARISON_KINDS = {
-    "cross": "model A vs model B (each with the profile's SAE)",
+    "cross": "one model vs another (each with the profile's SAE)",
     "seed": "one model's SAE vs a second SAE of the same model and layer trained with another seed (ceiling)",
     "random_init": "one model's SAE vs the SAE of a random re-initialisation of its architecture (floor)",
 }
@@ -89,37 +90,46 @@ class Study:
 
     # ---- sides and comparisons -------------------------------------------------------------
     @property
+    def crosses(self) -> list[Comparison]:
+        """The comparisons the profile lists (``comparisons``), in its order."""
+        return [Comparison(c.kind, Side(c.a, c.layers[0]), Side(c.b, c.layers[1])) for c in self.cfg.comparisons]
+
+    @property
     def comparisons(self) -> list[Comparison]:
-        """The comparisons the profile lists (``comparisons.run``) at ``matching.layer_pair``: ``cross``, then
-        ``seed`` and ``random_init`` for each of ``comparisons.models``."""
-        la, lb = self.cfg.matching["layer_pair"]
-        cross = [self.cross(la, lb)] if "cross" in self.cfg.comparisons["run"] else []
-        return cross + self.references(la, lb)
+        """The profile's comparisons, then the ceilings (``seed``) and floors (``random_init``) of their sides
+        (:meth:`references`), each once."""
+        refs = [r for c in self.crosses for r in self.references(c)]
+        order = {k: i for i, k in enumerate(REFERENCE_KINDS)}
+        return self.crosses + sorted(dict.fromkeys(refs), key=lambda r: order[r.kind])
 
-    def cross(self, la: int, lb: int) -> Comparison:
-        """Model A's SAE at ``la`` vs model B's at ``lb``."""
-        a, b = self.ids[:2]
-        return Comparison("cross", Side(a, la), Side(b, lb))
-
-    def references(self, la: int, lb: int) -> list[Comparison]:
-        """The ceilings (``seed``) and floors (``random_init``) of the cross cell (``la``, ``lb``): for each
-        of ``comparisons.models`` at its layer of the cell, when listed in ``comparisons.run`` and computed
-        at that layer (:meth:`reference_layers`)."""
-        comp, out = self.cfg.comparisons, []
-        for k in ("seed", "random_init"):
-            if k not in comp["run"]:
+    def references(self, comparison: Comparison) -> list[Comparison]:
+        """The ceilings (``seed``) and floors (``random_init``) of the cell ``comparison``: for each of its sides
+        whose model is among ``references.models``, when listed in ``references.run`` and computed at that
+        side's layer (:meth:`reference_layers`)."""
+        refs, out = self.cfg.references, []
+        for k in REFERENCE_KINDS:
+            if k not in refs.run:
                 continue
-            for m in comp["models"]:
-                layer = (la, lb)[self.ids.index(m)]
-                if layer in self.reference_layers(m):
-                    other = Side(m, layer, seed=comp["second_seed"]) if k == "seed" else Side(m, layer, random_init=True)
-                    out.append(Comparison(k, Side(m, layer), other))
-        return out
+            for side in (comparison.a, comparison.b):
+                m = side.model
+                if m in refs.models and side.layer in self.reference_layers(m):
+                    own = Side(m, side.layer)
+                    other = Side(m, side.layer, seed=refs.second_seed) if k == "seed" else Side(m, side.layer, random_init=True)
+                    out.append(Comparison(k, own, other))
+        return list(dict.fromkeys(out))
 
-    def diagonal(self) -> list[tuple[int, int]]:
-        """The layer pairs of equal relative depth: each extracted layer of the model with fewer of them
-        with the other model's extracted layer nearest in relative depth (ties: the shallower one)."""
-        a, b = self.ids[:2]
+    def has_references(self, comparison: Comparison) -> bool:
+        """Whether the cell ``comparison`` has a ceiling and a floor for each of its sides' models that
+        ``references.models`` lists (and at least one): what calibrating it needs."""
+        refs = self.references(comparison)
+        models = [s.model for s in (comparison.a, comparison.b) if s.model in self.cfg.references.models]
+        return bool(models) and all(sum(r.kind == k for r in refs) == len(models) for k in REFERENCE_KINDS)
+
+    def diagonal(self, comparison: Comparison) -> list[tuple[int, int]]:
+        """The layer pairs of ``comparison``'s two models of equal relative depth: each extracted layer of the
+        model with fewer of them with the other model's extracted layer nearest in relative depth (ties: the
+        shallower one); (layer of side a, layer of side b)."""
+        a, b = comparison.a.model, comparison.b.model
         la_all, lb_all = self.cfg.layers[a], self.cfg.layers[b]
         flip = len(la_all) > len(lb_all)
         (x, xs), (y, ys) = ((b, lb_all), (a, la_all)) if flip else ((a, la_all), (b, lb_all))
@@ -130,34 +140,38 @@ class Study:
         return out
 
     def reference_layers(self, model_id: str) -> list[int]:
-        """The layers of ``model_id`` with a ceiling and a floor (``comparisons.layers``: ``focus`` =
-        ``matching.layer_pair``; ``diagonal`` = also :meth:`diagonal`; ``all`` = every extracted layer)."""
-        where, i = self.cfg.comparisons["layers"], self.ids.index(model_id)
+        """The layers of ``model_id`` with a ceiling and a floor (``references.layers``: ``focus`` = its layers
+        in the comparisons; ``diagonal`` = also the :meth:`diagonal` of each comparison naming it; ``all`` =
+        every extracted layer)."""
+        where = self.cfg.references.layers
         if where == "all":
             return list(self.cfg.layers[model_id])
-        cells = [tuple(self.cfg.matching["layer_pair"])] + (self.diagonal() if where == "diagonal" else [])
-        return sorted({cell[i] for cell in cells})
+        out = set()
+        for c in self.crosses:
+            cells = [(c.a.layer, c.b.layer)] + (self.diagonal(c) if where == "diagonal" else [])
+            for i, side in enumerate((c.a, c.b)):
+                if side.model == model_id:
+                    out |= {cell[i] for cell in cells}
+        return sorted(out)
 
     def reference_sides(self) -> list[Side]:
-        """Every side of a ceiling or floor at every layer where they are computed."""
-        la_all, lb_all = (self.cfg.layers[m] for m in self.ids[:2])
-        cells = [(la, lb) for la in la_all for lb in lb_all]
-        sides = {c.b for cell in cells for c in self.references(*cell)}
-        return sorted(sides, key=lambda s: (s.model, s.layer, s.random_init))
+        """Every side of a ceiling or floor at every layer where they are computed (over every comparison's grid)."""
+        sides = {r.b for c in self.crosses for cell in self.grid(c) for r in self.references(cell)}
+        return sorted(sides, key=lambda s: (self.ids.index(s.model), s.layer, s.random_init))
 
     def comparison(self, kind: str) -> Comparison:
-        """The profile's first comparison of ``kind`` (``cross``, ``seed``, ``random_init``) at ``matching.layer_pair``."""
+        """The profile's first comparison of ``kind`` (``cross``, ``seed``, ``random_init``)."""
         found = [c for c in self.comparisons if c.kind == kind]
         if not found:
-            raise ValueError(f"comparison {kind!r} is not in comparisons.run {self.cfg.comparisons['run']}. "
-                             f"Fix: add it to comparisons.run in the profile (or overrides).")
+            raise ValueError(f"comparison {kind!r} is not in this profile (comparisons: "
+                             f"{', '.join(c.name for c in self.comparisons)}). Fix: list it in comparisons, or "
+                             "add it to references.run, in the profile (or overrides).")
         return found[0]
 
     @property
     def focus(self) -> Comparison:
-        """The comparison notebooks 05–08 study: ``cross`` when listed, else the first listed."""
-        kinds = [c.kind for c in self.comparisons]
-        return self.comparison("cross" if "cross" in kinds else kinds[0])
+        """The profile's first comparison (``comparisons[0]``)."""
+        return self.crosses[0]
 
     def grid(self, comparison: Comparison) -> list[Comparison]:
         """``comparison`` at every extracted layer of its side A x every extracted layer of its side B."""
@@ -174,10 +188,10 @@ class Study:
 
     def _training(self, side: Side) -> SaeTraining | None:
         """How ``side``'s SAE is trained here; None for the published SAE of ``sae.source: pretrained``."""
-        if self.cfg.sae["source"] == "pretrained" and side.seed is None and not side.random_init:
+        if self.cfg.sae.source == "pretrained" and side.seed is None and not side.random_init:
             return None
         return SaeTraining.of(self.cfg, side.model, side.layer, self.acts_of(side, "train"),
-                              self.cfg.sae["seed"] if side.seed is None else side.seed)
+                              self.cfg.sae.seed if side.seed is None else side.seed)
 
     def _sae_source(self, side: Side) -> step.Input:
         training = self._training(side)
@@ -204,7 +218,7 @@ class Study:
     def _random_model(self, model_id: str) -> tuple[LoadedModel, dict[str, Activations]]:
         """The random re-initialisation of ``model_id`` and its activations on the profile's units (made once)."""
         if model_id not in self._random:
-            lm = random_init(self.models[model_id], self.cfg.comparisons["init_seed"])
+            lm = random_init(self.models[model_id], self.cfg.references.init_seed)
             others = [lm if m == model_id else self.models[m] for m in self.ids]
             self._random[model_id] = lm, ensure_activations(self.cfg, others)[model_id]
         return self._random[model_id]

@@ -26,12 +26,12 @@ HELDOUT_SPLITS = 10  # held-out CCA: random half splits per score (as in featlib
 def calibration_artifact(study: Study, cell: Comparison, draws: int) -> step.Artifact | None:
     """The cached calibration of the cross ``cell`` with ``draws`` draws (inputs: the matchings of the
     cell, its ceilings and its floors; parameters: ``calibration`` fraction and seed, the SVCCA variance);
-    None unless the cell has a ceiling and a floor for each of ``comparisons.models`` (``comparisons.run``,
-    ``comparisons.layers``)."""
-    refs = study.references(cell.a.layer, cell.b.layer)
-    ceilings, floors = [c for c in refs if c.kind == "seed"], [c for c in refs if c.kind == "random_init"]
-    if not len(ceilings) == len(floors) == len(study.cfg.comparisons["models"]):
+    None unless the cell has a ceiling and a floor for each of its models in ``references.models``
+    (:meth:`Study.has_references`)."""
+    if not study.has_references(cell):
         return None
+    refs = study.references(cell)
+    ceilings, floors = [c for c in refs if c.kind == "seed"], [c for c in refs if c.kind == "random_init"]
     cal = study.cfg.calibration
     params = {"fraction": cal["fraction"], "draws": draws, "seed": cal["seed"],
               "variance": study.cfg.similarity["variance"], "heldout_splits": HELDOUT_SPLITS}
