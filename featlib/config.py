@@ -832,3 +832,22 @@ def _check_comparisons(d: dict[str, Any], where: _Where) -> None:
     if not set(refs["models"]) <= set(named) or len(set(refs["models"])) != len(refs["models"]):
         raise where.error("references.models", refs["models"], "distinct model ids among those the comparisons name: "
                           + ", ".join(map(repr, dict.fromkeys(m for m in ids if m in named))))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Overrides from the command line
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set`` values: ``["similarity.n_shuffles=100", "layers.A=[1, 2]"]`` -> ``{"similarity.n_shuffles": 100,
+    "layers.A": [1, 2]}`` (each value read as YAML), the overrides of :func:`build`."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE. Fix: write e.g. --set similarity.n_shuffles=100.")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())}). "
+                              "Fix: quote it, e.g. --set 'layers.A=[1, 2]'.") from None
+    return out
