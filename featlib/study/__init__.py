@@ -2,7 +2,8 @@
 
 ======================  ===========================================================================
 ``core``                :class:`Study` (models, activations, memoised SAEs), :class:`Side`,
-                        :class:`Comparison` (cross, seed ceiling, random-init floor), :func:`open_study`
+                        :class:`Comparison` (the profile's comparisons, seed ceilings, random-init floors),
+                        :func:`open_study`
 ``codes``               each side's SAE codes (sparse rows), top-activating units, firing frequency
 ``extraction``  (01)    what every model read and stored, a sample of the units, residual norms
 ``sae_quality`` (02)    every SAE's explained variance, L0, dead latents, CE loss recovered
@@ -21,7 +22,7 @@
 
 from .atlas_view import atlas_comparison, atlas_page, feature_atlas, group_colors, pool_correlations
 from .codes import FeatureTokens, feature_tokens, sae_codes, top_token_strings
-from .core import COMPARISON_KINDS, Comparison, Side, Study, open_study
+from .core import COMPARISON_KINDS, Comparison, Side, Study, figure_name, open_study
 from .extraction import extraction_table, residual_norms, same_units, unit_sample
 from .findings import (atlas_findings, extraction_findings, firing_findings, grid_findings, group_findings, matching_findings,
                        phrase_findings, sae_findings, scale_findings, transfer_findings)
@@ -33,12 +34,12 @@ from .sae_quality import sae_metrics, sae_table
 from .scale import calibrate, calibrated_grid, calibration_table
 from .transfer import (Cell, dose_table, layer_table, success_by_r, success_table, transfer_cells,
                        transfer_gallery)
-from .usae import USAEResults, counterpart_table, firing_summary, pick_concept, universal_metrics, universal_sae
+from .usae import PairOverlap, USAEResults, counterpart_table, firing_summary, pick_concept, universal_metrics, universal_sae
 
 __all__ = [
     "COMPARISON_KINDS", "Cell", "Comparison", "FeatureTokens", "Geometry", "METRICS", "METRIC_NAMES", "Match", "Score", "Side",
-    "Study", "USAEResults", "atlas_comparison", "atlas_findings", "atlas_page", "calibrate", "calibrated_grid", "calibration_table",
-    "compare_pairs", "counterpart_table", "dose_table", "extraction_findings", "extraction_table", "feature_atlas", "feature_tokens", "firing_findings", "firing_summary",
+    "Study", "PairOverlap", "USAEResults", "atlas_comparison", "atlas_findings", "atlas_page", "calibrate", "calibrated_grid", "calibration_table",
+    "compare_pairs", "counterpart_table", "dose_table", "extraction_findings", "extraction_table", "feature_atlas", "feature_tokens", "figure_name", "firing_findings", "firing_summary",
     "funnel_table", "geometry_table", "grid_findings", "grid_matrix", "group_colors", "group_findings", "interaction_table", "layer_grid", "layer_table", "match",
     "matching_findings", "open_study", "pair_table", "phrase_findings", "phrase_interactions", "phrase_members", "phrase_rules",
     "phrase_scores", "pick_concept", "pool_correlations", "reference_grid",

@@ -275,3 +275,10 @@ def open_study(cfg: Config, device: str = "auto") -> Study:
     (tokens, or positions aligned across tokenizers: ``data.align``)."""
     models = {mid: load_model(mid, spec, device) for mid, spec in cfg.models.items()}
     return Study(cfg, models, ensure_activations(cfg, list(models.values())))
+
+
+def figure_name(study: Study, name: str, comparison: Comparison) -> str:
+    """A figure's name for ``comparison``: ``name`` for the profile's first comparison, ``name_<a><la>-<b><lb>``
+    (e.g. ``heatmaps_A2-C1``) for the others, so that each comparison has its own file."""
+    c = comparison
+    return name if c == study.focus else f"{name}_{c.a.model}{c.a.layer}-{c.b.model}{c.b.layer}"

@@ -1,6 +1,6 @@
 """Notebook 07: a universal SAE over every model of the profile (see :mod:`featlib.universal`) — trained
 once, then measured: cross-reconstruction, firing entropy, co-firing vs energy, counterparts in each
-model's own SAE, and overlap with the ``cross`` comparison's pairs."""
+model's own SAE, and overlap with the pairs of each comparison it reads."""
 
 from __future__ import annotations
 
@@ -18,27 +18,29 @@ from .pairs import match, matching_artifact
 
 VERSION = 5  # 4: training decodes the active latents only (universal.selected_rows); 5: and forms the encoder
 # gradient from the selected latents only (universal.selected_linear)
+METRICS_VERSION = 6  # 6: the pair overlap of every comparison the universal SAE reads (was: the first two models')
 COUNTERPART_COS = 0.5  # a concept's decoder row has a counterpart in an SAE when their cosine exceeds this
 
 
 def usae_params(study: Study) -> universal.USAEParams:
     """The training parameters (the ``universal`` section less ``layers``, ``fire_threshold``, ``concept``)."""
-    return universal.USAEParams(**{f.name: study.cfg.universal[f.name] for f in fields(universal.USAEParams)})
+    return universal.USAEParams(**{f.name: getattr(study.cfg.universal, f.name) for f in fields(universal.USAEParams)})
 
 
 def usae_artifact(study: Study) -> step.Artifact:
-    """The universal SAE at ``cfg.universal_layers``, trained on the ``train`` activations (cached; inputs:
-    those activations; parameters: the layers and the training parameters only)."""
+    """The universal SAE over the models and layers of ``cfg.universal_layers``, trained on their ``train``
+    activations (cached; inputs: those activations; parameters: the layers and the training parameters only)."""
     params, layers = usae_params(study), study.cfg.universal_layers
 
     def produce(tmp: Path) -> None:
-        device = study.models[study.ids[0]].device
-        usae, log = universal.train({mid: study.acts[mid]["train"].layer(layers[mid]) for mid in study.ids}, params, device=device)
+        device = study.models[next(iter(layers))].device
+        usae, log = universal.train({mid: study.acts[mid]["train"].layer(layer) for mid, layer in layers.items()}, params,
+                                    device=device)
         log["tokens_per_second"] = params.batch_size * len(log["seconds"]) / sum(log["seconds"])
         usae.save(tmp, {"layers": layers, "params": asdict(params)})
         step.write_json(tmp / "log.json", log)
 
-    inputs = {f"train_{mid}": study.acts[mid]["train"].key for mid in study.ids}
+    inputs = {f"train_{mid}": study.acts[mid]["train"].key for mid in layers}
     return step.run("usae", {"layers": layers, "params": asdict(params)}, inputs, produce, version=VERSION,
                     meta={"seed": params.seed})
 
@@ -47,6 +49,19 @@ def universal_sae(study: Study) -> tuple[universal.UniversalSAE, dict[str, Any]]
     """The trained universal SAE and its training log."""
     art = usae_artifact(study)
     return universal.UniversalSAE.load(art.path), art.json("log.json")
+
+
+@dataclass(frozen=True)
+class PairOverlap:
+    """How many of a comparison's final pairs (03) a universal concept recovers: both features are the
+    counterparts (cosine > 0.5) of one concept in their SAEs; ``overlap_random``: the same for re-paired pairs."""
+
+    comparison: str
+    a: str  # side names, e.g. "A2"
+    b: str
+    overlap: float
+    overlap_random: float
+    n_pairs: int
 
 
 @dataclass(frozen=True)
@@ -66,9 +81,7 @@ class USAEResults:
     counterpart_cos: dict[str, np.ndarray]  # model -> (K,) best cosine with the model's own SAE
     counterpart: dict[str, np.ndarray]  # model -> (K,) that SAE feature
     random_cos: dict[str, np.ndarray]  # model -> (K,) the same for random directions
-    overlap: float  # share of the cross pairs at the same layers recovered by a concept
-    overlap_random: float  # the same for re-paired pairs
-    n_pairs: int
+    overlaps: list[PairOverlap]  # every comparison whose two sides the universal SAE reads
     n_tokens: int
 
     @property
@@ -81,31 +94,45 @@ PER_MODEL = ("top_positions", "counterpart_cos", "counterpart", "random_cos")
 ARRAYS = ("r2", "fires", "cofire", "anyfire", "mean_code", "firing_entropy", "cofire_proportion", "energy")
 
 
+def read_comparisons(study: Study) -> list[Comparison]:
+    """The profile's comparisons whose two sides the universal SAE reads (same models, same layers)."""
+    layers = study.cfg.universal_layers
+    return [c for c in study.crosses if all(layers.get(s.model) == s.layer for s in (c.a, c.b))]
+
+
+@dataclass(frozen=True)
+class MetricsParams:
+    """What the measurements of notebook 07 read of ``universal`` (and hash into their key)."""
+
+    fire_threshold: float
+    seed: int
+
+
 def metrics_artifact(study: Study) -> step.Artifact:
-    """What notebook 07 measures on the eval units (cached; inputs: the universal SAE, every model's eval
-    activations and SAE, the ``cross`` matching at the universal layers; parameters:
-    ``universal.fire_threshold`` and ``universal.seed`` for the random directions)."""
-    layers, u = study.cfg.universal_layers, study.cfg.universal
-    sides = {mid: Side(mid, layers[mid]) for mid in study.ids}
-    a, b = study.ids[:2]
-    cross = Comparison("cross", sides[a], sides[b])
-    inputs: dict[str, step.Input] = {"usae": usae_artifact(study), "matching": matching_artifact(study, cross)}
-    for mid in study.ids:
+    """What notebook 07 measures on the eval units (cached; inputs: the universal SAE, the eval activations
+    and SAE of each model it reads, the matchings of :func:`read_comparisons`; parameters:
+    :class:`MetricsParams` — ``universal.fire_threshold``, and ``universal.seed`` for the random directions)."""
+    layers, params = study.cfg.universal_layers, MetricsParams(study.cfg.universal.fire_threshold, study.cfg.universal.seed)
+    ids = list(layers)
+    sides = {mid: Side(mid, layers[mid]) for mid in ids}
+    comps = read_comparisons(study)
+    inputs: dict[str, step.Input] = {"usae": usae_artifact(study)}
+    inputs |= {f"matching_{i}": matching_artifact(study, c) for i, c in enumerate(comps)}
+    for mid in ids:
         inputs |= {f"eval_{mid}": study.eval_acts(mid).key, f"sae_{mid}": study.sae_input(sides[mid])}
 
     def produce(tmp: Path) -> None:
         usae, _ = universal_sae(study)
-        pairs = match(study, cross).pairs
-        chunk = study.cfg.matching["chunk_tokens"]
+        chunk = study.cfg.matching.chunk_tokens
 
         def chunks() -> Iterator[dict[str, torch.Tensor]]:
-            per_model = [study.eval_acts(mid).chunks(layers[mid], chunk) for mid in study.ids]
-            return (dict(zip(study.ids, xs)) for xs in zip(*per_model))
+            per_model = [study.eval_acts(mid).chunks(layers[mid], chunk) for mid in ids]
+            return (dict(zip(ids, xs)) for xs in zip(*per_model))
 
-        m = universal.measure(usae, tqdm(chunks(), desc="measuring universal SAE", leave=False), u["fire_threshold"])
+        m = universal.measure(usae, tqdm(chunks(), desc="measuring universal SAE", leave=False), params.fire_threshold)
         out = {k: getattr(m, k) for k in ARRAYS}
         concept_of: dict[str, np.ndarray] = {}
-        for i, mid in enumerate(study.ids):
+        for i, mid in enumerate(ids):
             with torch.no_grad():
                 packed = sparse_rows.pack((usae.encode(mid, x) for x in study.eval_acts(mid).chunks(layers[mid], chunk)),
                                           usae.n_latents)
@@ -115,25 +142,31 @@ def metrics_artifact(study: Study) -> step.Artifact:
             cos, arg = universal.max_cosines(usae.W_dec[mid].detach(), W)
             out[f"counterpart_cos_{mid}"], out[f"counterpart_{mid}"] = cos, arg
             out[f"random_cos_{mid}"] = universal.max_cosines(
-                universal.random_directions(usae.n_latents, W.shape[1], u["seed"] + i), W)[0]
+                universal.random_directions(usae.n_latents, W.shape[1], params.seed + i), W)[0]
             concept_of[mid] = np.where(cos > COUNTERPART_COS, arg, -1)
-        shuffled = np.random.default_rng(u["seed"]).permutation(pairs.idx_b)
-        scalars = {"overlap": universal.pair_overlap(concept_of[a], concept_of[b], pairs.idx_a, pairs.idx_b),
-                   "overlap_random": universal.pair_overlap(concept_of[a], concept_of[b], pairs.idx_a, shuffled),
-                   "n_pairs": len(pairs), "n_tokens": m.n_tokens}
+        overlaps = []
+        for c in comps:
+            pairs, (a, b) = match(study, c).pairs, (c.a.model, c.b.model)
+            shuffled = np.random.default_rng(params.seed).permutation(pairs.idx_b)
+            overlaps.append({"comparison": c.name, "a": c.a.name, "b": c.b.name,
+                             "overlap": universal.pair_overlap(concept_of[a], concept_of[b], pairs.idx_a, pairs.idx_b),
+                             "overlap_random": universal.pair_overlap(concept_of[a], concept_of[b], pairs.idx_a, shuffled),
+                             "n_pairs": len(pairs)})
         np.savez(tmp / "metrics.npz", **out)
-        step.write_json(tmp / "scalars.json", scalars)
+        step.write_json(tmp / "scalars.json", {"overlaps": overlaps, "n_tokens": m.n_tokens})
 
-    return step.run("usae_metrics", {"fire_threshold": u["fire_threshold"], "seed": u["seed"]}, inputs, produce,
-                    version=VERSION)
+    return step.run("usae_metrics", asdict(params), inputs, produce, version=METRICS_VERSION)
 
 
 def universal_metrics(study: Study) -> USAEResults:
     """Everything notebook 07 shows about the universal SAE (see :func:`metrics_artifact`)."""
     art = metrics_artifact(study)
     arrays = art.arrays("metrics.npz")
-    per_model = {name: {mid: arrays[f"{name}_{mid}"] for mid in study.ids} for name in PER_MODEL}
-    return USAEResults(ids=study.ids, **{k: arrays[k] for k in ARRAYS}, **per_model, **art.json("scalars.json"))
+    ids = list(study.cfg.universal_layers)
+    per_model = {name: {mid: arrays[f"{name}_{mid}"] for mid in ids} for name in PER_MODEL}
+    scalars = art.json("scalars.json")
+    return USAEResults(ids=ids, **{k: arrays[k] for k in ARRAYS}, **per_model,
+                       overlaps=[PairOverlap(**o) for o in scalars["overlaps"]], n_tokens=scalars["n_tokens"])
 
 
 def firing_summary(res: USAEResults) -> dict[str, float]:
