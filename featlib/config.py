@@ -179,7 +179,7 @@ class Atlas(_Section):
     seed: int = 42
 
 
-COMPARISON_KINDS = ("cross",)  # kinds a profile lists; "seed" and "random_init" are derived (references)
+COMPARISON_KINDS = ("cross", "model_seed")  # kinds a profile lists; "seed" and "random_init" are derived (references)
 REFERENCE_KINDS = ("seed", "random_init")
 
 
@@ -190,7 +190,9 @@ class ComparisonSpec(_Section):
     b: str = Field("", description="another model id; '' = the profile's second model")
     layers: list[Layer] = Field(min_length=2, max_length=2,
                                 description="[layer of a, layer of b]: the cell notebooks 03-09 focus on")
-    kind: Literal["cross"] = Field("cross", description="cross: two different models, each with its own SAE")
+    kind: Literal["cross", "model_seed"] = Field(
+        "cross", description="cross: two different models; model_seed: two training runs of one architecture on the "
+                             "same data that differ in their seed (each with its own SAE)")
 
 
 class References(_Section):
@@ -803,6 +805,23 @@ def _check_layers(d: dict[str, Any], where: _Where, key: str, layers: list[int],
                               fix=where.fix(key).rstrip(".") + f" (or add the layer to layers.{mid}).")
 
 
+def _check_twins(d: dict[str, Any], where: _Where, key: str, a: str, b: str) -> None:
+    """A ``model_seed`` comparison of two local models: their config.json must agree but for the seed."""
+    shapes = []
+    for mid in (a, b):
+        spec = d["models"][mid]
+        file = resolve_path(spec["path"]) / "config.json" if spec["source"] == "local" else None
+        if file is None or not file.is_file():
+            return  # hub and GGUF models: their architecture is known only once loaded
+        fields = json.loads(file.read_text())
+        shapes.append({k: v for k, v in fields.items() if k != "seed"})
+    if shapes[0] != shapes[1]:
+        differ = sorted(k for k in set(shapes[0]) | set(shapes[1]) if shapes[0].get(k) != shapes[1].get(k))
+        raise where.error(f"{key}.kind", "model_seed", f"'cross' for models of different architectures; 'model_seed' "
+                          f"only for two training runs of one architecture", what=f"compares {a} and {b}, whose "
+                          f"config.json differ in {', '.join(differ)}")
+
+
 def _check_comparisons(d: dict[str, Any], where: _Where) -> None:
     """Fill in each comparison's models (the first two when not given) and check them; check references."""
     ids = list(d["models"])
@@ -819,6 +838,8 @@ def _check_comparisons(d: dict[str, Any], where: _Where) -> None:
             raise where.error(f"{key}.b", c["b"], f"a model other than a ({c['a']!r}): kind {c['kind']!r} compares "
                               "two models", what="is the same model as a")
         _check_layers(d, where, f"{key}.layers", c["layers"], [c["a"], c["b"]])
+        if c["kind"] == "model_seed":
+            _check_twins(d, where, key, c["a"], c["b"])
         tag = (c["a"], c["b"], *c["layers"])
         if tag in seen:
             raise where.error(key, c, "each comparison listed once", what=f"repeats comparisons[{seen[tag]}]")

@@ -27,6 +27,7 @@ from ..saes import LossBaselines, SaeTraining, check_width, load_pretrained, loa
 
 COMPARISON_KINDS = {
     "cross": "one model vs another (each with the profile's SAE)",
+    "model_seed": "one model vs a second training run of its architecture with another seed (each with its SAE)",
     "seed": "one model's SAE vs a second SAE of the same model and layer trained with another seed (ceiling)",
     "random_init": "one model's SAE vs the SAE of a random re-initialisation of its architecture (floor)",
 }
@@ -90,7 +91,7 @@ class Study:
 
     # ---- sides and comparisons -------------------------------------------------------------
     @property
-    def crosses(self) -> list[Comparison]:
+    def listed(self) -> list[Comparison]:
         """The comparisons the profile lists (``comparisons``), in its order."""
         return [Comparison(c.kind, Side(c.a, c.layers[0]), Side(c.b, c.layers[1])) for c in self.cfg.comparisons]
 
@@ -98,9 +99,9 @@ class Study:
     def comparisons(self) -> list[Comparison]:
         """The profile's comparisons, then the ceilings (``seed``) and floors (``random_init``) of their sides
         (:meth:`references`), each once."""
-        refs = [r for c in self.crosses for r in self.references(c)]
+        refs = [r for c in self.listed for r in self.references(c)]
         order = {k: i for i, k in enumerate(REFERENCE_KINDS)}
-        return self.crosses + sorted(dict.fromkeys(refs), key=lambda r: order[r.kind])
+        return self.listed + sorted(dict.fromkeys(refs), key=lambda r: order[r.kind])
 
     def references(self, comparison: Comparison) -> list[Comparison]:
         """The ceilings (``seed``) and floors (``random_init``) of the cell ``comparison``: for each of its sides
@@ -147,7 +148,7 @@ class Study:
         if where == "all":
             return list(self.cfg.layers[model_id])
         out = set()
-        for c in self.crosses:
+        for c in self.listed:
             cells = [(c.a.layer, c.b.layer)] + (self.diagonal(c) if where == "diagonal" else [])
             for i, side in enumerate((c.a, c.b)):
                 if side.model == model_id:
@@ -156,7 +157,7 @@ class Study:
 
     def reference_sides(self) -> list[Side]:
         """Every side of a ceiling or floor at every layer where they are computed (over every comparison's grid)."""
-        sides = {r.b for c in self.crosses for cell in self.grid(c) for r in self.references(cell)}
+        sides = {r.b for c in self.listed for cell in self.grid(c) for r in self.references(cell)}
         return sorted(sides, key=lambda s: (self.ids.index(s.model), s.layer, s.random_init))
 
     def comparison(self, kind: str) -> Comparison:
@@ -171,7 +172,7 @@ class Study:
     @property
     def focus(self) -> Comparison:
         """The profile's first comparison (``comparisons[0]``)."""
-        return self.crosses[0]
+        return self.listed[0]
 
     def grid(self, comparison: Comparison) -> list[Comparison]:
         """``comparison`` at every extracted layer of its side A x every extracted layer of its side B."""
