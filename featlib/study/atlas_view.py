@@ -36,7 +36,7 @@ def pool_correlations(study: Study, comparison: Comparison, pool_a: np.ndarray, 
 
 def atlas_comparison(study: Study) -> Comparison:
     """The comparison ``atlas.comparison`` names, at ``atlas.layers`` (default: its own layers)."""
-    c = study.crosses[study.cfg.atlas.comparison]
+    c = study.listed[study.cfg.atlas.comparison]
     return c.at(*study.cfg.atlas.layers) if study.cfg.atlas.layers else c
 
 

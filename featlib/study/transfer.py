@@ -65,7 +65,7 @@ class TransferParams:
 def cells(study: Study) -> list[Comparison]:
     """The cells tested: the comparison ``transfer.comparison`` names, then (``transfer.layers: diagonal``) it at
     the other layer pairs of equal relative depth."""
-    focus = study.crosses[study.cfg.transfer.comparison]
+    focus = study.listed[study.cfg.transfer.comparison]
     extra = [focus.at(*c) for c in study.diagonal(focus) if c != (focus.a.layer, focus.b.layer)] \
         if study.cfg.transfer.layers == "diagonal" else []
     return [focus] + extra

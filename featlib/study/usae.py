@@ -97,7 +97,7 @@ ARRAYS = ("r2", "fires", "cofire", "anyfire", "mean_code", "firing_entropy", "co
 def read_comparisons(study: Study) -> list[Comparison]:
     """The profile's comparisons whose two sides the universal SAE reads (same models, same layers)."""
     layers = study.cfg.universal_layers
-    return [c for c in study.crosses if all(layers.get(s.model) == s.layer for s in (c.a, c.b))]
+    return [c for c in study.listed if all(layers.get(s.model) == s.layer for s in (c.a, c.b))]
 
 
 @dataclass(frozen=True)
