@@ -27,12 +27,14 @@ random-model floor* (the cross mean is not above the floor's 97.5 % point), else
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import similarity
+from .metrics import registry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +53,7 @@ class Band:
     hi: float
 
     @classmethod
-    def of(cls, draws: np.ndarray) -> "Band":
+    def of(cls, draws: np.ndarray) -> Band:
         """The band of ``draws`` ``(B,)``; NaN when any draw is NaN."""
         if draws.size == 0 or np.isnan(draws).any():
             return cls(np.nan, np.nan, np.nan)
@@ -90,9 +92,19 @@ def subsample_size(ns: Sequence[int], fraction: float) -> int:
     return int(fraction * min(ns))
 
 
-def draw_scores(X: np.ndarray, Y: np.ndarray, m: int, draws: int, seed: int | Sequence[int], *,
-                repair: bool = False, variance: float = 0.99, knn_k: int = 10, heldout_splits: int = 10,
-                metrics: Sequence[str] = similarity.METRICS) -> np.ndarray:
+def draw_scores(
+    X: np.ndarray,
+    Y: np.ndarray,
+    m: int,
+    draws: int,
+    seed: int | Sequence[int],
+    *,
+    repair: bool = False,
+    variance: float = 0.99,
+    knn_k: int = similarity.KNN_K,
+    heldout_splits: int = similarity.HELDOUT_SPLITS,
+    metrics: Sequence[str] = similarity.METRICS,
+) -> np.ndarray:
     """``(draws, len(metrics))`` scores of ``draws`` subsets of ``m`` of the pairs ``X`` ``(n, d_x)``,
     ``Y`` ``(n, d_y)`` drawn without replacement (``numpy.random.default_rng(seed)``; with ``repair``
     the subset's Y rows are also permuted: the re-pairing null). NaN where a metric is not scorable."""
@@ -106,24 +118,27 @@ def draw_scores(X: np.ndarray, Y: np.ndarray, m: int, draws: int, seed: int | Se
     for b in range(draws):
         idx = rng.choice(n, size=m, replace=False)
         idy = idx[rng.permutation(m)] if repair else idx
-        s = similarity.scores(X[idx], Y[idy], variance=variance, knn_k=knn_k, metrics=metrics,
-                              heldout_splits=heldout_splits, seed=b)
+        s = similarity.scores(
+            X[idx], Y[idy], variance=variance, knn_k=knn_k, metrics=metrics, heldout_splits=heldout_splits, seed=b
+        )
         out[b] = [s[k] for k in metrics]
     return out
 
 
-def summarise(metric: str, m: int, cross: np.ndarray, ceilings: list[np.ndarray], floors: list[np.ndarray],
-              null: np.ndarray) -> Calibration:
+def summarise(
+    metric: str, m: int, cross: np.ndarray, ceilings: list[np.ndarray], floors: list[np.ndarray], null: np.ndarray
+) -> Calibration:
     """The :class:`Calibration` of one metric from its per-draw scores ``(B,)``: the cross draws, one
     array per ceiling and per floor (averaged per draw), and the re-pairing null draws."""
     ceiling, floor = np.mean(ceilings, axis=0), np.mean(floors, axis=0)
     bands = {"cross": Band.of(cross), "ceiling": Band.of(ceiling), "floor": Band.of(floor), "null": Band.of(null)}
-    name = similarity.METRIC_NAMES.get(metric, metric)
+    name = registry.display(metric)
     missing = [role for role, band in bands.items() if np.isnan(band.mean)]
     if missing:
         verdict = f"{NOT_SCORABLE}: {name} is degenerate at m = {m} pairs ({', '.join(missing)})"
     elif not bands["ceiling"].mean > bands["floor"].mean:
-        verdict = f"{NOT_SCORABLE}: the seed ceiling ({bands['ceiling'].mean:.3f}) is not above the floor ({bands['floor'].mean:.3f})"
+        top, bottom = bands["ceiling"].mean, bands["floor"].mean
+        verdict = f"{NOT_SCORABLE}: the seed ceiling ({top:.3f}) is not above the floor ({bottom:.3f})"
     else:
         verdict = ABOVE if bands["cross"].mean > bands["floor"].hi else NOT_ABOVE
     if verdict.startswith(NOT_SCORABLE):
@@ -136,9 +151,19 @@ def summarise(metric: str, m: int, cross: np.ndarray, ceilings: list[np.ndarray]
     return Calibration(metric, m, len(cross), **bands, calibrated=calibrated, verdict=verdict)
 
 
-def calibrate_pairs(cross: Pairs, ceilings: list[Pairs], floors: list[Pairs], *, fraction: float = 0.5,
-                    draws: int = 50, seed: int = 0, variance: float = 0.99, knn_k: int = 10,
-                    heldout_splits: int = 10, metrics: Sequence[str] = similarity.METRICS) -> dict[str, Calibration]:
+def calibrate_pairs(
+    cross: Pairs,
+    ceilings: list[Pairs],
+    floors: list[Pairs],
+    *,
+    fraction: float = 0.5,
+    draws: int = 50,
+    seed: int = 0,
+    variance: float = 0.99,
+    knn_k: int = similarity.KNN_K,
+    heldout_splits: int = similarity.HELDOUT_SPLITS,
+    metrics: Sequence[str] = similarity.METRICS,
+) -> dict[str, Calibration]:
     """{metric: :class:`Calibration`} of the ``cross`` pairs between ``ceilings`` and ``floors`` (each a
     list of (X, Y) pair arrays; see the module doc for the method). Comparison ``i`` (cross 0, then the
     ceilings, then the floors) draws with ``default_rng([seed, i])``, the null with ``[seed, -1]``."""
@@ -146,15 +171,24 @@ def calibrate_pairs(cross: Pairs, ceilings: list[Pairs], floors: list[Pairs], *,
         raise ValueError("calibration needs at least one ceiling and one floor comparison")
     groups = [cross, *ceilings, *floors]
     m = subsample_size([len(x) for x, _ in groups], fraction)
-    kw = dict(variance=variance, knn_k=knn_k, heldout_splits=heldout_splits, metrics=metrics)
+    kw: dict[str, Any] = dict(variance=variance, knn_k=knn_k, heldout_splits=heldout_splits, metrics=metrics)
     scores = [draw_scores(x, y, m, draws, [seed, i], **kw) for i, (x, y) in enumerate(groups)]
     null = draw_scores(*cross, m, draws, [seed, 2**31 - 1], repair=True, **kw)
     nc = len(ceilings)
-    return {k: summarise(k, m, scores[0][:, j], [s[:, j] for s in scores[1:1 + nc]],
-                         [s[:, j] for s in scores[1 + nc:]], null[:, j]) for j, k in enumerate(metrics)}
+    return {
+        k: summarise(
+            k,
+            m,
+            scores[0][:, j],
+            [s[:, j] for s in scores[1 : 1 + nc]],
+            [s[:, j] for s in scores[1 + nc :]],
+            null[:, j],
+        )
+        for j, k in enumerate(metrics)
+    }
 
 
-def calibration_table(cals: dict[str, Calibration]) -> "pd.DataFrame":
+def calibration_table(cals: dict[str, Calibration]) -> pd.DataFrame:
     """One row per metric: m, each role's mean and interval, the calibrated score and interval, the verdict
     (no rows, the same columns, for no calibrations)."""
     import pandas as pd

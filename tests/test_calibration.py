@@ -69,7 +69,8 @@ def test_too_few_pairs_is_not_scorable():
 
 
 def _study(layers, depth):
-    over = {"layers.A": layers[0], "layers.B": layers[1], "matching.layer_pair": [layers[0][0], layers[1][0]]}
+    over = {"layers.A": layers[0], "layers.B": layers[1],
+            "comparisons": [{"a": "A", "b": "B", "layers": [layers[0][0], layers[1][0]], "kind": "cross"}]}
     if depth[0] > depth[1]:  # the deeper model first: tiny's B (6 blocks) as A
         over |= {"models.A.path": "models/tiny/lm-b", "models.B.path": "models/tiny/lm-a"}
     cfg = config.build("tiny", over)
@@ -80,19 +81,20 @@ def _study(layers, depth):
 def test_diagonal_and_reference_layers():
     s = _study(([0, 1, 2, 3], [0, 1, 2, 3, 4, 5]), (4, 6))
     # depths A 0.25 0.5 0.75 1; B 0.17 0.33 0.5 0.67 0.83 1: ties (A0, A2) go to the shallower B layer
-    assert s.diagonal() == [(0, 0), (1, 2), (2, 3), (3, 5)]
+    assert s.diagonal(s.focus) == [(0, 0), (1, 2), (2, 3), (3, 5)]
     assert s.reference_layers("A") == [0, 1, 2, 3] and s.reference_layers("B") == [0, 2, 3, 5]
     flipped = _study(([0, 1, 2, 3, 4, 5], [0, 1, 2, 3]), (6, 4))
-    assert flipped.diagonal() == [(0, 0), (2, 1), (3, 2), (5, 3)]
-    refs = s.references(1, 2)
+    assert flipped.diagonal(flipped.focus) == [(0, 0), (2, 1), (3, 2), (5, 3)]
+    refs = s.references(s.focus.at(1, 2))
     assert [c.kind for c in refs] == ["seed", "seed", "random_init", "random_init"]
     assert refs[0] == Comparison("seed", Side("A", 1), Side("A", 1, seed=1))
     assert refs[3] == Comparison("random_init", Side("B", 2), Side("B", 2, random_init=True))
-    assert s.references(1, 1) == [c for c in s.references(1, 1) if c.a.model == "A"], "B1 has no ceiling or floor"
+    b1 = s.references(s.focus.at(1, 1))
+    assert b1 and b1 == [c for c in b1 if c.a.model == "A"], "B1 has no ceiling or floor"
     assert len(s.reference_sides()) == 2 * (4 + 4)
-    focus = Study(config.build("tiny", {"comparisons.layers": "focus"}), s.models, {})
+    focus = Study(config.build("tiny", {"references.layers": "focus"}), s.models, {})
     assert focus.reference_layers("A") == [2] and focus.reference_layers("B") == [3]
-    only_a = Study(config.build("tiny", {"comparisons.models": ["A"], "comparisons.run": ["cross", "seed"]}), s.models, {})
+    only_a = Study(config.build("tiny", {"references.models": ["A"], "references.run": ["seed"]}), s.models, {})
     assert [c.name for c in only_a.comparisons] == ["cross A2–B3", "seed A2–A2 (seed 1)"]
 
 

@@ -22,8 +22,7 @@ from scipy.spatial import procrustes as scipy_procrustes
 from scipy.stats import ortho_group
 
 from featlib import similarity as sim
-
-#: The last commit whose similarity.py had only SVCCA and RSA.
+from featlib.metrics import cka, knn, procrustes
 
 
 def decaying(n: int, d: int, seed: int, rate: float = 0.75) -> np.ndarray:
@@ -176,7 +175,7 @@ def test_mutual_knn_hand_example() -> None:
     assert sim.mutual_knn(X, Y, k=1) == pytest.approx(0.6, abs=1e-15)
     assert sim.mutual_knn(X, Y, k=2) == pytest.approx(0.7, abs=1e-15)
     assert sim.mutual_knn(X, Y, k=4) == 1.0               # k = n - 1: everything shared
-    np.testing.assert_array_equal(sim._knn_sets(torch.from_numpy(Y), 2, "Y").numpy(),
+    np.testing.assert_array_equal(knn._knn_sets(torch.from_numpy(Y), 2, "Y").numpy(),
                                   [[1, 2], [0, 2], [0, 1], [1, 2], [0, 1]])
 
 
@@ -199,12 +198,12 @@ def test_mutual_knn_matches_brute_force() -> None:
 
 def test_mutual_knn_chunked_and_tie_break() -> None:
     X = decaying(23, 5, seed=14)
-    full = sim._knn_sets(torch.from_numpy(X), 4, "X")
-    np.testing.assert_array_equal(sim._knn_sets(torch.from_numpy(X), 4, "X", chunk=5).numpy(), full.numpy())
+    full = knn._knn_sets(torch.from_numpy(X), 4, "X")
+    np.testing.assert_array_equal(knn._knn_sets(torch.from_numpy(X), 4, "X", chunk=5).numpy(), full.numpy())
     # item 0 is exactly as similar to items 1 and 2 (angles +-10 degrees): the lower index wins
     T = on_circle([0, 10, -10, 90, 180])
-    assert sim._knn_sets(torch.from_numpy(T), 1, "T")[0].tolist() == [1]
-    assert sim._knn_sets(torch.from_numpy(T), 2, "T")[0].tolist() == [1, 2]
+    assert knn._knn_sets(torch.from_numpy(T), 1, "T")[0].tolist() == [1]
+    assert knn._knn_sets(torch.from_numpy(T), 2, "T")[0].tolist() == [1, 2]
 
 
 def test_mutual_knn_bad_input() -> None:
@@ -229,13 +228,13 @@ def test_nuclear_norms_fall_back_to_svdvals_where_the_gram_route_loses_precision
     spread, null = np.linspace(0.01, 1.0, 40), np.r_[np.linspace(0.01, 1.0, 20), np.zeros(20)]
     M = torch.from_numpy(np.stack([orth(40) @ np.diag(sv) @ orth(60)[:40] for sv in (spread, null)]))
     want = np.array([spread.sum(), null.sum()])
-    np.testing.assert_allclose(sim._nuclear_norms(M).numpy(), want, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(sim._nuclear_norms(M.mT.contiguous()).numpy(), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(procrustes._nuclear_norms(M).numpy(), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(procrustes._nuclear_norms(M.mT.contiguous()).numpy(), want, rtol=0, atol=1e-12)
     with monkeypatch.context() as m:  # the spread one never needs svdvals
         m.setattr(torch.linalg, "svdvals", lambda *a, **k: pytest.fail("svdvals called"))
-        np.testing.assert_allclose(sim._nuclear_norms(M[:1]).numpy(), want[:1], rtol=0, atol=1e-12)
-    monkeypatch.setattr(sim, "_NUCLEAR_ATOL", float("inf"))
-    assert abs(float(sim._nuclear_norms(M)[1]) - want[1]) > 1e-9
+        np.testing.assert_allclose(procrustes._nuclear_norms(M[:1]).numpy(), want[:1], rtol=0, atol=1e-12)
+    monkeypatch.setattr(procrustes, "_NUCLEAR_ATOL", float("inf"))
+    assert abs(float(procrustes._nuclear_norms(M)[1]) - want[1]) > 1e-9
 
 
 @pytest.mark.parametrize("n, d_x, d_y", [(25, 4, 6), (9, 15, 11)])
@@ -261,18 +260,18 @@ def test_nulls_equal_naive_recomputation(n: int, d_x: int, d_y: int) -> None:
     np.testing.assert_allclose(sim.mutual_knn_null(X, Y, N, seed, k=3, batch_size=8), naive["mutual_knn"],
                                rtol=0, atol=1e-12)
     # the sorted-key route (used for large n) agrees with the dense membership matrix
-    knn_x, knn_y = sim._knn_sets(torch.from_numpy(X), 3, "X"), sim._knn_sets(torch.from_numpy(Y), 3, "Y")
-    np.testing.assert_array_equal(sim._mutual_knn_null(knn_x, knn_y, perms, 8, dense=False),
-                                  sim._mutual_knn_null(knn_x, knn_y, perms, 8, dense=True))
+    knn_x, knn_y = knn._knn_sets(torch.from_numpy(X), 3, "X"), knn._knn_sets(torch.from_numpy(Y), 3, "Y")
+    np.testing.assert_array_equal(knn._mutual_knn_null(knn_x, knn_y, perms, 8, dense=False),
+                                  knn._mutual_knn_null(knn_x, knn_y, perms, 8, dense=True))
     _, nulls = sim.compare_with_nulls(X, Y, N, seed, metrics=("cka", "mutual_knn", "procrustes"), knn_k=3)
     for key in naive:
         np.testing.assert_allclose(nulls[key], naive[key], rtol=0, atol=1e-8)
 
 
 def test_cka_route_choice() -> None:
-    assert sim._cka_route(1000, 50, 50) == "cross"        # many pairs, narrow: cross products
-    assert sim._cka_route(100, 100, 200) == "gram"        # few pairs in wide spaces: Gram
-    assert sim._cka_route(5000, 4096, 4096) == "cross"    # Gram cheaper, but (n, n) too large
+    assert cka._cka_route(1000, 50, 50) == "cross"        # many pairs, narrow: cross products
+    assert cka._cka_route(100, 100, 200) == "gram"        # few pairs in wide spaces: Gram
+    assert cka._cka_route(5000, 4096, 4096) == "cross"    # Gram cheaper, but (n, n) too large
     with pytest.raises(ValueError, match="route"):
         sim.cka_null(decaying(5, 2, 0), decaying(5, 2, 1), 3, 0, route="svd")
 
