@@ -89,8 +89,13 @@ def test_training_is_reproducible(lm_a):
 
 def test_committed_models_beat_the_unigram_baseline():
     report = json.loads((REPO / "models/tiny/training.json").read_text())
-    for name in ("lm-a", "lm-b"):
-        assert report["models"][name]["heldout_loss"] < report["unigram_heldout_loss"] - 0.5
+    assert set(report["models"]) == {"lm-a", "lm-b", "lm-a-seed1"}
+    for name, entry in report["models"].items():
+        assert entry["heldout_loss"] < report["unigram_heldout_loss"] - 0.5
+        config = json.loads((REPO / "models/tiny" / name / "config.json").read_text())
+        assert config["seed"] == entry["training"]["seed"]
+    twins = [json.loads((REPO / "models/tiny" / n / "config.json").read_text()) for n in ("lm-a", "lm-a-seed1")]
+    assert twins[0] | {"seed": 1} == twins[1], "lm-a-seed1: lm-a's architecture, another seed"
 
 
 def test_weights_load_on_first_use_outside_inference_mode():

@@ -9,8 +9,8 @@ from featlib import study as fs
 from featlib.study import codes, pairs, scale, transfer, usae
 
 
-def keys(overrides=None):
-    cfg = config.build("smoke", overrides or {})
+def keys(overrides=None, profile="smoke"):
+    cfg = config.build(profile, overrides or {})
     with step.planning():
         study = fs.open_study(cfg, device="cpu")
         cross, seed, rand = study.comparison("cross"), study.comparison("seed"), study.comparison("random_init")
@@ -20,9 +20,9 @@ def keys(overrides=None):
             "codes_A_seed": codes.codes_artifact(study, seed.b).key, "codes_A_random": codes.codes_artifact(study, rand.b).key,
             "matching": pairs.matching_artifact(study, cross).key, "matching_seed": pairs.matching_artifact(study, seed).key,
             "matching_random": pairs.matching_artifact(study, rand).key,
-            "calibration": scale.calibration_artifact(study, cross, cfg.calibration["draws"]).key,
+            "calibration": scale.calibration_artifact(study, cross, cfg.calibration.draws).key,
             "usae": usae.usae_artifact(study).key, "usae_metrics": usae.metrics_artifact(study).key,
-            "transfer": transfer.transfer_artifact(study, 2, 3).key,
+            "transfer": transfer.transfer_artifact(study, cross).key,
         }
 
 
@@ -66,19 +66,19 @@ def test_measurement_parameters_do_not_retrain(base):
 def test_matching_and_seed_parameters_reach_the_right_steps(base):
     every_matching = {"matching", "matching_seed", "matching_random", "calibration"}
     assert changed(base, keys({"matching.min_r": 0.2})) == every_matching | {"usae_metrics", "transfer"}
-    assert changed(base, keys({"comparisons.second_seed": 2})) == {"codes_A_seed", "matching_seed", "calibration"}
-    assert changed(base, keys({"comparisons.init_seed": 3})) == {"codes_A_random", "matching_random", "calibration"}
+    assert changed(base, keys({"references.second_seed": 2})) == {"codes_A_seed", "matching_seed", "calibration"}
+    assert changed(base, keys({"references.init_seed": 3})) == {"codes_A_random", "matching_random", "calibration"}
     assert changed(base, keys({"sae.k": 8})) == every_matching | {"codes_A", "codes_B", "codes_A_seed", "codes_A_random",
                                                                  "usae_metrics", "transfer"}
 
 
 def test_only_cells_with_both_models_ceiling_and_floor_are_calibrated():
-    cfg = config.build("smoke")  # comparisons.layers: focus, so only A2 and B3 have a ceiling and a floor
+    cfg = config.build("smoke")  # references.layers: focus, so only A2 and B3 have a ceiling and a floor
     with step.planning():
         study = fs.open_study(cfg, device="cpu")
-        assert scale.calibration_artifact(study, study.cross(2, 3), 5) is not None
-        assert scale.calibration_artifact(study, study.cross(2, 2), 5) is None, "B2 has no ceiling or floor"
-        assert scale.calibration_artifact(study, study.cross(1, 3), 5) is None, "A1 has no ceiling or floor"
+        assert scale.calibration_artifact(study, study.focus.at(2, 3), 5) is not None
+        assert scale.calibration_artifact(study, study.focus.at(2, 2), 5) is None, "B2 has no ceiling or floor"
+        assert scale.calibration_artifact(study, study.focus.at(1, 3), 5) is None, "A1 has no ceiling or floor"
 
 
 def test_transfer_refuses_a_layer_that_was_not_extracted():
@@ -86,4 +86,13 @@ def test_transfer_refuses_a_layer_that_was_not_extracted():
     with step.planning():
         study = fs.open_study(cfg, device="cpu")
         with pytest.raises(ValueError, match=r"layer 0 of model A was not extracted.*layers\.A"):
-            transfer.transfer_artifact(study, 0, 3)
+            transfer.transfer_artifact(study, study.focus.at(0, 3))
+
+
+def test_a_third_model_rekeys_only_what_reads_it(base):
+    """Adding model C and its comparisons leaves A–B's steps alone; the universal SAE, which now reads C too,
+    and what depends on it are re-keyed."""
+    three = keys(profile="smoke-three")
+    assert changed(base, three) == {"usae", "usae_metrics", "transfer"}
+    only_ab = keys({"universal.models": ["A", "B"]}, profile="smoke-three")
+    assert only_ab == base, "the same A-B study inside a three-model profile: the same keys"

@@ -1,13 +1,16 @@
 """Train the ``tiny`` profile's own language models (``make models``).
 
-Two causal transformers of different sizes share one byte-level BPE tokenizer trained with the
-``tokenizers`` library on the ``lm_train`` split of the State of the Union corpus. Training is
-seeded and single-process, so the same seed gives the same loss curve on the same machine. Weights
+Causal transformers of two sizes share one byte-level BPE tokenizer trained with the ``tokenizers``
+library on the ``lm_train`` split of the State of the Union corpus: ``lm-a`` and ``lm-b`` (seed 0), and
+``lm-a-seed1``, a second training run of ``lm-a`` that differs only in its seed (initialisation and batch
+order): a model-seed twin. Training is seeded and single-process, so the same seed gives the same loss
+curve on the same machine. Weights
 are stored in float16 (``model.safetensors``); the reported held-out loss is measured on those
 stored weights, against a unigram baseline (add-one-smoothed token frequencies of the training
 split).
 
-Run: ``python -m featlib.tools.lm --out models/tiny``.
+Run: ``python -m featlib.tools.lm --out models/tiny`` (``--models lm-a-seed1`` retrains only the models
+named, with the folder's tokenizer).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "lm-b": dict(n_layers=6, d_model=256, n_heads=8, d_head=32, d_mlp=1024),
 }
 TRAINING = {"steps": 1200, "batch_size": 16, "lr": 2e-3, "warmup": 30, "weight_decay": 0.05, "seed": 0}
+MODELS: dict[str, tuple[str, int]] = {"lm-a": ("lm-a", 0), "lm-b": ("lm-b", 0), "lm-a-seed1": ("lm-a", 1)}  # (architecture, seed)
 
 
 def train_tokenizer(docs: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
@@ -129,12 +133,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="models/tiny")
     ap.add_argument("--steps", type=int, default=TRAINING["steps"])
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                    help="the models to (re)train; a subset keeps the folder's tokenizer and the others' report")
     args = ap.parse_args(argv)
     out = Path(args.out)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     train_docs = sotu_documents("lm_train")
-    tok_json = train_tokenizer(train_docs).to_str()
+    subset = set(args.models) != set(MODELS)
+    if subset and not (out / "tokenizer.json").is_file():
+        raise SystemExit(f"{out}/tokenizer.json is missing: --models {' '.join(args.models)} retrains some models with "
+                         "the folder's tokenizer. Fix: train every model first (leave out --models).")
+    tok_json = (out / "tokenizer.json").read_text() if subset else train_tokenizer(train_docs).to_str()
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_text(tok_json)
     hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"), bos_token=BOS, eos_token=BOS)
@@ -149,18 +159,25 @@ def main(argv: list[str] | None = None) -> None:
         "train_tokens": int(train_rows[:, 1:].numel()), "heldout_tokens": int(held_rows[:, 1:].numel()),
         "unigram_heldout_loss": unigram_loss(train_rows[:, 1:], held_rows, VOCAB_SIZE), "models": {},
     }
-    settings = dict(TRAINING, steps=args.steps)
-    for name in ARCHITECTURES:
-        model, log = train_lm(name, train_rows, **settings)
-        save_model(model, name, settings["seed"], out / name, tok_json)
+    if subset:
+        before = json.loads((out / "training.json").read_text())
+        report["models"], report["seconds"] = before["models"], before["seconds"]
+    for name in args.models:
+        t_model = time.time()
+        arch, seed = MODELS[name]
+        settings = dict(TRAINING, steps=args.steps, seed=seed)
+        model, log = train_lm(arch, train_rows, **settings)
+        save_model(model, arch, seed, out / name, tok_json)
         stored = load_local(name, out / name).model  # evaluate the float16 weights we ship
         report["models"][name] = {
-            "architecture": ARCHITECTURES[name], "n_params": sum(p.numel() for p in model.parameters()),
+            "architecture": ARCHITECTURES[arch], "n_params": sum(p.numel() for p in model.parameters()),
             "training": settings, "heldout_loss": heldout_loss(stored, held_rows), "loss_curve": log,
+            "seconds": round(time.time() - t_model, 1),
         }
         print(f"{name}: held-out loss {report['models'][name]['heldout_loss']:.3f} nats "
               f"(unigram baseline {report['unigram_heldout_loss']:.3f})")
-    report["seconds"] = round(time.time() - t0, 1)
+    if not subset:
+        report["seconds"] = round(time.time() - t0, 1)  # the whole run, tokenizer included
     write_json_atomic(out / "training.json", report)
 
 
