@@ -21,7 +21,7 @@ allocated on disk before the models run, so a full disk stops it at once with th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,14 +32,60 @@ from tqdm import tqdm
 
 from . import step
 from .alignment import RowSet, aligned_rowsets, token_rowset
-from .config import Config
+from .config import Config, Data
 from .corpus import documents, token_stream
 from .corpus import text_sha256
 from .models import LoadedModel, check_context, check_layers, hook_name, residuals
 
 CODE_VERSION = 3
 SPLITS = ("eval", "train")
-DATA_KEYS = ("source", "path", "revision", "data_files", "split", "text_field", "n_docs", "seq_len", "n_train_tokens", "n_eval_tokens")
+
+
+@dataclass(frozen=True)
+class TextParams:
+    """The text the units are read from, and how: the ``data`` keys that change the units (not ``batch_size``,
+    ``seed``), ``align`` resolved (:func:`resolve_align`), and ``content``, what the text is
+    (:func:`featlib.corpus.text_sha256`)."""
+
+    source: str
+    path: str
+    revision: str
+    data_files: str
+    split: str
+    text_field: str
+    n_docs: int
+    seq_len: int
+    n_train_tokens: int
+    n_eval_tokens: int
+    align: str
+    content: str
+
+    @classmethod
+    def of(cls, data: Data, align: str) -> TextParams:
+        return cls(**{k: getattr(data, k) for k in DATA_KEYS}, align=align, content=text_sha256(data))
+
+
+DATA_KEYS = tuple(f.name for f in fields(TextParams) if f.name not in ("align", "content"))  # of the data section
+
+
+@dataclass(frozen=True)
+class ActivationParams:
+    """What one activation artifact is made with besides the model's weights (its step's key): the model's
+    tokenizer, the split, the text, the layers, every model's tokenizer where the units are aligned across them
+    (else none), the hook, and the forward implementation where the model has a transformers form
+    (:attr:`LoadedModel.forward_impl`; None: the hooked model's, and not in the key)."""
+
+    tokenizer: str
+    split: str
+    data: TextParams
+    layers: tuple[int, ...]
+    tokenizers: tuple[str, ...]
+    hook: str = "blocks.L.hook_resid_post"
+    forward: str | None = None
+
+    def key(self) -> dict[str, Any]:
+        out = asdict(self)
+        return out if self.forward is not None else {k: v for k, v in out.items() if k != "forward"}
 
 
 @dataclass
@@ -143,7 +189,7 @@ def resolve_align(cfg: Config, lms: list[LoadedModel]) -> str:
 
     Raises ValueError naming the fix when ``tokens`` is asked of models with different tokenizers.
     """
-    align, shared = cfg.data["align"], shares_tokenizer(lms)
+    align, shared = cfg.data.align, shares_tokenizer(lms)
     if align == "auto":
         return "tokens" if shared else "token_end"
     if align == "tokens" and not shared:
@@ -165,15 +211,15 @@ def rowsets(cfg: Config, lms: list[LoadedModel], align: str, heldout_rows: int =
     splits = SPLITS + (("heldout",) if heldout_rows else ())
     if align == "tokens":
         lm = lms[0]
-        body = d["seq_len"] - 1
-        sizes = [-(-d["n_eval_tokens"] // body), -(-d["n_train_tokens"] // body), heldout_rows][: len(splits)]
-        rows = token_stream(lm.tokenizer, documents(d), d["seq_len"], sum(sizes) * body, lm.bos_id).numpy()
+        body = d.seq_len - 1
+        sizes = [-(-d.n_eval_tokens // body), -(-d.n_train_tokens // body), heldout_rows][: len(splits)]
+        rows = token_stream(lm.tokenizer, documents(d), d.seq_len, sum(sizes) * body, lm.bos_id).numpy()
         parts = np.split(rows, np.cumsum(sizes)[:-1])
         return {split: {m.id: token_rowset(r) for m in lms} for split, r in zip(splits, parts)}
     toks = {lm.id: lm.tokenizer for lm in lms}
     pad = {lm.id: lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.bos_id for lm in lms}
-    need = [d["n_eval_tokens"], d["n_train_tokens"], heldout_rows * d["seq_len"]][: len(splits)]
-    parts = aligned_rowsets(documents(d), toks, {lm.id: lm.bos_id for lm in lms}, pad, d["seq_len"], need, align)
+    need = [d.n_eval_tokens, d.n_train_tokens, heldout_rows * d.seq_len][: len(splits)]
+    parts = aligned_rowsets(documents(d), toks, {lm.id: lm.bos_id for lm in lms}, pad, d.seq_len, need, align)
     return dict(zip(splits, parts))
 
 
@@ -195,16 +241,14 @@ def heldout_rows(cfg: Config, lms: list[LoadedModel], n_rows: int, n_tokens: int
     return {m: held[m].tokens[long, :n_tokens] for m in ids}
 
 
-def params(cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: str, lms: list[LoadedModel]) -> dict[str, Any]:
+def params(cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: str,
+           lms: list[LoadedModel]) -> ActivationParams:
     """The parameters of one activation artifact besides the model's weights (aligned units depend on
     every model's tokenizer)."""
-    return {
-        "tokenizer": lm.tokenizer_fingerprint, "split": split,
-        "data": {k: cfg.data[k] for k in DATA_KEYS} | {"align": align, "content": text_sha256(cfg.data)},
-        "layers": sorted(layers),
-        "tokenizers": sorted(m.tokenizer_fingerprint for m in lms) if align != "tokens" else [],
-        "hook": "blocks.L.hook_resid_post",
-    } | ({"forward": lm.forward_impl} if lm.build_hf is not None else {})
+    return ActivationParams(
+        lm.tokenizer_fingerprint, split, TextParams.of(cfg.data, align), tuple(sorted(layers)),
+        tuple(sorted(m.tokenizer_fingerprint for m in lms)) if align != "tokens" else (),
+        forward=lm.forward_impl if lm.build_hf is not None else None)
 
 
 @torch.inference_mode()
@@ -257,28 +301,28 @@ def ensure_activations(cfg: Config, lms: list[LoadedModel]) -> dict[str, dict[st
     model on the same units, extracting what is missing."""
     for lm in lms:
         check_layers(lm, cfg.layers[lm.id])
-        check_context(lm, cfg.data["seq_len"])
+        check_context(lm, cfg.data.seq_len)
     align = resolve_align(cfg, lms)
     out: dict[str, dict[str, Activations]] = {lm.id: {} for lm in lms}
     parts: dict[str, dict[str, RowSet]] | None = None
     for lm in lms:
         for split in SPLITS:
-            layers = split_layers(cfg, lm.id, split)
+            p = params(cfg, lm, split, split_layers(cfg, lm.id, split), align, lms)
 
-            def produce(tmp: Path, lm: LoadedModel = lm, split: str = split, layers: list[int] = layers) -> None:
+            def produce(tmp: Path, lm: LoadedModel = lm, p: ActivationParams = p) -> None:
                 nonlocal parts
-                parts = parts or rowsets(cfg, lms, align)
-                extract(lm, layers, parts[split][lm.id], cfg.data["batch_size"], tmp)
+                parts = parts or rowsets(cfg, lms, p.data.align)
+                extract(lm, list(p.layers), parts[p.split][lm.id], cfg.data.batch_size, tmp)
 
-            art = step.run("activations", params(cfg, lm, split, layers, align, lms), {"model": lm.fingerprint},
-                           produce, version=CODE_VERSION, meta={"align": align})
-            out[lm.id][split] = Activations(art.path, layers)
+            art = step.run("activations", p.key(), {"model": lm.fingerprint}, produce, version=CODE_VERSION,
+                           meta={"align": align})
+            out[lm.id][split] = Activations(art.path, list(p.layers))
     return out
 
 
 def split_layers(cfg: Config, model_id: str, split: str) -> list[int]:
     """The layers stored for one split: every profile layer for ``eval``; for ``train``, every layer
     when SAEs are trained here, else only the universal SAE's layer."""
-    if split == "eval" or cfg.sae["source"] == "train":
+    if split == "eval" or cfg.sae.source == "train":
         return sorted(cfg.layers[model_id])
     return [cfg.universal_layers[model_id]]

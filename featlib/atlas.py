@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import shutil
 
-    from .config import REPO, build
-    from .tools.chain import parse_sets
+    from .config import REPO, build, parse_sets
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--profile", default="tiny")

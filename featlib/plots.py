@@ -296,7 +296,7 @@ def scale_dots(ax: Any, table: "pd.DataFrame", metric: str, title: str) -> None:
     a not scorable metric is left blank with its reason."""
     rows = table[table.metric == metric].reset_index(drop=True)
     if rows.empty:
-        panel_note(ax, "no ceiling and floor computed (comparisons.run, comparisons.layers)")
+        panel_note(ax, "no ceiling and floor computed (references.run, references.layers)")
     ticks = []
     for i, r in rows.iterrows():
         ticks.append(f"{r['comparison']}\n(m={r['m']})")

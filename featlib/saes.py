@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,12 +34,34 @@ from tqdm import tqdm
 from . import parallel, sparse_rows, step
 from .activations import Activations
 from .cache import is_complete
-from .config import Config, resolve_path
+from .config import Config, Sae, resolve_path
 from .models import LoadedModel, hook_name, resolve_device
 
 CODE_VERSION = 4  # 3: TopK training decodes the active latents only (featlib.topk_training); 4: and forms the
 # encoder gradient from the selected latents only (featlib.universal.selected_linear)
-TRAIN_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "epochs", "b_dec_init")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """How an SAE is trained here: the training keys of a profile's ``sae`` section (what :func:`train_sae`
+    reads; in a trained SAE's cache key, with its layer and seed)."""
+
+    architecture: str  # "topk" | "standard" (ReLU + L1)
+    expansion: int  # latents = expansion x d_in
+    k: int  # topk: latents active per token
+    l1_coefficient: float  # standard: the L1 penalty
+    lr: float
+    batch_size: int
+    epochs: int
+    b_dec_init: str  # "zeros" | "mean"
+
+    @classmethod
+    def of(cls, sae: Sae | Mapping[str, Any]) -> TrainParams:
+        """The training keys of a profile's ``sae`` section, or of a mapping of some of them (the others: the
+        section's defaults)."""
+        if isinstance(sae, Sae):
+            return cls(**{f.name: getattr(sae, f.name) for f in fields(cls)})
+        return cls(**{f.name: sae.get(f.name, Sae.model_fields[f.name].default) for f in fields(cls)})
 
 
 def check_width(sae: Any, lm: LoadedModel, layer: int) -> None:
@@ -65,10 +87,11 @@ def _batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Ten
             yield torch.from_numpy(np.ascontiguousarray(acts[np.sort(perm[i : i + batch_size])]))
 
 
-def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | None = None,
+def train_sae(acts: np.ndarray, params: TrainParams | Mapping[str, Any], seed: int, d_sae: int | None = None,
               device: str = "cpu", progress: bool = True) -> Any:
     """Train one SAE with sae-lens on (n_tokens, d_in) activations; returns the inference SAE, on ``device``.
-    ``d_sae``: its latents (default ``params["expansion"]`` × d_in). The activations stay in host memory;
+    ``params``: :class:`TrainParams` (or a mapping of its keys, :meth:`TrainParams.of`); ``d_sae``: its latents
+    (default ``params.expansion`` × d_in). The activations stay in host memory;
     each batch is copied to ``device`` (a GPU trains the same SAE up to float rounding, and is not in the
     cache key, like the thread count)."""
     from sae_lens import SAETrainer
@@ -78,24 +101,25 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | 
 
     from .topk_training import SparseDecodeTopKTrainingSAE
 
+    p = params if isinstance(params, TrainParams) else TrainParams.of(params)
     d_in = acts.shape[1]
-    d_sae = d_sae or params["expansion"] * d_in
-    if params["k"] > d_sae:
-        raise ValueError(f"sae.k = {params['k']} exceeds the SAE width sae.expansion x d_model = "
-                         f"{params['expansion']} x {d_in}. Fix: lower sae.k or raise sae.expansion.")
+    d_sae = d_sae or p.expansion * d_in
+    if p.k > d_sae:
+        raise ValueError(f"sae.k = {p.k} exceeds the SAE width sae.expansion x d_model = "
+                         f"{p.expansion} x {d_in}. Fix: lower sae.k or raise sae.expansion.")
     common = dict(d_in=d_in, d_sae=d_sae, normalize_activations="expected_average_only_in", device=device)
     torch.manual_seed(seed)
-    if params["architecture"] == "topk":
-        sae = SparseDecodeTopKTrainingSAE(TopKTrainingSAEConfig(k=params["k"], **common))
-    elif params["architecture"] == "standard":
-        sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=params["l1_coefficient"], **common))
+    if p.architecture == "topk":
+        sae = SparseDecodeTopKTrainingSAE(TopKTrainingSAEConfig(k=p.k, **common))
+    elif p.architecture == "standard":
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=p.l1_coefficient, **common))
     else:
-        raise ValueError(f"sae.architecture must be 'topk' or 'standard', got {params['architecture']!r}")
-    bs = params["batch_size"]
-    steps = params["epochs"] * (len(acts) // bs)
+        raise ValueError(f"sae.architecture must be 'topk' or 'standard', got {p.architecture!r}")
+    bs = p.batch_size
+    steps = p.epochs * (len(acts) // bs)
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * bs, train_batch_size_samples=bs, lr=params["lr"],
-        lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, lr_end=params["lr"] / 10,
+        total_training_samples=steps * bs, train_batch_size_samples=bs, lr=p.lr,
+        lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, lr_end=p.lr / 10,
         dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2),
         n_batches_for_norm_estimate=min(50, max(1, len(acts) // bs)), device=device,
     )
@@ -108,7 +132,7 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | 
     trainer_module.tqdm = partial(tqdm, position=0, leave=False, disable=not progress)
     scaler_module.tqdm = partial(auto_tqdm, disable=not progress)
     trainer = SAETrainer(trainer_cfg, sae, _batches(acts, bs, seed))
-    if params["b_dec_init"] == "mean":
+    if p.b_dec_init == "mean":
         # start the decoder bias at the data mean (in sae-lens's scaled units, with its scale
         # sqrt(d_in) / mean norm computed here on the same rows), so that the code first explains
         # the variation around the mean: Gemma-3's residual stream is ~90 % constant offset
@@ -117,8 +141,8 @@ def train_sae(acts: np.ndarray, params: dict[str, Any], seed: int, d_sae: int | 
         trainer.activation_scaler.scaling_factor = scale
         with torch.no_grad():
             sae.b_dec.copy_(torch.from_numpy(sample.mean(axis=0) * scale).to(sae.b_dec))
-    elif params["b_dec_init"] != "zeros":
-        raise ValueError(f"sae.b_dec_init must be 'zeros' or 'mean', got {params['b_dec_init']!r}")
+    elif p.b_dec_init != "zeros":
+        raise ValueError(f"sae.b_dec_init must be 'zeros' or 'mean', got {p.b_dec_init!r}")
     return trainer.fit()
 
 
@@ -129,12 +153,22 @@ def sae_seed(seed: int, model_id: str, layer: int) -> int:
 
 
 @dataclass(frozen=True)
+class SaeParams:
+    """The parameters of one trained SAE's cached step (what it trains with, and its key): the layer, the
+    training keys and the torch seed (:func:`sae_seed`)."""
+
+    layer: int
+    sae: TrainParams
+    seed: int
+
+
+@dataclass(frozen=True)
 class SaeTraining:
     """One SAE to train and cache: ``model_id``'s at ``layer``, on its ``train`` activations, with
     ``seed`` (the torch seed derives from it, the model and the layer) and the profile's training keys
-    ``sae`` (:data:`TRAIN_KEYS` of its ``sae`` section). Picklable, so that a worker process can run it."""
+    ``sae`` (:class:`TrainParams` of its ``sae`` section). Picklable, so that a worker process can run it."""
 
-    sae: dict[str, Any]
+    sae: TrainParams
     model_id: str
     layer: int
     train: Activations
@@ -142,29 +176,31 @@ class SaeTraining:
 
     @classmethod
     def of(cls, cfg: Config, model_id: str, layer: int, train: Activations, seed: int) -> "SaeTraining":
-        return cls({k: cfg.sae[k] for k in TRAIN_KEYS}, model_id, layer, train, seed)
+        return cls(TrainParams.of(cfg.sae), model_id, layer, train, seed)
+
+    @property
+    def params(self) -> SaeParams:
+        return SaeParams(self.layer, self.sae, sae_seed(self.seed, self.model_id, self.layer))
 
     def artifact(self, device: str = "auto", progress: bool = True) -> step.Artifact:
-        """The cached step (inputs the activations; parameters the training keys, the layer and the torch
-        seed; inside :func:`featlib.step.planning` only located, not trained)."""
-        torch_seed = sae_seed(self.seed, self.model_id, self.layer)
-        params = {"layer": self.layer, "sae": self.sae, "seed": torch_seed}
+        """The cached step (inputs the activations; parameters :class:`SaeParams`: the training keys, the layer
+        and the torch seed; inside :func:`featlib.step.planning` only located, not trained)."""
+        p = self.params
 
         def produce(tmp: Path) -> None:
-            sae = train_sae(self.train.layer(self.layer), self.sae, torch_seed, device=resolve_device(device),
-                            progress=progress)
+            sae = train_sae(self.train.layer(p.layer), p.sae, p.seed, device=resolve_device(device), progress=progress)
             sae.save_inference_model(tmp)
 
-        meta = {"model": self.model_id, "layer": self.layer, "seed": self.seed, "torch_seed": torch_seed}
-        return step.run("sae", params, {"activations": self.train.key}, produce, version=CODE_VERSION, meta=meta)
+        meta = {"model": self.model_id, "layer": self.layer, "seed": self.seed, "torch_seed": p.seed}
+        return step.run("sae", asdict(p), {"activations": self.train.key}, produce, version=CODE_VERSION, meta=meta)
 
     def worker_bytes(self) -> float:
         """Memory one worker process training this SAE needs, about: the imported libraries (~0.75 GB
         measured on tiny), parameters, gradients and Adam's two moments of both matrices, and a batch's
         dense pre-activations and their top-k work space."""
         d_in = int(self.train.layer(self.layer).shape[1])
-        d_sae = self.sae["expansion"] * d_in
-        return 1e9 + 4 * 4 * 2 * d_in * d_sae + 4 * 4 * self.sae["batch_size"] * d_sae
+        d_sae = self.sae.expansion * d_in
+        return 1e9 + 4 * 4 * 2 * d_in * d_sae + 4 * 4 * self.sae.batch_size * d_sae
 
 
 def _train_in_worker(job: SaeTraining) -> None:
@@ -208,11 +244,11 @@ def published_identity(cfg: Config, model_id: str, layer: int) -> str:
     """The key of a published SAE: its release, id, format and layer; for a local folder also the SHA-256
     of every file in it (another SAE saved in its place is another input). A hub release is keyed by its
     name: the key is computed before the SAE is downloaded, so it cannot hold the commit."""
-    release, sae_id = cfg.sae["release"].get(model_id, ""), cfg.sae["sae_id"].get(model_id, "")
+    release, sae_id = cfg.sae.release.get(model_id, ""), cfg.sae.sae_id.get(model_id, "")
     folder = resolve_path(release) / sae_id.format(layer=layer)
     content = {str(f.relative_to(folder)): step.content_sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()} \
         if folder.is_dir() else {}
-    return step.identity({"release": release, "sae_id": sae_id, "format": cfg.sae["format"], "layer": layer,
+    return step.identity({"release": release, "sae_id": sae_id, "format": cfg.sae.format, "layer": layer,
                           "content": content})
 
 
@@ -272,13 +308,13 @@ def load_pretrained(cfg: Config, model_id: str, layer: int, device: str = "cpu")
     from sae_lens import SAE
 
     try:
-        release = cfg.sae["release"][model_id]
-        sae_id = cfg.sae["sae_id"][model_id].format(layer=layer)
+        release = cfg.sae.release[model_id]
+        sae_id = cfg.sae.sae_id[model_id].format(layer=layer)
     except KeyError as e:
         raise ValueError(f"sae.release and sae.sae_id need an entry for model {model_id}") from e
-    if cfg.sae["format"] not in ("sae_lens", "sparsify"):
-        raise ValueError(f"sae.format must be 'sae_lens' or 'sparsify', got {cfg.sae['format']!r}")
-    sparsify = cfg.sae["format"] == "sparsify"
+    if cfg.sae.format not in ("sae_lens", "sparsify"):
+        raise ValueError(f"sae.format must be 'sae_lens' or 'sparsify', got {cfg.sae.format!r}")
+    sparsify = cfg.sae.format == "sparsify"
     local = resolve_path(release)
     if local.exists():
         converter = {"converter": sparsify_disk_loader} if sparsify else {}

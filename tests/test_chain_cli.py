@@ -11,20 +11,41 @@ from featlib import config, plots
 from featlib.tools import chain
 
 
-def test_list_prints_every_profile_with_its_first_comment(capsys):
+def test_list_prints_every_profile_with_its_first_comment_then_every_key_with_its_help(capsys):
     assert chain.main(["--list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == config.available_profiles()
-    tiny = next(line for line in out if line.startswith("tiny "))
+    keys_at = next(i for i, line in enumerate(out) if line.startswith("keys "))
+    profiles = out[1:keys_at]
+    assert out[0].startswith("profiles ") and [line.split()[0] for line in profiles] == config.available_profiles()
+    tiny = next(line for line in profiles if line.split()[0] == "tiny")
     assert "The default profile" in tiny
+    helps = {line.split()[0]: line.split(None, 1)[1] for line in out[keys_at + 1:]}
+    # every field of every section, once; a field's description where the schema gives one
+    for section in config.SECTIONS:
+        model = config.Profile.model_fields[section].annotation
+        if section in ("profile", "models", "layers", "comparisons"):
+            continue
+        for name, field in model.model_fields.items():
+            if (section, name) == ("subspaces", "phrases"):
+                continue
+            key = f"{section}.{name}"
+            assert key in helps, key
+            if field.description:
+                assert helps[key].startswith(field.description), (key, helps[key])
+    assert helps["universal.models"] == "the models it reads; [] = every model of the profile (default [])"
+    assert helps["comparisons[].layers"].endswith("(required)") and "comparisons[].a" in helps
+    assert helps["matching.min_r"] == "a number, 0 <= min_r < 1 (default 0.1)"  # no description: what it may be
+    assert helps["models.<id>.dtype"] == "'float32', 'float16', 'bfloat16', 'auto' (default \"float32\")"
+    assert helps["layers.<id>"] == "a list of integers >= 0 (required)" and "subspaces.phrases.rule" in helps
 
 
 def test_set_values_are_read_as_yaml():
-    assert chain.parse_sets(["similarity.n_shuffles=100", "layers.A=[1, 2]", "matching.one_to_one=false",
-                             "models.B={source: hub, name: pythia-70m}", "sae.lr=0.001"]) == {
+    assert config.parse_sets(["similarity.n_shuffles=100", "layers.A=[1, 2]", "matching.one_to_one=false",
+                              "models.B={source: hub, name: pythia-70m}", "sae.lr=0.001"]) == {
         "similarity.n_shuffles": 100, "layers.A": [1, 2], "matching.one_to_one": False,
         "models.B": {"source": "hub", "name": "pythia-70m"}, "sae.lr": 0.001}
-    assert chain.parse_sets(["similarity.n_shuffles='100'"]) == {"similarity.n_shuffles": "100"}  # then rejected by build
+    assert config.parse_sets(["similarity.n_shuffles='100'"]) == {"similarity.n_shuffles": "100"}  # then rejected by build
+    assert chain.parse_sets is config.parse_sets
 
 
 @pytest.mark.parametrize("argv,says", [

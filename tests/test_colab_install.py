@@ -98,7 +98,7 @@ def test_every_notebook_imports_and_04_runs_alone_in_the_colab_environment(colab
     # the cross comparison only (the seed ceiling and random-model floor are the smoke chain's to test),
     # under its own label (smoke+<hash>, git-ignored), so it never touches the smoke chain's figures
     run = subprocess.run([str(colab_venv), "-m", "featlib.tools.chain", "--profile", "smoke", "--only", "04",
-                          "--set", "comparisons.run=[cross]"], env=env, cwd=REPO, capture_output=True, text=True)
+                          "--set", "references.run=[]"], env=env, cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     # a GGUF model without the [gguf] section stops with the fix
     gguf = subprocess.run([str(colab_venv), "-c", "from featlib import models; models.gguf_file('gemma-3-270m')"],

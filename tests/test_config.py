@@ -1,9 +1,12 @@
 """Profiles: typed values checked at build time (one-line messages), overrides, the resolved profile."""
 
+import re
+
 import pytest
 import yaml
 
 from featlib import config
+
 
 def test_profiles_exist_and_validate():
     assert {"smoke", "tiny", "pythia", "gemma", "smollm-gemma"} <= set(config.available_profiles())
@@ -11,17 +14,40 @@ def test_profiles_exist_and_validate():
         cfg = config.build(name)
         assert cfg.profile == name == cfg.label and cfg.overrides == {}
         assert len(cfg.params_hash) == 16
-        assert set(cfg.comparisons["models"]) <= set(cfg.models)
+        assert cfg.comparisons and all({c.a, c.b} <= set(cfg.models) and c.a != c.b for c in cfg.comparisons)
+        assert set(cfg.references.models) <= set(cfg.models)
 
 
 def test_defaults_fill_every_key():
     cfg = config.build("pythia")  # pythia's sae section gives no architecture, epochs, ...
-    assert cfg.sae["architecture"] == "topk" and cfg.sae["epochs"] == 4 and cfg.sae["b_dec_init"] == "zeros"
-    assert cfg.data["align"] == "auto" and cfg.matching["max_bytes"] == 3 << 30
-    assert cfg.comparisons == {"run": ["cross"], "models": ["A", "B"], "second_seed": 1, "init_seed": 0, "layers": "diagonal"}
-    assert cfg.calibration == {"fraction": 0.5, "draws": 50, "grid_draws": 20, "seed": 0}
-    assert config.build("tiny").comparisons == {"run": ["cross", "seed", "random_init"], "models": ["A", "B"],
-                                                "second_seed": 1, "init_seed": 0, "layers": "diagonal"}
+    assert cfg.sae.architecture == "topk" and cfg.sae.epochs == 4 and cfg.sae.b_dec_init == "zeros"
+    assert cfg.data.align == "auto" and cfg.matching.max_bytes == 3 << 30
+    assert cfg.comparisons == [config.ComparisonSpec(a="A", b="B", layers=[2, 5], kind="cross")]
+    assert cfg.references.model_dump() == {"run": [], "models": ["A", "B"], "second_seed": 1, "init_seed": 0,
+                                           "layers": "diagonal"}
+    assert cfg.calibration.model_dump() == {"fraction": 0.5, "draws": 50, "grid_draws": 20, "seed": 0}
+    tiny = config.build("tiny")
+    assert tiny.references.model_dump() == {"run": ["seed", "random_init"], "models": ["A", "B"], "second_seed": 1,
+                                            "init_seed": 0, "layers": "diagonal"}
+    assert tiny.atlas.comparison == tiny.transfer.comparison == 0 and tiny.atlas.layers == []
+
+
+def test_a_comparison_names_its_models_or_takes_the_first_two():
+    cfg = config.build("tiny", {"comparisons": [{"layers": [2, 3]}, {"a": "B", "b": "A", "layers": [5, 1]}]})
+    assert [(c.a, c.b, c.layers, c.kind) for c in cfg.comparisons] == [("A", "B", [2, 3], "cross"), ("B", "A", [5, 1], "cross")]
+    assert config.build("tiny", {"comparisons": [{"b": "A", "a": "B", "layers": [5, 1]}]}).references.models == ["A", "B"]
+
+
+def test_the_former_layout_is_refused_naming_where_each_key_went():
+    for key, value, says in [
+        ("comparisons", {"run": ["cross", "seed"]}, "is a mapping (the former layout)"),
+        ("matching.layer_pair", [2, 3], "write comparisons: [{layers: [2, 3]}] and remove matching.layer_pair"),
+        ("atlas.layer_pair", [2, 3], "rename it to atlas.layers"),
+        ("universal.layers", [2, 3], "write universal.layers: {A: 2, B: 3}"),
+    ]:
+        with pytest.raises(config.ConfigError) as e:
+            config.build("tiny", {key: value})
+        assert "\n" not in str(e.value) and f"{key} = " in str(e.value) and says in str(e.value), str(e.value)
 
 
 # (key, bad value, what the one-line message says about it: key = value, what is allowed)
@@ -32,13 +58,12 @@ BAD = [
     ("similarity.n_shuffles", "100", f"similarity.n_shuffles = '100' {NA} an integer >= 1."),
     ("models.A.source", "hubb", f"models.A.source = 'hubb' {NA} 'local', 'hub', 'gguf'."),
     ("matching.min_r", 1.5, f"matching.min_r = 1.5 {NA} a number, 0 <= min_r < 1."),
-    ("comparisons.run", ["cross", "sed"], f"comparisons.run[1] = 'sed' {NA} 'cross', 'seed', 'random_init'."),
+    ("references.run", ["seed", "sed"], f"references.run[1] = 'sed' {NA} 'seed', 'random_init'."),
     ("similarity.n_shuffles", 0, f"similarity.n_shuffles = 0 {NA} an integer >= 1."),
     ("models.B.dtype", "fp8", f"models.B.dtype = 'fp8' {NA} 'float32', 'float16', 'bfloat16', 'auto'."),
     ("matching.min_r", -0.1, f"matching.min_r = -0.1 {NA} a number, 0 <= min_r < 1."),
     ("similarity.variance", 0, f"similarity.variance = 0 {NA} a number, 0 < variance <= 1."),
-    ("comparisons.run", [], f"comparisons.run = [] {NA} a non-empty list of items from 'cross', 'seed', 'random_init'."),
-    ("comparisons.run", ["cross", "cross"], "comparisons.run = ['cross', 'cross'] repeats an item; allowed: a non-empty list of distinct items from 'cross', 'seed', 'random_init'."),
+    ("references.run", ["seed", "seed"], "references.run = ['seed', 'seed'] repeats an item; allowed: a list of distinct items from 'seed', 'random_init'."),
     ("data.source", "wiki", f"data.source = 'wiki' {NA} 'sotu', 'text_file', 'hf_dataset'."),
     ("data.align", "chars", f"data.align = 'chars' {NA} 'auto', 'tokens', 'token_end', 'word'."),
     ("data.split", "train", f"data.split = 'train' {NA} 'analysis', 'lm_heldout', 'lm_train'."),
@@ -57,30 +82,39 @@ BAD = [
     ("data.prepend_bos", 1, f"data.prepend_bos = 1 {NA} true or false."),
     ("layers.A", [], f"layers.A = [] {NA} a non-empty list of integers >= 0."),
     ("layers.A", [0, -1], f"layers.A[1] = -1 {NA} an integer >= 0."),
-    ("matching.layer_pair", [2, 7], "matching.layer_pair = [2, 7] names layer 7 of model B, which is not among its extracted layers; "
-                                    "allowed: one extracted layer of each of A, B: A [0, 1, 2, 3]; B [0, 1, 2, 3, 4, 5]."),
-    ("matching.layer_pair", [2], f"matching.layer_pair = [2] {NA} a list of 2 integers >= 0."),
-    ("universal.layers", [2], f"universal.layers = [2] {NA} one extracted layer of each of A, B: A [0, 1, 2, 3]; B [0, 1, 2, 3, 4, 5]."),
-    ("atlas.layer_pair", [9, 3], "atlas.layer_pair = [9, 3] names layer 9 of model A"),
-    ("comparisons.models", ["C"], f"comparisons.models = ['C'] {NA} distinct model ids among 'A', 'B'."),
-    ("comparisons.models", ["A", "A"], f"comparisons.models = ['A', 'A'] {NA} distinct model ids among 'A', 'B'."),
-    ("comparisons.layers", "grid", f"comparisons.layers = 'grid' {NA} 'focus', 'diagonal', 'all'."),
+    ("comparisons[0].layers", [2, 7], "comparisons[0].layers = [2, 7] names layer 7 of model B, which is not among its extracted "
+                                      "layers; allowed: one extracted layer of each of A, B: A [0, 1, 2, 3]; B [0, 1, 2, 3, 4, 5]."),
+    ("comparisons[0].layers", [2], f"comparisons[0].layers = [2] {NA} a list of 2 integers >= 0."),
+    ("comparisons[0].a", "C", "comparisons[0].a = 'C' names no model; allowed: a model id among 'A', 'B'."),
+    ("comparisons[0].b", "A", "comparisons[0].b = 'A' is the same model as a; allowed: a model other than a ('A')"),
+    ("comparisons[0].kind", "seed", f"comparisons[0].kind = 'seed' {NA} 'cross'"),  # seed: a reference, not listed
+    ("comparisons", [], f"comparisons = [] {NA} a non-empty list of mappings with the keys a, b, layers, kind."),
+    ("universal.layers.A", 9, "universal.layers.A = 9 names layer 9 of model A, which is not among its extracted layers; "
+                              "allowed: an extracted layer of A [0, 1, 2, 3]."),
+    ("universal.layers", {"C": 1}, "universal.layers = {'C': 1} names model 'C', which the universal SAE does not read"),
+    ("universal.models", ["A"], f"universal.models = ['A'] {NA} [] (every model) or at least two distinct model ids"),
+    ("atlas.layers", [9, 3], "atlas.layers = [9, 3] names layer 9 of model A"),
+    ("atlas.comparison", 1, "atlas.comparison = 1 names no comparison; allowed: the index of one of comparisons (0..0: A2–B3)."),
+    ("transfer.comparison", 2, "transfer.comparison = 2 names no comparison"),
+    ("references.models", ["C"], f"references.models = ['C'] {NA} distinct model ids among those the comparisons name: 'A', 'B'."),
+    ("references.models", ["A", "A"], f"references.models = ['A', 'A'] {NA} distinct model ids among those the comparisons name"),
+    ("references.layers", "grid", f"references.layers = 'grid' {NA} 'focus', 'diagonal', 'all'."),
     ("calibration.fraction", 0, f"calibration.fraction = 0 {NA} a number, 0 < fraction <= 1."),
     ("calibration.draws", 0, f"calibration.draws = 0 {NA} an integer >= 1."),
-    ("comparisons.second_seed", 0, "comparisons.second_seed = 0 equals sae.seed; allowed: any integer but sae.seed (0)."),
+    ("references.second_seed", 0, "references.second_seed = 0 equals sae.seed; allowed: any integer but sae.seed (0)."),
 ]
 
 
 def _one_line(msg, key, says, where):
     assert "\n" not in msg, msg
-    assert msg.startswith(where) and says in msg and "Fix:" in msg and key in msg.split("Fix:")[1], msg
+    assert msg.startswith(where) and says in msg and "Fix:" in msg and key.split("[")[0] in msg.split("Fix:")[1], msg
 
 
 @pytest.mark.parametrize("key,value,says", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
 def test_a_bad_value_in_the_profile_file_is_one_line_naming_key_value_allowed_and_file(tmp_path, key, value, says):
     raw = config.load_profile("tiny")
     node = raw
-    *parents, leaf = key.split(".")
+    *parents, leaf = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", key)]
     for p in parents:
         node = node[p]
     node[leaf] = value
@@ -122,13 +156,13 @@ def test_ceiling_and_floor_need_trained_saes():
     with pytest.raises(config.ConfigError) as e:
         config.build("tiny", pretrained)
     msg = str(e.value)
-    assert "\n" not in msg and "comparisons.run" in msg and "'pretrained'" in msg
+    assert "\n" not in msg and "references.run" in msg and "'pretrained'" in msg
     assert msg.endswith("Fix: the ceiling and floor compare SAEs trained here; set sae.source: train or drop 'seed' and "
-                        "'random_init' from comparisons.run.")
+                        "'random_init' from references.run.")
     with pytest.raises(config.ConfigError, match="'random_init' only with sae.source 'train'"):
-        config.build("tiny", dict(pretrained, **{"comparisons.run": ["cross", "random_init"]}))
-    cfg = config.build("tiny", dict(pretrained, **{"comparisons.run": ["cross"]}))
-    assert cfg.sae["source"] == "pretrained"
+        config.build("tiny", dict(pretrained, **{"references.run": ["random_init"]}))
+    cfg = config.build("tiny", dict(pretrained, **{"references.run": []}))
+    assert cfg.sae.source == "pretrained"
 
 
 def test_pretrained_saes_need_a_release_per_model():
@@ -145,7 +179,7 @@ def test_unknown_keys_and_sections_fail_naming_the_fix(tmp_path):
     raw = config.load_profile("smoke")
     raw["colour"] = "red"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(config.ConfigError, match=r"bad\.yaml: unknown key colour; known keys: profile, models, .*comparisons, calibration, transfer\. "
+    with pytest.raises(config.ConfigError, match=r"bad\.yaml: unknown key colour; known keys: profile, models, .*comparisons, references, calibration, transfer\. "
                        r"Fix: check the spelling of colour in"):
         config.build(str(tmp_path / "bad.yaml"))
     with pytest.raises(config.ConfigError, match=r"not a mapping.*Fix: override sae\.k itself"):
@@ -166,21 +200,22 @@ def test_layers_for_every_model():
         config.build("tiny", {"models.C": {"source": "local"}, "layers.C": [0]})
     with pytest.raises(config.ConfigError, match=r"models\.C\.path = 'x' does not exist.*make models"):
         config.build("tiny", {"models.C": {"source": "local", "path": "x"}, "layers.C": [0]})
-    cfg = config.build("tiny", {"models.C": {"source": "local", "path": "models/tiny/lm-a"}, "layers.C": [0]})
+    cfg = config.build("tiny", {"models.C": {"source": "local", "path": "models/tiny/lm-a"}, "layers.C": [0],
+                                "universal.layers.C": 0})  # no comparison names C: the universal SAE needs its layer
     assert list(cfg.models) == ["A", "B", "C"]
 
 
 def test_sections_left_out_take_the_defaults_and_required_ones_are_named(tmp_path):
     raw = config.load_profile("smoke")
-    for section in ("sae", "similarity", "subspaces", "universal", "atlas", "comparisons", "calibration"):
+    for section in ("sae", "similarity", "subspaces", "universal", "atlas", "references", "calibration", "transfer"):
         del raw[section]
     del raw["profile"]
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
     cfg = config.build(str(tmp_path / "mine.yaml"))
     assert cfg.profile == "mine"  # no profile key: the file's stem
     assert cfg.sae == config.build("pythia", {"sae": {}}).sae  # all defaults
-    assert cfg.universal["update"] == "own" and cfg.comparisons["run"] == ["cross"]
-    for required in ("data", "matching", "models", "layers"):
+    assert cfg.universal.update == "own" and cfg.references.run == [] and cfg.references.models == ["A", "B"]
+    for required in ("data", "matching", "models", "layers", "comparisons"):
         part = dict(raw)
         del part[required]
         (tmp_path / "part.yaml").write_text(yaml.safe_dump(part))
@@ -188,8 +223,9 @@ def test_sections_left_out_take_the_defaults_and_required_ones_are_named(tmp_pat
             config.build(str(tmp_path / "part.yaml"))
     with pytest.raises(config.ConfigError, match=r"data\.source is required"):
         config.build(str(tmp_path / "mine.yaml"), {"data": {"seq_len": 64}})
-    with pytest.raises(config.ConfigError, match=r"matching\.layer_pair is required"):
-        config.build(str(tmp_path / "mine.yaml"), {"matching": {}})
+    assert config.build(str(tmp_path / "mine.yaml"), {"matching": {}}).matching == config.Matching()  # every key has a default
+    with pytest.raises(config.ConfigError, match=r"comparisons\[0\]\.layers is required"):
+        config.build(str(tmp_path / "mine.yaml"), {"comparisons": [{"a": "A", "b": "B"}]})
     with pytest.raises(config.ConfigError, match=r"models = .* is not allowed; allowed: a mapping of at least 2 ids"):
         config.build(str(tmp_path / "mine.yaml"), {"models": {"A": {"source": "local", "path": "x"}}})
 
@@ -197,8 +233,8 @@ def test_sections_left_out_take_the_defaults_and_required_ones_are_named(tmp_pat
 def test_overrides_apply_on_top_and_relabel_the_run():
     base = config.build("tiny")
     cfg = config.build("tiny", {"similarity.n_shuffles": 100, "layers.A": [1, 2]})
-    assert cfg.similarity["n_shuffles"] == 100 and cfg.layers["A"] == [1, 2]
-    assert cfg.similarity["variance"] == base.similarity["variance"] and cfg.data == base.data  # the rest stays
+    assert cfg.similarity.n_shuffles == 100 and cfg.layers["A"] == [1, 2]
+    assert cfg.similarity.variance == base.similarity.variance and cfg.data == base.data  # the rest stays
     assert cfg.profile == "tiny" and cfg.overrides == {"similarity.n_shuffles": 100, "layers.A": [1, 2]}
     assert cfg.label.startswith("tiny+") and len(cfg.label) == len("tiny+") + 6
     assert cfg.params_hash != base.params_hash
@@ -207,7 +243,8 @@ def test_overrides_apply_on_top_and_relabel_the_run():
     assert config.build("tiny").params_hash == base.params_hash and base.label == "tiny"
     assert config.build("tiny", {"similarity.n_shuffles": 101}).label != config.build("tiny", {"similarity.n_shuffles": 100}).label
     model = config.build("tiny", {"models.B": {"source": "hub", "name": "pythia-70m"}})
-    assert model.models["B"] == {"source": "hub", "name": "pythia-70m", "path": "", "dtype": "float32"}
+    assert model.models["B"].model_dump() == {"source": "hub", "name": "pythia-70m", "path": "", "dtype": "float32"}
+    assert model.models["B"] == config.ModelSpec(source="hub", name="pythia-70m")
     assert config.load_profile("tiny")["similarity"]["n_shuffles"] == 1000, "the profile itself is untouched"
 
 
@@ -224,10 +261,18 @@ def test_resolved_yaml_round_trips(tmp_path):
     assert "with overrides: {similarity.n_shuffles: 7" in text
 
 
-def test_universal_layers_default_to_the_layer_pair():
+def test_universal_layers_default_to_the_first_comparison_naming_each_model():
     cfg = config.build("tiny")
     assert cfg.universal_layers == {"A": 2, "B": 3}
-    assert config.build("tiny", {"universal.layers": [1, 4]}).universal_layers == {"A": 1, "B": 4}
+    assert config.build("tiny", {"universal.layers": {"A": 1, "B": 4}}).universal_layers == {"A": 1, "B": 4}
+    assert config.build("tiny", {"universal.layers": {"B": 4}}).universal_layers == {"A": 2, "B": 4}
+    three = {"models.C": {"source": "local", "path": "models/tiny/lm-a"}, "layers.C": [0, 1]}
+    with pytest.raises(config.ConfigError, match=r"universal\.layers = \{\} lacks model 'C'.*add C: <layer>"):
+        config.build("tiny", three)
+    assert config.build("tiny", dict(three, **{"universal.layers": {"C": 1}})).universal_layers == {"A": 2, "B": 3, "C": 1}
+    assert config.build("tiny", dict(three, **{"universal.models": ["A", "B"]})).universal_layers == {"A": 2, "B": 3}
+    cfg = config.build("tiny", dict(three, comparisons=[{"a": "A", "b": "B", "layers": [2, 3]}, {"a": "C", "b": "B", "layers": [1, 5]}]))
+    assert cfg.universal_layers == {"A": 2, "B": 3, "C": 1}
 
 
 def test_profile_label_must_be_a_plain_name(tmp_path):

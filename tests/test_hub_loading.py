@@ -99,7 +99,7 @@ def test_gemma_scope_sae_loads_from_the_registry(standins):
 
 def test_hub_dataset_streams_from_a_local_folder(standins):
     cfg = config.build("pythia")
-    data = dict(cfg.data, path=str(standins / "openwebtext"), n_docs=5)
+    data = cfg.data.model_copy(update={"path": str(standins / "openwebtext"), "n_docs": 5})
     docs = list(corpus.documents(data))
     assert len(docs) == 5 and all(isinstance(d, str) and len(d) > 200 for d in docs)
 

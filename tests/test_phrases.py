@@ -10,11 +10,11 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
-from featlib import phrases
+from featlib import config, phrases
 from featlib.study import findings
 
-P = {"rule": "last", "n_controls": 4, "min_auroc": 0.75, "max_features": 8, "n_shuffles": 100, "alpha": 0.05,
-     "min_occurrences": 5, "seed": 0}
+P = config.Phrases(rule="last", n_controls=4, min_auroc=0.75, max_features=8, n_shuffles=100, alpha=0.05,
+                   min_occurrences=5, seed=0)
 FILLER = ("the people of our nation will work for a better future and we must act now because the world is watching "
           "and history will judge what we do here today in this great hall of democracy").split()
 PLANTED = {"us": ["united states"], "court": ["supreme court", "high court"]}
@@ -132,8 +132,8 @@ def test_selectivity_is_sklearns_auroc():
 def test_planted_multi_token_concepts_are_recovered(rule):
     ut = unitize(corpus(), words)
     codes = planted_codes(ut)
-    us = phrases.members(codes, ut, PLANTED["us"], P | {"rule": rule})
-    court = phrases.members(codes, ut, PLANTED["court"], P | {"rule": rule})
+    us = phrases.members(codes, ut, PLANTED["us"], P.model_copy(update={"rule": rule}))
+    court = phrases.members(codes, ut, PLANTED["court"], P.model_copy(update={"rule": rule}))
     assert us.occurrences >= 20 and court.phrases_found == 2
     assert 3 in us.features and 5 in court.features and 3 not in court.features
     noise = set(range(20)) - {3, 5, 7}

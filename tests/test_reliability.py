@@ -41,13 +41,13 @@ BAD_PROFILES = [
     ({"matching.one_to_one": "false"}, f"matching.one_to_one = 'false' {NA} true or false"),
     ({"similarity.n_shuffles": "100"}, f"similarity.n_shuffles = '100' {NA} an integer >= 1"),
     ({"layers.A": [True, 2]}, f"layers.A[0] = True {NA} an integer >= 0"),
-    ({"matching.layer_pair": [True, 3]}, f"matching.layer_pair[0] = True {NA} an integer >= 0"),
+    ({"comparisons": [{"layers": [True, 3]}]}, f"comparisons[0].layers[0] = True {NA} an integer >= 0"),
     ({"models": [{"source": "local", "path": "models/tiny/lm-a"}]}, f"{NA} a mapping of at least 2 ids"),
     ({"matching.min_r": 1.5}, f"matching.min_r = 1.5 {NA} a number, 0 <= min_r < 1"),
     ({"data.source": "text_file", "data.path": "no/such.txt"}, "data.path = 'no/such.txt' does not exist; allowed: an existing UTF-8 text file"),
     ({"data.source": "hf_dataset"}, "data.path = '' is empty"),
     ({"data.revision": 3}, f"data.revision = 3 {NA} a string"),
-    ({"layers.A": [1, 9]}, "layers.A = [1, 9] names layer 9, which model A does not have; allowed: layers 0..3 of model A"),
+    ({"layers.A": [2, 9]}, "layers.A = [2, 9] names layer 9, which model A does not have; allowed: layers 0..3 of model A"),
     ({"models.B.path": "models/tiny/none"}, "models.B.path = 'models/tiny/none' does not exist"),
     ({"universal.batch_size": 0}, f"universal.batch_size = 0 {NA} an integer >= 1"),
     ({"sae.batch_size": 0}, f"sae.batch_size = 0 {NA} an integer >= 1"),
@@ -121,7 +121,7 @@ def test_a_latin1_or_binary_text_file_names_the_file(tmp_path):
     for path, says in ((latin, r"is not UTF-8 text \(byte 0xe9 at offset 3\)\. Fix: convert it"),
                        (binary, r"holds NUL bytes \(offset 4\): it is not a text file\. Fix")):
         with pytest.raises(ValueError, match=rf"^data\.path = '{path}': {path} {says}"):
-            list(corpus.documents({"source": "text_file", "path": str(path)}))
+            list(corpus.documents(config.Data(source="text_file", path=str(path))))
 
 
 def test_a_relative_text_path_is_read_from_the_repository_like_every_other_path(tmp_path, monkeypatch):
@@ -130,9 +130,9 @@ def test_a_relative_text_path_is_read_from_the_repository_like_every_other_path(
     (REPO / rel).write_text("First document here.\n\nSecond one.")
     try:
         monkeypatch.chdir(REPO / "notebooks")  # where the notebooks run
-        assert list(corpus.documents({"source": "text_file", "path": rel})) == ["First document here.", "Second one."]
+        assert list(corpus.documents(config.Data(source="text_file", path=rel))) == ["First document here.", "Second one."]
         cfg = config.build("smoke", {"data.source": "text_file", "data.path": rel})
-        assert cfg.data["path"] == rel
+        assert cfg.data.path == rel
     finally:
         (REPO / rel).unlink()
 
@@ -168,7 +168,7 @@ def test_swapping_a_local_sae_folder_gives_a_new_matching(tmp_path):
     for m in ("A", "B"):
         for layer in (1, 2, 3):
             _fake_sae_folder(tmp_path / m, layer, seed=layer)
-    over = {"sae.source": "pretrained", "comparisons.run": ["cross"], "sae.release": {"A": str(tmp_path / "A"), "B": str(tmp_path / "B")},
+    over = {"sae.source": "pretrained", "references.run": [], "sae.release": {"A": str(tmp_path / "A"), "B": str(tmp_path / "B")},
             "sae.sae_id": {"A": "layer_{layer}", "B": "layer_{layer}"}}
     before = keys(over)
     assert keys(over) == before
@@ -184,13 +184,15 @@ def test_the_paper_profiles_stream_a_parquet_revision_with_the_stand_ins_call(mo
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or iter([{"text": "x"}]))
     for name in ("pythia", "gemma"):
         data = config.build(name).data
-        assert data["revision"] == "refs/convert/parquet" and data["data_files"].endswith(".parquet")
+        assert data.revision == "refs/convert/parquet" and data.data_files.endswith(".parquet")
         list(corpus.documents(data))
-        assert calls[-1] == ((data["path"],), {"split": "train", "streaming": True, "revision": "refs/convert/parquet",
-                                                "data_files": {"train": data["data_files"]}})
+        assert calls[-1] == ((data.path,), {"split": "train", "streaming": True, "revision": "refs/convert/parquet",
+                                             "data_files": {"train": data.data_files}})
     # the revision is in the activations' key
-    one = {k: config.build("pythia").data[k] for k in ("source", "path", "revision", "data_files")}
-    assert set(one) <= set(__import__("featlib.activations", fromlist=["DATA_KEYS"]).DATA_KEYS)
+    from featlib.activations import TextParams
+
+    text = TextParams.of(config.build("pythia").data, "token_end")
+    assert (text.source, text.revision, text.data_files) == ("hf_dataset", "refs/convert/parquet", data.data_files)
 
 
 # ---- models --------------------------------------------------------------------------------------------------
@@ -269,7 +271,7 @@ def test_fewer_training_activations_than_a_batch_raise_instead_of_hanging():
 
 
 def test_k_above_the_sae_width_is_refused_before_training():
-    params = dict(config.build("smoke").sae, k=40, expansion=2)
+    params = config.build("smoke").sae.model_copy(update={"k": 40, "expansion": 2})
     with pytest.raises(ValueError, match=r"sae\.k = 40 exceeds the SAE width sae\.expansion x d_model = 2 x 16\. Fix"):
         saes.train_sae(np.zeros((64, 16), np.float32), params, seed=0)
 

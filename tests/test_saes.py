@@ -109,7 +109,7 @@ def test_sae_trainings_in_worker_processes_equal_single_threaded_ones(tmp_path, 
     for layer in (0, 1):
         np.save(folder / f"layer_{layer}.npy", sparse_data(n=2048, seed=layer))
     train = Activations(folder, [0, 1])
-    jobs = [saes.SaeTraining(dict(PARAMS, epochs=2), "m", layer, train, seed=5) for layer in (0, 1)]
+    jobs = [saes.SaeTraining(saes.TrainParams.of(dict(PARAMS, epochs=2)), "m", layer, train, seed=5) for layer in (0, 1)]
     monkeypatch.setattr(parallel, "available_memory", lambda: math.inf)
     monkeypatch.setattr(parallel, "cpu_quota", lambda: math.inf)
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
@@ -137,7 +137,7 @@ def test_sae_trainings_in_worker_processes_equal_single_threaded_ones(tmp_path, 
 def test_save_and_load_as_pretrained(trained, tmp_path):
     trained.save_inference_model(tmp_path / "layers.1")
     cfg = config.build("smoke", {"sae": {"source": "pretrained", "release": {"A": str(tmp_path), "B": str(tmp_path)},
-                                         "sae_id": {"A": "layers.{layer}", "B": "layers.{layer}"}}, "comparisons.run": ["cross"]})
+                                         "sae_id": {"A": "layers.{layer}", "B": "layers.{layer}"}}, "references.run": []})
     loaded = saes.load_pretrained(cfg, "A", 1)
     x = torch.from_numpy(sparse_data(n=256, seed=2))
     with torch.no_grad():

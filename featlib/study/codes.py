@@ -3,7 +3,7 @@ from them: every feature's top-activating units, their text, and its firing freq
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +18,10 @@ VERSION = 3
 
 
 def codes_artifact(study: Study, side: Side) -> step.Artifact:
-    """The cached codes of ``side`` (inputs: the SAE and the eval activations)."""
+    """The cached codes of ``side`` (inputs: the SAE and the eval activations; no parameters: the chunk size,
+    ``matching.chunk_tokens``, bounds the memory and does not change the codes)."""
     acts = study.acts_of(side)
-    chunk = study.cfg.matching["chunk_tokens"]
+    chunk = study.cfg.matching.chunk_tokens
 
     def produce(tmp: Path) -> None:
         sae = study.sae(side)
@@ -46,19 +47,25 @@ class FeatureTokens:
     artifact: step.Artifact
 
 
+@dataclass(frozen=True)
+class TokensParams:
+    """The parameter of a side's top activations (its step's key): ``k`` (``matching.top_k_tokens``) units per feature."""
+
+    k: int
+
+
 def feature_tokens_artifact(study: Study, side: Side) -> step.Artifact:
-    """The cached top activations of ``side`` (inputs: its codes; parameter: ``matching.top_k_tokens``)."""
+    """The cached top activations of ``side`` (inputs: its codes; parameters: :class:`TokensParams`)."""
     codes_art = codes_artifact(study, side)
+    p = TokensParams(study.cfg.matching.top_k_tokens)
 
     def produce(tmp: Path) -> None:
         codes = sae_codes(study, side)
-        values, pos = matching.top_activations(codes.indptr, codes.indices, codes.data, codes.shape[1],
-                                               study.cfg.matching["top_k_tokens"])
+        values, pos = matching.top_activations(codes.indptr, codes.indices, codes.data, codes.shape[1], p.k)
         fired = np.bincount(codes.indices[codes.data > 0], minlength=codes.shape[1])
         np.savez(tmp / "tokens.npz", positions=pos, values=values, freq=fired / codes.shape[0])
 
-    return step.run("feature_tokens", {"k": study.cfg.matching["top_k_tokens"]}, {"codes": codes_art}, produce,
-                    version=VERSION)
+    return step.run("feature_tokens", asdict(p), {"codes": codes_art}, produce, version=VERSION)
 
 
 def feature_tokens(study: Study, side: Side) -> FeatureTokens:

@@ -95,7 +95,7 @@ def matching_findings(matches: list[Match]) -> str:
 def scale_findings(table: "pd.DataFrame") -> str:
     """Per metric of one cell's calibration table: floor, cross, ceiling, the calibrated score and verdict."""
     if table.empty:
-        return HEAD + "no ceiling and floor were computed for this layer pair (comparisons.run, comparisons.layers)."
+        return HEAD + "no ceiling and floor were computed for this layer pair (references.run, references.layers)."
     lines, above = [], []
     for _, r in table.iterrows():
         name = METRIC_NAMES[r.metric]
@@ -116,7 +116,7 @@ def grid_findings(grid: "pd.DataFrame", diagonal: list[tuple[int, int]]) -> str:
     """Per metric over the calibrated layer grid: cells above the floor, the best cell, and whether the best
     layer pair of equal relative depth is a middle one (neither the shallowest nor the deepest)."""
     if grid.empty:
-        return HEAD + "no layer pair has a ceiling and a floor (comparisons.run, comparisons.layers)."
+        return HEAD + "no layer pair has a ceiling and a floor (references.run, references.layers)."
     lines, middle = [], []
     for metric, t in grid.groupby("metric", sort=False):
         t = t[np.isfinite(t.calibrated)]

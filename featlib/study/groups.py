@@ -32,7 +32,7 @@ def _group_rows(study: Study, m: Match, membership: dict[str, tuple[np.ndarray, 
 
     cfg = study.cfg
     a, b = m.comparison.a, m.comparison.b
-    candidates = matching.threshold(m.many_to_one, cfg.matching["min_r"])
+    candidates = matching.threshold(m.many_to_one, cfg.matching.min_r)
     X_all, Y_all = study.decoder_rows(a, candidates.idx_a), study.decoder_rows(b, candidates.idx_b)
     sub, sim = cfg.subspaces, cfg.similarity
     rows = []
@@ -40,9 +40,9 @@ def _group_rows(study: Study, m: Match, membership: dict[str, tuple[np.ndarray, 
         members = np.flatnonzero(in_a[candidates.idx_a] & in_b[candidates.idx_b])
         row: dict[str, Any] = {"comparison": m.comparison.name, "kind": m.comparison.kind, "group": name, "members": kind,
                                **extra[name], "features A": int(in_a.sum()), "features B": int(in_b.sum()), "pairs": len(members)}
-        scored = len(members) >= max(3, sub["min_features"]) and all(
+        scored = len(members) >= max(3, sub.min_features) and all(
             len(np.unique(idx[members])) > 1 for idx in (candidates.idx_a, candidates.idx_b))
-        s = score_group(X_all, Y_all, members, sim["n_shuffles"], sub["n_random_sets"], sub["seed"], sim["variance"]) if scored else {}
+        s = score_group(X_all, Y_all, members, sim.n_shuffles, sub.n_random_sets, sub.seed, sim.variance) if scored else {}
         row["scorable"] = scored
         for metric in GROUP_METRICS:
             sc = s.get(metric, {})
@@ -67,7 +67,7 @@ def subspace_scores(study: Study, m: Match) -> "pd.DataFrame":
     variance there), is not scorable: its scores are NaN.
     """
     top_a, top_b = top_token_strings(study, m.comparison.a), top_token_strings(study, m.comparison.b)
-    groups = resolve_groups(study.cfg.subspaces["groups"])
+    groups = resolve_groups(study.cfg.subspaces.groups)
     membership = {g: (group_features(top_a, kw), group_features(top_b, kw)) for g, kw in groups.items()}
     return _group_rows(study, m, membership, {g: {"keywords": len(kw)} for g, kw in groups.items()}, "tokens")
 
@@ -82,11 +82,12 @@ def unit_text(study: Study, model_id: str) -> UnitText:
 def phrase_members(study: Study, side: Side, rule: str | None = None) -> dict[str, Members]:
     """Each phrase group's member features in ``side``'s SAE (:func:`featlib.phrases.members` with
     ``subspaces.phrases``, its ``rule`` replaced by ``rule`` if given)."""
-    p = study.cfg.subspaces["phrases"] | ({"rule": rule} if rule else {})
-    if (side, p["rule"]) not in study.phrase_memo:
+    p = study.cfg.subspaces.phrases
+    p = p.model_copy(update={"rule": rule}) if rule else p
+    if (side, p.rule) not in study.phrase_memo:
         ut, codes = unit_text(study, side.model), sae_codes(study, side)
-        study.phrase_memo[side, p["rule"]] = {g: phrases.members(codes, ut, ph, p) for g, ph in phrases.resolve_groups(p["groups"]).items()}
-    return study.phrase_memo[side, p["rule"]]
+        study.phrase_memo[side, p.rule] = {g: phrases.members(codes, ut, ph, p) for g, ph in phrases.resolve_groups(p.groups).items()}
+    return study.phrase_memo[side, p.rule]
 
 
 def phrase_rules(study: Study, m: Match) -> "pd.DataFrame":
@@ -94,7 +95,7 @@ def phrase_rules(study: Study, m: Match) -> "pd.DataFrame":
     :data:`featlib.phrases.RULES`, with their overlap (Jaccard) with the profile's rule."""
     import pandas as pd
 
-    chosen = study.cfg.subspaces["phrases"]["rule"]
+    chosen = study.cfg.subspaces.phrases.rule
     rows = []
     for side in (m.comparison.a, m.comparison.b):
         by_rule = {r: phrase_members(study, side, r) for r in phrases.RULES}
@@ -112,11 +113,11 @@ def phrase_rules(study: Study, m: Match) -> "pd.DataFrame":
 def phrase_scores(study: Study, m: Match) -> "pd.DataFrame":
     """:func:`subspace_scores` for the phrase groups (``subspaces.phrases``): a feature belongs to a group when
     it is one of the group's most selective features for its phrases in context (:mod:`featlib.phrases`)."""
-    p = study.cfg.subspaces["phrases"]
+    p = study.cfg.subspaces.phrases
     mem = {s: phrase_members(study, s) for s in (m.comparison.a, m.comparison.b)}
     d = {s: int(study.sae(s).W_dec.shape[0]) for s in mem}
     membership, extra = {}, {}
-    for g, ph in phrases.resolve_groups(p["groups"]).items():
+    for g, ph in phrases.resolve_groups(p.groups).items():
         masks = []
         for s in mem:
             mask = np.zeros(d[s], dtype=bool)
@@ -131,14 +132,14 @@ def phrase_scores(study: Study, m: Match) -> "pd.DataFrame":
 def phrase_interactions(study: Study, m: Match) -> Interaction:
     """How the phrase groups sit relative to each other in both SAEs of ``m`` (:func:`featlib.phrases.interaction_agreement`:
     the spans of each group's member decoder rows, against random same-size sets of each SAE's active features)."""
-    p = study.cfg.subspaces["phrases"]
+    p = study.cfg.subspaces.phrases
     sides = (m.comparison.a, m.comparison.b)
     mem = [phrase_members(study, s) for s in sides]
     names = list(mem[0])
     dec = [study.sae(s).W_dec.detach().double().cpu().numpy() for s in sides]
     pools = [np.flatnonzero(sparse_rows.active_features(sae_codes(study, s))) for s in sides]
     return phrases.interaction_agreement(dec[0], dec[1], names, [mem[0][g].features for g in names],
-                                         [mem[1][g].features for g in names], pools[0], pools[1], p["n_random_sets"], p["seed"])
+                                         [mem[1][g].features for g in names], pools[0], pools[1], p.n_random_sets, p.seed)
 
 
 def interaction_table(interactions: list[tuple[Match, Interaction]]) -> "pd.DataFrame":

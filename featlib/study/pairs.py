@@ -8,13 +8,14 @@ share a top token. The funnel records how many pairs survive each stage, in that
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from .. import matching, sparse_rows, step
+from ..config import Matching
 from ..correlation import SparseCodes
 from .codes import codes_artifact, feature_tokens, feature_tokens_artifact, sae_codes, top_token_strings
 from .core import Comparison, Study
@@ -23,7 +24,20 @@ if TYPE_CHECKING:
     import pandas as pd
 
 VERSION = 4  # 4: one sparse product of the cached codes (same pairs as the streamed engine of 3)
-MATCH_KEYS = ("min_r", "one_to_one", "require_shared_token")
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    """What a matching step reads of ``matching`` (and hashes into its key); ``max_bytes``, a memory bound, and
+    ``chunk_tokens`` do not change the pairs and are not part of it."""
+
+    min_r: float
+    one_to_one: bool
+    require_shared_token: bool
+
+    @classmethod
+    def of(cls, m: Matching) -> MatchParams:
+        return cls(m.min_r, m.one_to_one, m.require_shared_token)
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,7 @@ class Match:
 def code_pairs(study: Study, comparison: Comparison) -> tuple[int, int, Callable[[], Iterator[tuple[SparseCodes, SparseCodes]]]]:
     """(d_A, d_B, chunks): the two sides' cached codes replayed chunk by chunk, as the correlation engine reads them."""
     ca, cb = sae_codes(study, comparison.a), sae_codes(study, comparison.b)
-    n = study.cfg.matching["chunk_tokens"]
+    n = study.cfg.matching.chunk_tokens
 
     def chunks() -> Iterator[tuple[SparseCodes, SparseCodes]]:
         return zip(sparse_rows.chunks(ca, n), sparse_rows.chunks(cb, n))
@@ -50,33 +64,33 @@ def code_pairs(study: Study, comparison: Comparison) -> tuple[int, int, Callable
 
 def matching_artifact(study: Study, comparison: Comparison) -> step.Artifact:
     """The cached matching of ``comparison`` (inputs: both sides' codes and top units; parameters:
-    ``matching.min_r``, ``one_to_one``, ``require_shared_token``)."""
-    m = study.cfg.matching
+    :class:`MatchParams`: ``matching.min_r``, ``one_to_one``, ``require_shared_token``)."""
+    p, max_bytes = MatchParams.of(study.cfg.matching), study.cfg.matching.max_bytes
     a, b = comparison.a, comparison.b
     inputs = {"codes_A": codes_artifact(study, a), "codes_B": codes_artifact(study, b),
               "tokens_A": feature_tokens_artifact(study, a), "tokens_B": feature_tokens_artifact(study, b)}
 
     def produce(tmp: Path) -> None:
-        res = sparse_rows.correlate(sae_codes(study, a), sae_codes(study, b), max_bytes=m["max_bytes"])
+        res = sparse_rows.correlate(sae_codes(study, a), sae_codes(study, b), max_bytes=max_bytes)
         m2o = res.matches()
         funnel = {"features_A": len(res.active_a), "features_B": len(res.active_b), "active_A": int(res.active_a.sum()),
                   "active_B": int(res.active_b.sum()), "many_to_one": len(m2o)}
         pairs = m2o
-        if m["one_to_one"]:
+        if p.one_to_one:
             pairs = matching.one_to_one(pairs)
             funnel["one_to_one"] = len(pairs)
-        pairs = matching.threshold(pairs, m["min_r"])
+        pairs = matching.threshold(pairs, p.min_r)
         funnel["r_above_threshold"] = len(pairs)
         pairs, filt = matching.concept_filter(pairs, top_token_strings(study, a), top_token_strings(study, b),
-                                              require_shared=m["require_shared_token"])
+                                              require_shared=p.require_shared_token)
         funnel["concept_tokens"] = filt["non_concept"]  # kept: no punctuation/whitespace/special top token
-        if m["require_shared_token"]:
+        if p.require_shared_token:
             funnel["shared_top_token"] = filt["shared_token"]
         np.savez(tmp / "pairs.npz", m2o_a=m2o.idx_a, m2o_b=m2o.idx_b, m2o_r=m2o.r,
                  idx_a=pairs.idx_a, idx_b=pairs.idx_b, r=pairs.r)
         step.write_json(tmp / "funnel.json", list(funnel.items()))  # a list: the order is the pipeline's
 
-    return step.run("matching", {k: m[k] for k in MATCH_KEYS}, inputs, produce, version=VERSION,
+    return step.run("matching", asdict(p), inputs, produce, version=VERSION,
                     meta={"comparison": comparison.name})
 
 

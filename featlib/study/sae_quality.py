@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,24 +19,31 @@ if TYPE_CHECKING:
 VERSION = 4  # 4: measured on the cached codes (decoded sparse), not a second encoding
 
 
+@dataclass(frozen=True)
+class MetricsParams:
+    """The parameter of an SAE's metrics (its step's key): the next-token loss is measured on ``ce_batches`` x 8
+    eval rows (``sae.ce_batches``)."""
+
+    ce_batches: int
+
+
 def sae_metrics(study: Study, side: Side) -> dict[str, Any]:
     """:func:`featlib.saes.evaluate` of ``side``'s SAE on the eval units (cached; inputs: the SAE, the eval
     activations, whose key covers the model, and the SAE's cached codes of them, which notebooks 03-05 read
-    too; parameter: ``sae.ce_batches``)."""
+    too; parameters: :class:`MetricsParams`)."""
     acts = study.acts_of(side)
-    ce_batches = study.cfg.sae["ce_batches"]
+    p = MetricsParams(study.cfg.sae.ce_batches)
 
     lm = study.model_of(side)
 
     def produce(tmp: Path) -> None:
-        baselines = study.ce_baselines.setdefault((lm.fingerprint, acts.key, ce_batches), LossBaselines())
-        m = evaluate(study.sae(side), lm, acts, side.layer, ce_batches, codes=sae_codes(study, side),
-                     chunk_tokens=study.cfg.matching["chunk_tokens"], baselines=baselines)
+        baselines = study.ce_baselines.setdefault((lm.fingerprint, acts.key, p.ce_batches), LossBaselines())
+        m = evaluate(study.sae(side), lm, acts, side.layer, p.ce_batches, codes=sae_codes(study, side),
+                     chunk_tokens=study.cfg.matching.chunk_tokens, baselines=baselines)
         step.write_json(tmp / "metrics.json", m)
 
-    art = step.run("sae_metrics", {"ce_batches": ce_batches}, {"sae": study.sae_input(side), "eval": acts.key,
-                                                          "codes": codes_artifact(study, side)},
-                   produce, version=VERSION)
+    inputs = {"sae": study.sae_input(side), "eval": acts.key, "codes": codes_artifact(study, side)}
+    art = step.run("sae_metrics", asdict(p), inputs, produce, version=VERSION)
     return art.json("metrics.json")
 
 

@@ -425,10 +425,10 @@ def _planted(quick: bool, figure_dir: str | None) -> dict[str, Any]:
 
 
 def _extraction(sizes: dict[str, Any]) -> dict[str, Any]:
-    from ..config import load_profile
+    from ..config import build
 
-    prof = load_profile("smollm-gemma")
-    layers = {spec["name"]: prof["layers"][mid] for mid, spec in prof["models"].items()}
+    cfg = build("smollm-gemma")
+    layers = {spec.name: cfg.layers[mid] for mid, spec in cfg.models.items()}
     out = {}
     print(f"activation extraction: {sizes['extract_rows']} rows of 128 tokens, batches of 16, the smollm-gemma layers")
     for name in sizes["extract_models"]:

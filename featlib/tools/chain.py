@@ -13,7 +13,8 @@ updates the manifest (the times of the others are kept when the parameters are t
 ``--set KEY=VALUE`` (repeatable) overrides one value of the profile; VALUE is read as YAML
 (``--set similarity.n_shuffles=100 --set layers.A=[1,2]``). A run with overrides is labelled
 ``<profile>+<hash of the overrides>``, so its figures never land in the named profile's folder.
-``--list`` prints the profiles. ``--in-place`` instead executes the source notebooks themselves with
+``--list`` prints the profiles, and every key with its help (the schema's description, else what it may
+be) and default. ``--in-place`` instead executes the source notebooks themselves with
 the defaults of their ``parameters`` cell (the ``tiny`` profile), which is how the committed,
 executed notebooks are made. A wrong profile or ``--set`` is one line on stderr and exit status 2.
 
@@ -36,15 +37,18 @@ import os
 import sys
 import tempfile
 import time
+import typing
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
 from jupyter_client.manager import AsyncKernelManager
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
-from ..config import PARAMS_DIR, REPO, Config, ConfigError, available_profiles, build, profile_path
+from .. import config
+from ..config import PARAMS_DIR, REPO, Config, ConfigError, available_profiles, build, parse_sets, profile_path
 from ..plots import RESULTS, resolved_profile
 from ..step import write_json as write_json_atomic
 from .tidy import tidy
@@ -118,19 +122,37 @@ def describe_profiles() -> list[tuple[str, str]]:
     return out
 
 
-def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    """``["similarity.n_shuffles=100", "layers.A=[1, 2]"]`` -> ``{"similarity.n_shuffles": 100, "layers.A": [1, 2]}``."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE. Fix: write e.g. --set similarity.n_shuffles=100.")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())}). "
-                              "Fix: quote it, e.g. --set 'layers.A=[1, 2]'.") from None
-    return out
+def describe_keys() -> list[tuple[str, str]]:
+    """Every key a profile (or ``--set``) may give, with its help: the field's description in the schema
+    (:class:`featlib.config.Profile` and its sections) when it has one, else what it may be; then its default
+    ("required" where it has none). ``<id>`` stands for a model id, ``[]`` for an item of a list."""
+    return [(key, _help(key, ann, f)) for key, ann, f in _fields(config.Profile, "") if key != "profile"]
+
+
+def _fields(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Any, FieldInfo]]:
+    """(dotted key, annotation, field) of every leaf of ``model``: a section's fields, a model's per id, a list's
+    per item, a mapping of ids to lists (``layers``) per id."""
+    for name, f in model.model_fields.items():
+        key, ann = f"{prefix}{name}", f.annotation
+        origin, args = typing.get_origin(ann), typing.get_args(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _fields(ann, key + ".")
+        elif origin is dict and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+            yield from _fields(args[1], key + ".<id>.")
+        elif origin is list and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            yield from _fields(args[0], key + "[].")
+        elif origin is dict and typing.get_origin(args[1]) is list:
+            yield key + ".<id>", args[1], f
+        else:
+            yield key, ann, f
+
+
+def _help(key: str, ann: Any, f: FieldInfo) -> str:
+    name = key.rsplit(".", 1)[-1]
+    what = f.description or config._describe(ann, list(f.metadata) if ann is f.annotation else [], name)
+    if f.is_required():
+        return f"{what} (required)"
+    return f"{what} (default {json.dumps(f.get_default(call_default_factory=True), ensure_ascii=False)})"
 
 
 def auto_jobs(cfg: Config) -> int:
@@ -138,7 +160,7 @@ def auto_jobs(cfg: Config) -> int:
     (a kernel may hold the correlation's accumulator, ``matching.max_bytes``, and about a GiB besides)."""
     from ..parallel import worker_count
 
-    return worker_count(2, cfg.matching["max_bytes"] + KERNEL_BYTES)
+    return worker_count(2, cfg.matching.max_bytes + KERNEL_BYTES)
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -294,11 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 03 04")
     ap.add_argument("--in-place", action="store_true", help="execute the source notebooks with their defaults")
     ap.add_argument("--jobs", default="1", help="notebooks run at once after 03: a number or auto (default 1)")
-    ap.add_argument("--list", action="store_true", help="list the profiles in params/ and exit")
+    ap.add_argument("--list", action="store_true", help="list the profiles in params/ and every key with its help, and exit")
     args = ap.parse_args(argv)
     if args.list:
+        print("profiles (--profile NAME, in params/):")
         for name, comment in describe_profiles():
-            print(f"{name:14s} {comment}")
+            print(f"  {name:14s} {comment}")
+        keys = describe_keys()
+        width = max(len(k) for k, _ in keys)
+        print("keys (in a profile, or --set KEY=VALUE; the defaults are featlib/config.py's):")
+        for key, text in keys:
+            print(f"  {key:{width}s}  {text}")
         return 0
     t0 = time.time()
     try:

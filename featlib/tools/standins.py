@@ -40,7 +40,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,7 @@ def write_pythia_saes(hub: Path, scale: Scale) -> None:
     from .. import corpus, models, saes
 
     docs = corpus.sotu_documents("lm_train")
+    train_params = saes.TrainParams.of(scale.sae)
     for seed, name in enumerate(scale.models):
         lm = models.load_hub(name, name)  # the real loading function, on the stand-in just written
         rows = corpus.token_stream(lm.tokenizer, docs, 128, scale.sae_tokens + HELD_OUT, lm.bos_id)
@@ -201,8 +202,9 @@ def write_pythia_saes(hub: Path, scale: Scale) -> None:
         for layer in layers:
             acts = cache[models.hook_name(layer)][:, 1:].reshape(-1, lm.d_model).numpy()
             train, held_out = np.ascontiguousarray(acts[:-HELD_OUT]), torch.from_numpy(acts[-HELD_OUT:])
-            for epochs in (scale.sae["epochs"], 2 * scale.sae["epochs"], 4 * scale.sae["epochs"]):
-                trained = saes.train_sae(train, {**scale.sae, "epochs": epochs}, seed=100 * seed + layer, d_sae=scale.d_sae)
+            for epochs in (train_params.epochs, 2 * train_params.epochs, 4 * train_params.epochs):
+                trained = saes.train_sae(train, replace(train_params, epochs=epochs), seed=100 * seed + layer,
+                                         d_sae=scale.d_sae)
                 if (ev := explained_variance(trained, held_out)) >= MIN_EXPLAINED_VARIANCE:
                     break
             else:
