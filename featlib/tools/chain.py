@@ -149,7 +149,8 @@ def _fields(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Any, Fie
 
 def _help(key: str, ann: Any, f: FieldInfo) -> str:
     name = key.rsplit(".", 1)[-1]
-    what = f.description or config._describe(ann, list(f.metadata) if ann is f.annotation else [], name)
+    allowed = config.describe(ann, list(f.metadata) if ann is f.annotation else [], name)
+    what = f"{f.description}; {allowed}" if f.description else allowed
     if f.is_required():
         return f"{what} (required)"
     return f"{what} (default {json.dumps(f.get_default(call_default_factory=True), ensure_ascii=False)})"
