@@ -11,12 +11,15 @@ parameters and the step's code version, and nothing else:
 * a parameter the step does not read is not in its key, so changing it reuses the artifact.
 
 Artifacts are published atomically with a checksum of every file (:mod:`featlib.cache`): a
-half-written or damaged folder is reported with the folder to delete, never reused.
+half-written or damaged folder is reported with the folder to delete, never reused. A process checks an
+artifact's checksums once: it is not read again while its files on disk keep their size, modification
+time and inode (a deleted, replaced or edited artifact is checked, or made, again).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +82,19 @@ def identity(obj: Any) -> str:
     return stable_hash(obj)
 
 
+_verified: dict[Path, tuple[tuple[str, int, int, int], ...]] = {}  # folder -> its files' stat when last verified
+
+
+def _signature(path: Path) -> tuple[tuple[str, int, int, int], ...] | None:
+    """(name, size, mtime_ns, inode) of every file of an artifact folder; None when it is not there."""
+    try:
+        with os.scandir(path) as it:
+            stats = [(e.name, e.stat()) for e in it]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return tuple(sorted((n, st.st_size, st.st_mtime_ns, st.st_ino) for n, st in stats))
+
+
 def spec(params: Mapping[str, Any], inputs: Mapping[str, Input], version: int) -> dict[str, Any]:
     """What a step's key is the hash of: its inputs' keys, its parameters and its code version."""
     keys = {name: x.key if isinstance(x, Artifact) else str(x) for name, x in inputs.items()}
@@ -98,9 +114,13 @@ def run(kind: str, params: Mapping[str, Any], inputs: Mapping[str, Input], produ
     path = cache.artifact_dir(kind, s, root)
     if _planning:
         return Artifact(kind, path)
+    if (before := _verified.get(path)) is not None and before == _signature(path):
+        return Artifact(kind, path)
     if not cache.is_complete(path, verify=verify):
         with cache.publish(kind, s, dict(meta or {}), root) as tmp:
             produce(tmp)
+    if verify:
+        _verified[path] = _signature(path)
     return Artifact(kind, path)
 
 

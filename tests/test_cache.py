@@ -63,3 +63,36 @@ def test_relative_cache_path_is_taken_from_the_repository(monkeypatch):
     """Notebooks run in notebooks/: a relative FEATUNIV_CACHE must not depend on the working directory."""
     monkeypatch.setenv("FEATUNIV_CACHE", "build/some-cache")
     assert cache.cache_root() == REPO / "build/some-cache"
+
+
+def test_a_verified_artifact_is_not_hashed_again_until_it_changes_on_disk(tmp_cache, monkeypatch):
+    """step.run checks an artifact's checksums once per process; an edit, a deletion or a replacement of
+    its files on disk is noticed (their size, modification time or inode change) and checked again."""
+    import os
+    import shutil
+
+    from featlib import step
+
+    made, hashed = [], []
+    real_sha = cache.file_sha256
+    monkeypatch.setattr(cache, "file_sha256", lambda p: hashed.append(p.name) or real_sha(p))
+    monkeypatch.setattr(step, "_verified", {})
+
+    def run():
+        return step.run("thing", {"x": 5}, {}, lambda tmp: made.append(1) or (tmp / "a.txt").write_text("hello"), version=1)
+
+    art = run()
+    assert made == [1] and hashed == ["a.txt"], "published: hashed once"
+    hashed.clear()
+    assert run() == art and run() == art and hashed == [], "reused: not hashed again"
+    (art.path / "a.txt").write_text("hellO")  # same size, a later modification time
+    with pytest.raises(cache.CorruptCacheError, match="does not match its recorded checksum"):
+        run()
+    shutil.rmtree(art.path)
+    assert run() == art and made == [1, 1], "deleted: made again"
+    hashed.clear()
+    copy = art.path.with_name("copy")
+    shutil.copytree(art.path, copy)
+    shutil.rmtree(art.path)
+    os.replace(copy, art.path)  # replaced by an identical folder: new inodes
+    assert run() == art and hashed == ["a.txt"] and made == [1, 1], "replaced: checked again, reused"

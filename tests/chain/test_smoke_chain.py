@@ -1,9 +1,11 @@
-"""The whole chain 01-09 through papermill on the smoke profile, in an empty cache."""
+"""The whole chain 01-09 through papermill on the smoke-three profile (the smoke models plus a third, lm-a-seed1:
+three comparisons of three models), in an empty cache."""
 
 import json
 import re
 
 import nbformat
+import pandas as pd
 
 from featlib import step
 from featlib.tools import chain, site
@@ -11,24 +13,24 @@ from featlib.tools.tidy import tidy_outputs
 from featlib.config import REPO
 
 
-def test_smoke_chain(tmp_path, monkeypatch, capfd):
+def test_smoke_chain_of_three_models(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
     # two notebooks at once after 03, as make figures runs them on two CPUs (their kernels' sockets apart)
-    timings = chain.run("smoke", jobs=2)
+    timings = chain.run("smoke-three", jobs=2)
     out, err = capfd.readouterr()  # the chain's log, the kernels' own output included
     assert not re.search("WARNING|ERROR|KeyboardInterrupt", out + err), (out + err)[-3000:]
     nbs = chain.notebooks()
     assert [nb.stem for nb in nbs] == list(timings) and len(nbs) >= 6
 
-    manifest = json.loads((REPO / "figures/smoke/manifest.json").read_text())
+    manifest = json.loads((REPO / "figures/smoke-three/manifest.json").read_text())
     made = {f["notebook"] for f in manifest["figures"]}
     assert made == {f"notebooks/{nb.name}" for nb in nbs}, "every notebook saves at least one figure"
     for f in manifest["figures"]:
         assert (REPO / f["figure"]).stat().st_size > 0 and (REPO / f["pdf"]).exists()
-        assert f["profile"] == "smoke" and f["params_hash"] == manifest["params_hash"]
+        assert f["profile"] == "smoke-three" and f["params_hash"] == manifest["params_hash"]
 
     for nb in nbs:  # executed copies, outside the sources, with the smoke parameters injected
-        executed = nbformat.read(REPO / "build/smoke" / nb.name, as_version=4)
+        executed = nbformat.read(REPO / "build/smoke-three" / nb.name, as_version=4)
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
         assert not any(o.get("output_type") == "error" for c in executed.cells for o in c.get("outputs", []))
         assert "all checks passed" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
@@ -40,22 +42,38 @@ def test_smoke_chain(tmp_path, monkeypatch, capfd):
     assert shuffles == {100, 50}, shuffles
     # every comparison of the profile ran: the seed comparison trained a second SAE of A's focus layer
     compared = {step.Artifact("matching", p).meta["comparison"] for p in (tmp_path / "cache" / "matching").iterdir()}
-    assert {"cross A2–B3", "seed A2–A2 (seed 1)"} <= compared, compared
+    assert {"cross A2–B3", "cross C2–B3", "model_seed A2–C2", "seed A2–A2 (seed 1)", "random_init B3–B3 (random init)"} \
+        <= compared, compared
+    assert not any("C2–C2" in c for c in compared), "references.models [A, B]: no ceiling or floor of C"
     assert {step.Artifact("sae", p).meta["seed"] for p in (tmp_path / "cache" / "sae").iterdir()} == {0, 1}
+    # 03-06 take every comparison: 04 calibrates each, 05 draws each one's grid in files of its own
+    results = REPO / "results/smoke-three"
+    cal = pd.read_csv(results / "04_svcca_rsa__calibration.csv")
+    assert list(dict.fromkeys(cal.comparison)) == ["cross A2–B3", "cross C2–B3", "model_seed A2–C2"]
+    assert set(pd.read_csv(results / "05_layerwise__grid.csv").sides) == {"A-B", "C-B", "A-C"}
+    for name in ("heatmaps", "heatmaps_C2-B3", "calibrated_grid_A2-C2", "other_metrics_A2-C2"):
+        assert (REPO / f"figures/smoke-three/05_layerwise__{name}.png").is_file(), name
+    groups = pd.read_csv(results / "06_semantic_subspaces__group_scores.csv")
+    assert {"cross A2–B3", "cross C2–B3", "model_seed A2–C2"} <= set(groups.comparison)
+    # 07: one universal SAE over the three models, and the overlap of every comparison it reads
+    usae = [step.Artifact("usae_metrics", p) for p in (tmp_path / "cache" / "usae_metrics").iterdir()]
+    assert len(usae) == 1 and [o["comparison"] for o in usae[0].json("scalars.json")["overlaps"]] == \
+        ["cross A2–B3", "cross C2–B3", "model_seed A2–C2"]
+    assert pd.read_csv(results / "07_universal__cross_r2.csv").shape == (3, 4), "encode and decode A, B and C"
     # tidy tables of every notebook, listed in the manifest
     tables = {t["notebook"] for t in manifest["results"]}
     assert tables == {f"notebooks/{nb.name}" for nb in nbs}, tables
     assert all((REPO / t["table"]).stat().st_size > 0 for t in manifest["results"])
     # the executed copies as a static site (make site): every notebook, 08's atlas page copied beside it
-    index = site.build_site(tmp_path / "site", ["smoke"])
-    listed = re.findall(r'href="(smoke/[^"]+)"', index.read_text())
-    assert listed == [f"smoke/{nb.stem}.html" for nb in nbs]
+    index = site.build_site(tmp_path / "site", ["smoke-three"])
+    listed = re.findall(r'href="(smoke-three/[^"]+)"', index.read_text())
+    assert listed == [f"smoke-three/{nb.stem}.html" for nb in nbs]
     assert all("data:image/png;base64" in (index.parent / page).read_text() for page in listed)
-    atlas = re.findall(r'<iframe[^>]*src="([^"]+)"', (index.parent / "smoke/08_atlas.html").read_text())
-    assert atlas and all((index.parent / "smoke" / src).is_file() for src in atlas)
+    atlas = re.findall(r'<iframe[^>]*src="([^"]+)"', (index.parent / "smoke-three/08_atlas.html").read_text())
+    assert atlas and all((index.parent / "smoke-three" / src).is_file() for src in atlas)
     # a second run reuses every cached artifact: nothing new appears in the cache
     before = sorted(p.name for p in (tmp_path / "cache").glob("*/*"))
-    chain.run("smoke", only=["04"])
+    chain.run("smoke-three", only=["04"])
     assert sorted(p.name for p in (tmp_path / "cache").glob("*/*")) == before
 
 
@@ -69,7 +87,7 @@ def test_atlas_hungarian_pairs_on_the_smoke_cache(tmp_path, monkeypatch):
     from featlib.correlation import correlate
 
     monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
-    cfg = config.build("smoke", {"atlas.matching": "hungarian", "comparisons.run": ["cross"]})
+    cfg = config.build("smoke", {"atlas.matching": "hungarian", "references.run": []})
     study = fs.open_study(cfg, device="cpu")
     at = fs.feature_atlas(study)
     comp = fs.atlas_comparison(study)
