@@ -121,3 +121,11 @@ def test_settings_are_read_as_attributes():
     pattern = re.compile(r"""cfg\.(?:%s)\[\\?["']""" % "|".join(config.SECTIONS))
     found = [f"{p.relative_to(REPO)}: {m.group(0)}" for p in SOURCES for m in pattern.finditer(p.read_text())]
     assert not found, found
+
+
+def test_the_library_does_not_import_its_command_line_tools():
+    """Layering: featlib's modules never import featlib.tools (the atlas once imported the chain's CLI)."""
+    pattern = re.compile(r"^\s*(?:from\s+(?:featlib\.tools|\.+tools)\b|import\s+featlib\.tools)", re.M)
+    found = [str(p.relative_to(REPO)) for p in REPO.glob("featlib/**/*.py")
+             if "tools" not in p.relative_to(REPO).parts and pattern.search(p.read_text())]
+    assert not found, found
