@@ -31,3 +31,29 @@ def test_atlas_findings_say_chance_when_the_maps_keep_no_more_than_random_pairs(
     assert "19.4% have their partners" in text and "3.3 times what random re-pairings keep" in text and "p = 0.005" in text
     assert "35 of the 833 points" in text
     assert "No more than random re-pairings keep" in fs.atlas_findings(stats | {"score": 0.06, "p": 0.4}, 0, 10)
+
+
+def test_findings_of_several_comparisons_are_told_apart():
+    import numpy as np
+
+    from featlib import matching
+    from featlib.study import Comparison, Side
+
+    assert fs.per_comparison({"cross A2–B3": "**What we find.** x"}) == "**What we find.** x"
+    both = fs.per_comparison({"cross A2–B3": "**What we find.** x", "cross C2–B3": "**What we find.** y"})
+    assert both == "**What we find.** **cross A2–B3.** x\n\n**cross C2–B3.** y"
+
+    def m(kind, a, b, r, n_pairs):
+        pairs = matching.Matches(np.arange(n_pairs), np.arange(n_pairs), np.full(n_pairs, r))
+        return fs.Match(Comparison(kind, a, b), matching.Matches(np.arange(10), np.arange(10), np.full(10, r)), pairs,
+                        {"active_B": 10}, None)
+
+    A, B, C = Side("A", 2), Side("B", 3), Side("C", 2)
+    matches = [m("cross", A, B, 0.5, 5), m("cross", C, B, 0.3, 3),
+               m("seed", A, Side("A", 2, seed=1), 0.9, 9), m("seed", B, Side("B", 3, seed=1), 0.7, 7),
+               m("random_init", A, Side("A", 2, random_init=True), 0.1, 1),
+               m("random_init", B, Side("B", 3, random_init=True), 0.1, 1)]
+    text = fs.matching_findings(matches)
+    # A2–B3 between A's and B's references (ceiling 0.80, floor 0.10); C2–B3 between B's only (0.70, 0.10)
+    assert "For cross A2–B3, the median best r (0.50) is 57% of the way" in text
+    assert "For cross C2–B3, the median best r (0.30) is 33% of the way" in text and "ceiling 0.70" in text

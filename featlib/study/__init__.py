@@ -24,7 +24,7 @@ from .atlas_view import atlas_comparison, atlas_page, feature_atlas, group_color
 from .codes import FeatureTokens, feature_tokens, sae_codes, top_token_strings
 from .core import COMPARISON_KINDS, Comparison, Side, Study, figure_name, open_study
 from .extraction import extraction_table, residual_norms, same_units, unit_sample
-from .findings import (atlas_findings, extraction_findings, firing_findings, grid_findings, group_findings, matching_findings,
+from .findings import (atlas_findings, by_comparison, per_comparison, extraction_findings, firing_findings, grid_findings, group_findings, matching_findings,
                        phrase_findings, sae_findings, scale_findings, transfer_findings)
 from .geometry import (METRIC_NAMES, METRICS, Geometry, Score, compare_pairs, geometry_table, grid_matrix, layer_grid,
                        reference_grid)
@@ -38,10 +38,10 @@ from .usae import PairOverlap, USAEResults, counterpart_table, firing_summary, p
 
 __all__ = [
     "COMPARISON_KINDS", "Cell", "Comparison", "FeatureTokens", "Geometry", "METRICS", "METRIC_NAMES", "Match", "Score", "Side",
-    "Study", "PairOverlap", "USAEResults", "atlas_comparison", "atlas_findings", "atlas_page", "calibrate", "calibrated_grid", "calibration_table",
+    "Study", "PairOverlap", "USAEResults", "atlas_comparison", "atlas_findings", "by_comparison", "atlas_page", "calibrate", "calibrated_grid", "calibration_table",
     "compare_pairs", "counterpart_table", "dose_table", "extraction_findings", "extraction_table", "feature_atlas", "feature_tokens", "figure_name", "firing_findings", "firing_summary",
     "funnel_table", "geometry_table", "grid_findings", "grid_matrix", "group_colors", "group_findings", "interaction_table", "layer_grid", "layer_table", "match",
-    "matching_findings", "open_study", "pair_table", "phrase_findings", "phrase_interactions", "phrase_members", "phrase_rules",
+    "matching_findings", "open_study", "pair_table", "per_comparison", "phrase_findings", "phrase_interactions", "phrase_members", "phrase_rules",
     "phrase_scores", "pick_concept", "pool_correlations", "reference_grid",
     "residual_norms", "sae_codes", "sae_findings", "sae_metrics", "sae_table", "same_units", "scale_findings", "subspace_scores",
     "success_by_r", "success_table", "top_token_strings", "transfer_cells", "transfer_findings", "transfer_gallery", "unit_sample", "unit_text", "universal_metrics", "universal_sae",

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..calibration import ABOVE
+from ..config import REFERENCE_KINDS
 from ..plots import format_p
 from ..similarity import METRIC_NAMES
+from .core import Study
 from .pairs import Match
 
 if TYPE_CHECKING:
     import pandas as pd
 
 HEAD = "**What we find.** "
+
+
+def per_comparison(parts: dict[str, str]) -> str:
+    """One "What we find" paragraph from the findings of each comparison (name -> its text): the text itself
+    when there is one comparison, else each under its name."""
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    return HEAD + "\n\n".join(f"**{name}.** {text.removeprefix(HEAD)}" for name, text in parts.items())
+
+
+def by_comparison(study: Study, findings: Callable[..., str], *tables: "pd.DataFrame") -> str:
+    """``findings`` of each of the profile's comparisons, each given the rows of ``tables`` (their ``comparison``
+    column) of that comparison and of its ceilings and floors; joined by :func:`per_comparison`."""
+    parts = {}
+    for c in study.listed:
+        names = [c.name] + [r.name for r in study.references(c)]
+        parts[c.name] = findings(*(t[t.comparison.isin(names)] for t in tables))
+    return per_comparison(parts)
 
 
 def _share(lo: float, x: float, hi: float) -> str:
@@ -81,14 +101,19 @@ def matching_findings(matches: list[Match]) -> str:
         return (f"{m.comparison.name}: {n} final pairs ({n / max(active, 1):.0%} of {active} active features of "
                 f"side B), median best r {np.median(m.many_to_one.r):.2f}")
 
-    by_kind = {k: [m for m in matches if m.comparison.kind == k] for k in ("cross", "seed", "random_init")}
     text = HEAD + "; ".join(line(m) for m in matches) + "."
-    if all(by_kind.values()):
+    for c in [m for m in matches if m.comparison.kind not in REFERENCE_KINDS]:
+        sides = (c.comparison.a, c.comparison.b)  # its ceilings and floors start from one of its sides
+        by_kind = {c.comparison.kind: [c]} | {k: [m for m in matches if m.comparison.kind == k and m.comparison.a in sides]
+                                              for k in REFERENCE_KINDS}
+        if not all(by_kind.values()):
+            continue
         med = {k: float(np.mean([np.median(m.many_to_one.r) for m in ms])) for k, ms in by_kind.items()}
         share = {k: float(np.mean([len(m.pairs) / max(m.funnel["active_B"], 1) for m in ms])) for k, ms in by_kind.items()}
-        text += (f" The cross-model median best r ({med['cross']:.2f}) is {_share(med['random_init'], med['cross'], med['seed'])}"
-                 f" (floor {med['random_init']:.2f}, ceiling {med['seed']:.2f}, each the mean over models); the share of "
-                 f"features kept as pairs ({share['cross']:.0%}) is {_share(share['random_init'], share['cross'], share['seed'])}.")
+        x, y = med[c.comparison.kind], share[c.comparison.kind]
+        text += (f" For {c.comparison.name}, the median best r ({x:.2f}) is {_share(med['random_init'], x, med['seed'])}"
+                 f" (floor {med['random_init']:.2f}, ceiling {med['seed']:.2f}, each the mean over its models); the share "
+                 f"of features kept as pairs ({y:.0%}) is {_share(share['random_init'], y, share['seed'])}.")
     return text
 
 
@@ -142,7 +167,8 @@ def group_findings(groups: "pd.DataFrame", metric: str = "rsa", what: str = "con
     """Concept groups whose cross-model ``metric`` beats its re-pairing null (p < 0.05) and every floor's
     score of the same group (not scorable floors do not count as beaten), each with its place between the
     floor and the ceiling where both are scored: (cross - best floor) / (mean ceiling - best floor)."""
-    cross = groups[(groups.kind == "cross") & groups.scorable & np.isfinite(groups[metric])]
+    listed = ~groups.kind.isin(REFERENCE_KINDS)  # the comparison's own rows (cross or model_seed)
+    cross = groups[listed & groups.scorable & np.isfinite(groups[metric])]
     floors = groups[groups.kind == "random_init"].groupby("group")[metric].max()
     ceilings = groups[groups.kind == "seed"].groupby("group")[metric].mean()
     lines, above = [], []
@@ -156,7 +182,7 @@ def group_findings(groups: "pd.DataFrame", metric: str = "rsa", what: str = "con
                      + (f"mean ceiling {ce:.3f}" if np.isfinite(ce) else "ceiling not scorable")
                      + place + (" — above the floor" if ok else ""))
     name = METRIC_NAMES[metric]
-    n_all = int((groups.kind == "cross").sum())
+    n_all = int(listed.sum())
     return (HEAD + f"{len(cross)} of {n_all} {what} have a scorable cross-model {name}; {len(above)} of them are above its "
             f"re-pairing null (p < 0.05) and above the random-model floors' {name} of the same group"
             + (f": {', '.join(above)}" if above else "") + ".\n\n" + "\n".join(lines))
@@ -166,7 +192,7 @@ def interaction_findings(table: "pd.DataFrame") -> str:
     """Whether the phrase groups sit alike relative to each other in both models (:func:`featlib.study.interaction_table`
     rows of the cross, seed and random-init comparisons): the cross agreement against its random-set null, the
     ceilings' and floors' agreements beside it."""
-    cross = table[table.kind == "cross"]
+    cross = table[~table.kind.isin(REFERENCE_KINDS)]
     if cross.empty:
         return ""
     r = cross.iloc[0]
