@@ -748,12 +748,16 @@ def _check(d: dict[str, Any], where: _Where) -> None:
         if usae["k"] > usae["expansion"] * shape["d_model"]:
             raise where.error("universal.k", usae["k"], f"at most the universal SAE's width universal.expansion x "
                               f"d_model ({usae['expansion']} x {shape['d_model']})", what="exceeds the width")
-    if d["sae"]["source"] == "pretrained":
-        for key in ("release", "sae_id"):
-            missing = [m for m in ids if m not in d["sae"][key]]
-            if missing:
-                raise where.error(f"sae.{key}", d["sae"][key], f"one entry per model ({', '.join(ids)}) for "
-                                  f"sae.source 'pretrained'", what=f"lacks {', '.join(missing)}")
+    for key in ("release", "sae_id"):  # per model: every model's entry (published SAEs), no other model's
+        entries = d["sae"][key]
+        unknown = [m for m in entries if m not in ids]
+        if unknown:
+            raise where.error(f"sae.{key}", entries, f"entries for the models {', '.join(ids)}",
+                              what=f"names model {unknown[0]!r}, which the profile does not have")
+        missing = [m for m in ids if m not in entries]
+        if d["sae"]["source"] == "pretrained" and missing:
+            raise where.error(f"sae.{key}", entries, f"one entry per model ({', '.join(ids)}) for "
+                              f"sae.source 'pretrained'", what=f"lacks {', '.join(missing)}")
 
     if d["transfer"]["n_tokens"] > d["data"]["seq_len"]:
         raise where.error("transfer.n_tokens", d["transfer"]["n_tokens"], f"at most data.seq_len "
