@@ -1,4 +1,4 @@
-# featuniv: `make figures` regenerates every figure of a profile; `make test` runs all tests.
+# featuniv: `make figures` regenerates every figure of a profile; `make test` runs all tests (after `make check`).
 PROFILE ?= tiny
 # overrides of single values, e.g. make figures SET="similarity.n_shuffles=100 layers.A=[1,2]"
 SET ?=
@@ -14,7 +14,7 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
 
-.PHONY: venv figures executed lab exercises site atlas models notebooks bench pythia-standin test test-pytest test-unit test-chain test-nbval clean
+.PHONY: venv figures executed lab exercises site atlas models notebooks bench pythia-standin check test test-fast test-pytest test-unit test-chain test-nbval clean
 
 venv: $(STAMP)
 
@@ -98,16 +98,27 @@ $(STANDINS)/.built: $(STAMP) featlib/tools/standins.py
 bench: $(STAMP)
 	$(PY) -m featlib.tools.bench
 
-# Two lanes, one thread each (two cores do about a third more as two single-threaded jobs than as one job
-# on both): every pytest test in one session (unit tests and the chains; the hub stand-ins are built
-# once) beside nbval, the longer lane. A lane's output appears when it ends.
+## The gate on featlib/ (configured in pyproject.toml): ruff's lint and format check, then mypy.
+check: $(STAMP)
+	$(PY) -m ruff check featlib
+	$(PY) -m ruff format --check featlib
+	$(PY) -m mypy
+
+# `make check`, then two lanes, one thread each (two cores do about a third more as two single-threaded jobs
+# than as one job on both): every pytest test in one session (unit tests and the chains; the hub stand-ins
+# are built once) beside nbval, the longer lane. A lane's output appears when it ends.
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-test: $(STAMP)
+test: $(STAMP) check
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-pytest test-nbval
+
+## The fast lane (under a minute on 2 cores): every test not marked slow, outside tests/chain (docs/tests.md).
+test-fast: $(STAMP)
+	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -m "not slow" --ignore=tests/chain -p no:cacheprovider --durations=5
 
 test-pytest: $(STAMP)
 	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -p no:cacheprovider --durations=15
 
+## Every test outside tests/chain, the slow ones too (the Colab simulation, the exercises, bench).
 test-unit: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest tests -q --ignore=tests/chain
 

@@ -26,8 +26,8 @@ NaN appears; correlations are signed (``absolute=True`` ranks partners by |r| in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Union
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class SparseCodes:
         return int(self.idx.shape[0])
 
     @staticmethod
-    def from_dense(codes: torch.Tensor) -> "SparseCodes":
+    def from_dense(codes: torch.Tensor) -> SparseCodes:
         """(n, d) dense codes -> the same codes as (n, max non-zeros per token) index/value pairs."""
         k = max(1, int((codes != 0).sum(1).max())) if len(codes) else 1
         val, idx = torch.topk(codes.abs(), k, dim=1, sorted=False)
@@ -64,7 +64,7 @@ class SparseCodes:
         return out.scatter_add_(1, self.idx, self.val.float())
 
 
-Chunk = Union[torch.Tensor, SparseCodes]
+Chunk = torch.Tensor | SparseCodes
 ChunkPairs = Callable[[], Iterable[tuple[Chunk, Chunk]]]
 
 
@@ -211,9 +211,18 @@ class _Cross:
         return self.total
 
 
-def correlate(chunks: ChunkPairs, d_a: int, d_b: int, *, top_m: int = 1, max_bytes: int = 3 << 30,
-              keep_matrix: bool = False, method: str = "auto", absolute: bool = False,
-              progress: Callable[[Iterable], Iterator] | None = None) -> CorrelationResult:
+def correlate(
+    chunks: ChunkPairs,
+    d_a: int,
+    d_b: int,
+    *,
+    top_m: int = 1,
+    max_bytes: int = 3 << 30,
+    keep_matrix: bool = False,
+    method: str = "auto",
+    absolute: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> CorrelationResult:
     """Stream ``chunks()`` — pairs of (n, d_a) and (n, d_b) codes of the same tokens — into correlations.
 
     ``chunks`` may yield dense tensors or :class:`SparseCodes`; it is called once per block of B
@@ -224,7 +233,8 @@ def correlate(chunks: ChunkPairs, d_a: int, d_b: int, *, top_m: int = 1, max_byt
     """
     block = int(max(1, min(d_b, max_bytes // (12 * max(d_a, 1)))))
     wrap = progress or (lambda it: it)
-    stats_a = stats_b = None
+    stats_a: _FeatureStats | None = None
+    stats_b: _FeatureStats | None = None
     chosen = method
     best_a = np.full(d_b, -1, dtype=np.int64)
     best_r = np.zeros(d_b, dtype=np.float32)
@@ -241,21 +251,20 @@ def correlate(chunks: ChunkPairs, d_a: int, d_b: int, *, top_m: int = 1, max_byt
             _check(a, b, d_a, d_b)
             if chosen == "auto":
                 chosen = _choose_method(a, b, d_a, block)
-            a, b = _as(a, chosen), _as(b, chosen)
-            if stats_a is None:  # dense chunks are shifted by the first chunk's mean
-                dense = chosen == "dense"
-                stats_a = _FeatureStats(d_a, a.mean(0) if dense else torch.zeros(d_a))
-                stats_b = _FeatureStats(d_b, b.mean(0) if dense else torch.zeros(d_b))
-            if chosen == "dense":
+            a, b = _as(a, chosen), _as(b, chosen)  # both dense tensors or both SparseCodes
+            if stats_a is None or stats_b is None:  # dense chunks are shifted by the first chunk's mean
+                stats_a = _FeatureStats(d_a, a.mean(0) if isinstance(a, torch.Tensor) else torch.zeros(d_a))
+                stats_b = _FeatureStats(d_b, b.mean(0) if isinstance(b, torch.Tensor) else torch.zeros(d_b))
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
                 a, b = a - stats_a.shift, b - stats_b.shift
             if first_pass:
                 stats_a.update(a)
                 stats_b.update(b)
-            if chosen == "dense":
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
                 acc.add_dense(a, b)
-            else:
+            elif isinstance(a, SparseCodes) and isinstance(b, SparseCodes):
                 acc.add_sparse(a, b)
-        if stats_a is None or stats_a.n == 0:
+        if stats_a is None or stats_b is None or stats_a.n == 0:
             raise ValueError("no tokens: the chunk stream was empty. Fix: check the activations and token counts.")
         cross = acc.result()
         del acc
@@ -281,12 +290,23 @@ def correlate(chunks: ChunkPairs, d_a: int, d_b: int, *, top_m: int = 1, max_byt
         top_a[lo:hi] = torch.where(ok, idx, -1).T.numpy()
         top_r[lo:hi] = r.T.numpy()
         passes += 1
+    if stats_a is None or stats_b is None:
+        raise ValueError(f"no features to correlate (d_b = {d_b}). Fix: pass the width of B's codes.")
     best_a[:] = top_a[:, 0]
     best_r[:] = top_r[:, 0]
     return CorrelationResult(
-        best_a=best_a, best_r=best_r, top_a=top_a, top_r=top_r, active_a=stats_a.active.numpy(),
-        active_b=stats_b.active.numpy(), std_a=stats_a.std.numpy(), std_b=stats_b.std.numpy(),
-        n_tokens=stats_a.n, passes=passes, method=chosen, matrix=matrix,
+        best_a=best_a,
+        best_r=best_r,
+        top_a=top_a,
+        top_r=top_r,
+        active_a=stats_a.active.numpy(),
+        active_b=stats_b.active.numpy(),
+        std_a=stats_a.std.numpy(),
+        std_b=stats_b.std.numpy(),
+        n_tokens=stats_a.n,
+        passes=passes,
+        method=chosen,
+        matrix=matrix,
     )
 
 
@@ -297,6 +317,7 @@ def dense_reference(a: torch.Tensor, b: torch.Tensor, chunk: int = 8192) -> torc
     constant feature becomes all zeros) and multiplies the z-scores in chunks of A features. It is
     the plain reference :func:`correlate` is checked and benchmarked against.
     """
+
     def zscore(x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         std = x.std(0, unbiased=False)

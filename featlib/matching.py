@@ -47,8 +47,9 @@ def threshold(m: Matches, min_r: float) -> Matches:
     return m.subset(m.r > min_r)
 
 
-def top_activations(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, d: int,
-                    k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def top_activations(
+    indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, d: int, k: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k strictly positive activations of every feature, from codes stored as sparse rows.
 
     ``indptr`` (n + 1,), ``indices`` / ``values`` (nnz,): token t's codes are at
@@ -70,8 +71,7 @@ def top_activations(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
     return top_v, top_p
 
 
-NON_CONCEPT_TOKENS = frozenset(
-    {'.', '\n', '', ' ', '-', ',', '!', '?', '<|endoftext|>', '<bos>', '<pad>'})
+NON_CONCEPT_TOKENS = frozenset({".", "\n", "", " ", "-", ",", "!", "?", "<|endoftext|>", "<bos>", "<pad>"})
 
 
 def is_non_concept(token_str: str) -> bool:
@@ -84,8 +84,9 @@ def is_non_concept(token_str: str) -> bool:
     return all(unicodedata.category(c)[0] in "PS" for c in t)
 
 
-def concept_filter(m: Matches, top_tokens_a: list[list[str]], top_tokens_b: list[list[str]],
-                   require_shared: bool = True) -> tuple[Matches, dict]:
+def concept_filter(
+    m: Matches, top_tokens_a: list[list[str]], top_tokens_b: list[list[str]], require_shared: bool = True
+) -> tuple[Matches, dict]:
     """Drop pairs whose top-activating tokens are non-concept (or missing).
 
     ``top_tokens_x[i]`` lists the top token strings of feature ``i``. With
@@ -93,6 +94,7 @@ def concept_filter(m: Matches, top_tokens_a: list[list[str]], top_tokens_b: list
     Returns the kept matches and ``{"non_concept": n1, "shared_token": n2}``,
     the number of pairs kept after each step.
     """
+
     def clean(tokens: list[str]) -> bool:
         return bool(tokens) and not any(is_non_concept(t) for t in tokens)
 
@@ -100,12 +102,10 @@ def concept_filter(m: Matches, top_tokens_a: list[list[str]], top_tokens_b: list
         return {t.strip().lower() for t in tokens}
 
     pairs = list(zip(m.idx_a.tolist(), m.idx_b.tolist()))
-    keep = np.array([clean(top_tokens_a[i]) and clean(top_tokens_b[j]) for i, j in pairs],
-                    dtype=bool)
+    keep = np.array([clean(top_tokens_a[i]) and clean(top_tokens_b[j]) for i, j in pairs], dtype=bool)
     counts = {"non_concept": int(keep.sum())}
     if require_shared:
-        shared = np.array([bool(norm(top_tokens_a[i]) & norm(top_tokens_b[j])) for i, j in pairs],
-                          dtype=bool)
+        shared = np.array([bool(norm(top_tokens_a[i]) & norm(top_tokens_b[j])) for i, j in pairs], dtype=bool)
         keep &= shared
     counts["shared_token"] = int(keep.sum())
     return m.subset(keep), counts

@@ -32,9 +32,9 @@ def cpu_quota() -> float:
     if v2 and not v2.startswith("max"):
         quota, period = v2.split()[:2]
         return int(quota) / int(period)
-    quota, period = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
-    if quota and period and int(quota) > 0:
-        return int(quota) / int(period)
+    quota_v1, period_v1 = _read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+    if quota_v1 and period_v1 and int(quota_v1) > 0:
+        return int(quota_v1) / int(period_v1)
     return math.inf
 
 
@@ -47,8 +47,10 @@ def available_memory() -> float:
         for line in meminfo.splitlines():
             if line.startswith("MemAvailable:"):
                 free = int(line.split()[1]) * 1024
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit, used in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         lim, cur = _read(limit), _read(used)
         if lim and cur and lim.isdigit() and int(lim) < 2**60:
             free = min(free, int(lim) - int(cur))
@@ -57,8 +59,11 @@ def available_memory() -> float:
 
 def usable_cpus() -> int:
     """The CPUs this process may keep busy: torch's thread count, its affinity set, a container's quota."""
-    cpus = min(torch.get_num_threads(), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count() or 1, cpu_quota())
+    cpus = min(
+        torch.get_num_threads(),
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        cpu_quota(),
+    )
     return max(1, int(cpus))
 
 

@@ -63,9 +63,10 @@ differ in ``n``; the calibrated scores are at one size ``m`` (see :mod:`featlib.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -137,8 +138,9 @@ def _sae_seed(p: PlantedParams, role: int) -> int:
     return int(_rng(p, role).integers(2**31 - 1))
 
 
-def _features(rng: np.random.Generator, n_tokens: int, n_features: int, d: int,
-              fire_prob: float) -> tuple[np.ndarray, np.ndarray]:
+def _features(
+    rng: np.random.Generator, n_tokens: int, n_features: int, d: int, fire_prob: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(latents (n_tokens, n_features) float32, directions (n_features, d) float64 unit rows)."""
     fires = rng.random((n_tokens, n_features)) < fire_prob
     latents = (fires * rng.exponential(1.0, (n_tokens, n_features))).astype(np.float32)
@@ -155,8 +157,9 @@ def model_a(p: PlantedParams) -> Model:
     """Model A: ``n_features`` independent features in width ``d_a`` (see the module doc)."""
     rng = _rng(p, _A)
     latents, directions = _features(rng, p.n_tokens, p.n_features, p.d_a, p.fire_prob)
-    return Model(_activations(rng, latents, directions, p.noise), latents, directions,
-                 np.full(p.n_features, -1, dtype=np.int64))
+    return Model(
+        _activations(rng, latents, directions, p.noise), latents, directions, np.full(p.n_features, -1, dtype=np.int64)
+    )
 
 
 def shared_map(p: PlantedParams) -> np.ndarray:
@@ -215,7 +218,7 @@ def train_side(model: Model, p: PlantedParams, seed: int) -> Encoded:
     sse = 0.0
     with torch.inference_mode():
         for start in range(0, len(model.acts), p.chunk_tokens):
-            x = torch.from_numpy(model.acts[start:start + p.chunk_tokens])
+            x = torch.from_numpy(model.acts[start : start + p.chunk_tokens])
             z = sae.encode(x).float()
             sse += float(((sae.decode(z).float() - x) ** 2).sum())
             chunks.append(z)
@@ -250,6 +253,7 @@ def match_sides(a: Encoded, b: Encoded, p: PlantedParams, same_model: bool = Fal
     """The chain's matching of two sides' codes: streamed correlation, best A partner of every active B
     latent, one-to-one, ``r > min_r``. ``same_model``: both sides encode one model (the ceiling), so a
     pair is planted when both latents find the same true feature; else when B's feature copies A's."""
+
     def chunks():
         return zip(sparse_rows.chunks(a.codes, p.chunk_tokens), sparse_rows.chunks(b.codes, p.chunk_tokens))
 
@@ -257,9 +261,15 @@ def match_sides(a: Encoded, b: Encoded, p: PlantedParams, same_model: bool = Fal
     m2o = res.matches()
     one = matching.one_to_one(m2o)
     final = matching.threshold(one, p.min_r)
-    funnel = {"features_A": len(res.active_a), "features_B": len(res.active_b), "active_A": int(res.active_a.sum()),
-              "active_B": int(res.active_b.sum()), "many_to_one": len(m2o), "one_to_one": len(one),
-              "r_above_threshold": len(final)}
+    funnel = {
+        "features_A": len(res.active_a),
+        "features_B": len(res.active_b),
+        "active_A": int(res.active_a.sum()),
+        "active_B": int(res.active_b.sum()),
+        "many_to_one": len(m2o),
+        "one_to_one": len(one),
+        "r_above_threshold": len(final),
+    }
     fa, fb = a.feature[final.idx_a], b.feature[final.idx_b]
     truth = fa == (fb if same_model else b.model.source[fb])
     planted = float(truth.mean()) if len(final) else np.nan
@@ -315,8 +325,15 @@ class PlantedResult:
 def _raw(pairs: Pairs, p: PlantedParams, metrics: Sequence[str]) -> dict[str, float]:
     if pairs.n < 3:
         return {k: np.nan for k in metrics}
-    return similarity.scores(pairs.X, pairs.Y, variance=p.variance, knn_k=p.knn_k, metrics=metrics,
-                             heldout_splits=p.heldout_splits, seed=p.seed)
+    return similarity.scores(
+        pairs.X,
+        pairs.Y,
+        variance=p.variance,
+        knn_k=p.knn_k,
+        metrics=metrics,
+        heldout_splits=p.heldout_splits,
+        seed=p.seed,
+    )
 
 
 def _reference(pairs: Pairs, p: PlantedParams, metrics: Sequence[str]) -> Reference:
@@ -353,23 +370,44 @@ def _run(p: PlantedParams, progress: bool) -> PlantedResult:
     side_f = train_side(model_b(p, a, 0.0, floor=True), p, _sae_seed(p, _SAE_FLOOR))
     floor = match_sides(side_a, side_f, p)
     say(f"planted: ceiling {ceiling.n} pairs, floor {floor.n} pairs ({time.perf_counter() - t0:.0f} s)")
-    kw = dict(fraction=p.fraction, draws=p.draws, seed=p.seed, variance=p.variance, knn_k=p.knn_k,
-              heldout_splits=p.heldout_splits, metrics=metrics)
+    kw: dict[str, Any] = dict(
+        fraction=p.fraction,
+        draws=p.draws,
+        seed=p.seed,
+        variance=p.variance,
+        knn_k=p.knn_k,
+        heldout_splits=p.heldout_splits,
+        metrics=metrics,
+    )
     out = []
     for s in p.shares:
         side_b = train_side(model_b(p, a, s), p, _sae_seed(p, _SAE_B))
         cross = match_sides(side_a, side_b, p)
         cals = calibration.calibrate_pairs((cross.X, cross.Y), [(ceiling.X, ceiling.Y)], [(floor.X, floor.Y)], **kw)
-        out.append(ShareResult(float(s), cross.n, cross.median_r, cross.planted, cross.funnel,
-                               side_b.explained_variance, _raw(cross, p, metrics), cals))
+        out.append(
+            ShareResult(
+                float(s),
+                cross.n,
+                cross.median_r,
+                cross.planted,
+                cross.funnel,
+                side_b.explained_variance,
+                _raw(cross, p, metrics),
+                cals,
+            )
+        )
         say(f"planted: s = {s:g}: {cross.n} pairs ({time.perf_counter() - t0:.0f} s)")
-    ev = {"A": side_a.explained_variance, "A (ceiling seed)": side_a2.explained_variance,
-          "floor model": side_f.explained_variance}
-    return PlantedResult(p, metrics, out, _reference(ceiling, p, metrics), _reference(floor, p, metrics), ev,
-                         time.perf_counter() - t0)
+    ev = {
+        "A": side_a.explained_variance,
+        "A (ceiling seed)": side_a2.explained_variance,
+        "floor model": side_f.explained_variance,
+    }
+    return PlantedResult(
+        p, metrics, out, _reference(ceiling, p, metrics), _reference(floor, p, metrics), ev, time.perf_counter() - t0
+    )
 
 
-def response_table(result: PlantedResult) -> "pd.DataFrame":
+def response_table(result: PlantedResult) -> pd.DataFrame:
     """One row per share × metric: pairs ``n`` and their median r and planted share, the raw score (all
     pairs), the pairs per draw ``m``, the null, floor, cross and ceiling means at ``m``, the calibrated
     score with its 2.5–97.5 % interval, and the verdict; the raw ceiling and floor scores of all their
@@ -380,11 +418,28 @@ def response_table(result: PlantedResult) -> "pd.DataFrame":
     for r in result.shares:
         for k in result.metrics:
             c = r.calibration[k]
-            rows.append({"share": r.share, "metric": k, "n": r.n, "median r": r.median_r, "planted": r.planted,
-                         "raw": r.raw[k], "raw floor": result.floor.raw[k], "raw ceiling": result.ceiling.raw[k],
-                         "m": c.m, "null": c.null.mean, "floor": c.floor.mean, "floor hi": c.floor.hi,
-                         "cross": c.cross.mean, "ceiling": c.ceiling.mean, "calibrated": c.calibrated.mean,
-                         "calibrated lo": c.calibrated.lo, "calibrated hi": c.calibrated.hi, "verdict": c.verdict})
+            rows.append(
+                {
+                    "share": r.share,
+                    "metric": k,
+                    "n": r.n,
+                    "median r": r.median_r,
+                    "planted": r.planted,
+                    "raw": r.raw[k],
+                    "raw floor": result.floor.raw[k],
+                    "raw ceiling": result.ceiling.raw[k],
+                    "m": c.m,
+                    "null": c.null.mean,
+                    "floor": c.floor.mean,
+                    "floor hi": c.floor.hi,
+                    "cross": c.cross.mean,
+                    "ceiling": c.ceiling.mean,
+                    "calibrated": c.calibrated.mean,
+                    "calibrated lo": c.calibrated.lo,
+                    "calibrated hi": c.calibrated.hi,
+                    "verdict": c.verdict,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -419,9 +474,17 @@ def response_figure(result: PlantedResult, s1: float = 0.25, s2: float = 0.5) ->
             continue
         lo, hi = np.array([c.lo for c in cal]), np.array([c.hi for c in cal])
         x = shares + (j - (len(result.metrics) - 1) / 2) * width / 2
-        mark = " (tells {:g} from {:g})".format(s1, s2) if apart.get(k) else ""
-        ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], marker="o", ms=4, capsize=3, lw=1.2,
-                    label=similarity.METRIC_NAMES.get(k, k) + mark)
+        mark = f" (tells {s1:g} from {s2:g})" if apart.get(k) else ""
+        ax.errorbar(
+            x,
+            mean,
+            yerr=[mean - lo, hi - mean],
+            marker="o",
+            ms=4,
+            capsize=3,
+            lw=1.2,
+            label=similarity.METRIC_NAMES.get(k, k) + mark,
+        )
     ax.axhline(0, color="C3", lw=0.8, ls="--")
     ax.axhline(1, color="C2", lw=0.8, ls="--")
     ax.set_xlabel("planted share s of B's features copied from A")
@@ -429,8 +492,11 @@ def response_figure(result: PlantedResult, s1: float = 0.25, s2: float = 0.5) ->
     p = result.params
     ns = [r.n for r in result.shares]
     m = result.shares[0].calibration[result.metrics[0]].m
-    ax.set_title(f"calibrated response to the planted share (d_A = {p.d_a}, d_B = {p.d_b}; "
-                 f"n = {min(ns)}–{max(ns)} pairs, m = {m} per draw)", fontsize=9)
+    ax.set_title(
+        f"calibrated response to the planted share (d_A = {p.d_a}, d_B = {p.d_b}; "
+        f"n = {min(ns)}–{max(ns)} pairs, m = {m} per draw)",
+        fontsize=9,
+    )
     ax.set_xticks(shares)
     ax.legend(fontsize=7, loc="upper left")
     ax2.plot(shares, [r.planted for r in result.shares], "o-", color="C0", label="planted share of final pairs")

@@ -8,7 +8,7 @@ subset of features (renumbered); ``active_features`` says which features vary.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -90,7 +90,8 @@ def _block_ends(codes_a: sp.csr_array, codes_b: sp.csr_array, max_entries: int) 
     unit = np.repeat(np.arange(codes_b.shape[0]), np.diff(codes_b.indptr))
     cost = np.bincount(codes_b.indices, weights=np.diff(codes_a.indptr)[unit], minlength=codes_b.shape[1])
     cum = np.cumsum(cost)
-    ends, base = [], 0
+    ends: list[int] = []
+    base = 0
     while (ends[-1] if ends else 0) < codes_b.shape[1]:
         start = ends[-1] if ends else 0
         end = int(np.searchsorted(cum, base + max_entries, side="right"))
@@ -115,13 +116,17 @@ def correlate(codes_a: sp.csr_array, codes_b: sp.csr_array, *, max_bytes: int = 
     its temporaries (``BYTES_PER_PAIR`` per co-active pair; B features are taken in blocks when they do not fit).
     """
     if codes_a.shape[0] != codes_b.shape[0]:
-        raise ValueError(f"codes of {codes_a.shape[0]} and {codes_b.shape[0]} units: both sides must code the "
-                         "same units. Fix: encode both sides on the same evaluation stream.")
+        raise ValueError(
+            f"codes of {codes_a.shape[0]} and {codes_b.shape[0]} units: both sides must code the "
+            "same units. Fix: encode both sides on the same evaluation stream."
+        )
     n, (d_a, d_b) = codes_a.shape[0], (codes_a.shape[1], codes_b.shape[1])
     if n == 0:
         raise ValueError("no units: the codes are empty. Fix: check the activations and token counts.")
     if (codes_a.data < 0).any() or (codes_b.data < 0).any():
-        return streamed_correlate(lambda: zip(chunks(codes_a, 4096), chunks(codes_b, 4096)), d_a, d_b, max_bytes=max_bytes)
+        return streamed_correlate(
+            lambda: zip(chunks(codes_a, 4096), chunks(codes_b, 4096)), d_a, d_b, max_bytes=max_bytes
+        )
     mean_a, std_a, act_a = _feature_stats(codes_a)
     mean_b, std_b, act_b = _feature_stats(codes_b)
     a64 = codes_a.astype(np.float64)
@@ -161,6 +166,16 @@ def correlate(codes_a: sp.csr_array, codes_b: sp.csr_array, *, max_bytes: int = 
         del cross, row, r64, r, first
         lo = hi
     best_a[~act_b], best_r[~act_b] = -1, 0.0
-    return CorrelationResult(best_a=best_a, best_r=best_r, top_a=best_a[:, None].copy(), top_r=best_r[:, None].copy(),
-                             active_a=act_a, active_b=act_b, std_a=std_a, std_b=std_b, n_tokens=n, passes=len(ends),
-                             method="csr")
+    return CorrelationResult(
+        best_a=best_a,
+        best_r=best_r,
+        top_a=best_a[:, None].copy(),
+        top_r=best_r[:, None].copy(),
+        active_a=act_a,
+        active_b=act_b,
+        std_a=std_a,
+        std_b=std_b,
+        n_tokens=n,
+        passes=len(ends),
+        method="csr",
+    )

@@ -17,7 +17,7 @@ The result equals sae-lens's forward pass, losses and gradients up to float roun
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
@@ -60,19 +60,32 @@ class SparseDecodeTopKTrainingSAE(TopKTrainingSAE):
         sae_out = self.reshape_fn_out(self.run_time_activation_norm_fn_out(sae_out), self.d_head)
         mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
         aux = self._aux_loss(step_input, sae_out, hidden_pre, selected, norm)
-        return TrainStepOutput(sae_in=step_input.sae_in, sae_out=sae_out, feature_acts=feature_acts,
-                               hidden_pre=hidden_pre, loss=mse_loss + aux,
-                               losses={"mse_loss": mse_loss, "auxiliary_reconstruction_loss": aux})
+        return TrainStepOutput(
+            sae_in=step_input.sae_in,
+            sae_out=sae_out,
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            loss=mse_loss + aux,
+            losses={"mse_loss": mse_loss, "auxiliary_reconstruction_loss": aux},
+        )
 
-    def _aux_loss(self, step_input: TrainStepInput, sae_out: torch.Tensor, hidden_pre: torch.Tensor,
-                  selected: Callable[[torch.Tensor], torch.Tensor], norm: torch.Tensor | None) -> torch.Tensor:
+    def _aux_loss(
+        self,
+        step_input: TrainStepInput,
+        sae_out: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        selected: Callable[[torch.Tensor], torch.Tensor],
+        norm: torch.Tensor | None,
+    ) -> torch.Tensor:
         """sae-lens's ``calculate_topk_aux_loss``: the top ``k_aux`` dead latents reconstruct the residual
         (``hidden_pre`` selects them, without gradient; ``selected`` gives their values with it)."""
         dead = step_input.dead_neuron_mask
         if dead is None or (num_dead := int(dead.sum())) == 0:
             return sae_out.new_tensor(0.0)
         if self.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
-            raise ValueError(f"the TopK aux loss does not support normalize_activations={self.cfg.normalize_activations!r}")
+            raise ValueError(
+                f"the TopK aux loss does not support normalize_activations={self.cfg.normalize_activations!r}"
+            )
         residual = (step_input.sae_in - sae_out).detach()
         k_aux = step_input.sae_in.shape[-1] // 2
         scale = min(num_dead / k_aux, 1.0)

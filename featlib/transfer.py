@@ -25,8 +25,9 @@ Agreement between a source steering and a target steering is the Spearman correl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ CONTROLS: tuple[str, ...] = ("random direction", "re-paired map")
 
 
 # ---- maps between the two residual streams ---------------------------------------------------------------
+
 
 def unit_rows(V: np.ndarray) -> np.ndarray:
     """(n, d) rows scaled to unit L2 norm (a zero row raises ValueError: it has no direction)."""
@@ -85,8 +87,9 @@ def folds(n: int, k: int, seed: int) -> np.ndarray:
     return out
 
 
-def cross_fitted_rotation(X: np.ndarray, Y: np.ndarray, test: np.ndarray, fold: np.ndarray,
-                          shuffle_seed: int | None = None) -> np.ndarray:
+def cross_fitted_rotation(
+    X: np.ndarray, Y: np.ndarray, test: np.ndarray, fold: np.ndarray, shuffle_seed: int | None = None
+) -> np.ndarray:
     """(len(test), d_y) unit directions: each test row of X mapped by a Procrustes map fitted on every
     pair outside its fold (X (n, d_x), Y (n, d_y): decoder rows of all matched pairs; ``test`` indexes
     them; ``fold`` the fold of each test pair). ``shuffle_seed``: fit instead on randomly re-paired rows
@@ -103,14 +106,20 @@ def cross_fitted_rotation(X: np.ndarray, Y: np.ndarray, test: np.ndarray, fold: 
 
 # ---- what the models' vocabularies share ------------------------------------------------------------------
 
-def shared_strings(strings_a: Sequence[str], strings_b: Sequence[str], special_a: set[int] = frozenset(),
-                   special_b: set[int] = frozenset()) -> tuple[np.ndarray, np.ndarray, list[str]]:
+
+def shared_strings(
+    strings_a: Sequence[str],
+    strings_b: Sequence[str],
+    special_a: Set[int] = frozenset(),
+    special_b: Set[int] = frozenset(),
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(ids_a, ids_b, strings): the decoded token strings both vocabularies hold, each with its first id.
 
     ``strings_x[i]`` is token i decoded on its own (the tokenizers' space markers, ``Ġ`` or ``▁``, are
     already spaces there). Special tokens, empty strings and partial UTF-8 bytes (U+FFFD) are left out.
     """
-    def first_ids(strings: Sequence[str], special: set[int]) -> dict[str, int]:
+
+    def first_ids(strings: Sequence[str], special: Set[int]) -> dict[str, int]:
         out: dict[str, int] = {}
         for i, s in enumerate(strings):
             if i not in special and s and "\ufffd" not in s:
@@ -123,6 +132,7 @@ def shared_strings(strings_a: Sequence[str], strings_b: Sequence[str], special_a
 
 
 # ---- agreement ---------------------------------------------------------------------------------------------
+
 
 def _standard_ranks(L: np.ndarray) -> np.ndarray:
     R = rankdata(np.asarray(L, np.float64), axis=1)
@@ -183,6 +193,7 @@ def wilson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 # ---- steering --------------------------------------------------------------------------------------------
 
+
 def logits_from_resid(model: Any, resid: torch.Tensor) -> torch.Tensor:
     """(..., d_vocab) logits from the residual stream after the last block, as the model's own forward
     computes them (final norm, unembedding, logit soft-cap)."""
@@ -210,8 +221,15 @@ class Steerer:
     ``max_bytes`` bounds the logits of one batch of steered copies.
     """
 
-    def __init__(self, model: Any, layer: int, tokens: np.ndarray, vocab_ids: np.ndarray, sae: Any = None,
-                 max_bytes: int = 1 << 30):
+    def __init__(
+        self,
+        model: Any,
+        layer: int,
+        tokens: np.ndarray,
+        vocab_ids: np.ndarray,
+        sae: Any = None,
+        max_bytes: int = 1 << 30,
+    ):
         if tokens.ndim != 2 or tokens.shape[1] < 3:
             raise ValueError(f"held-out rows must be (n_rows, T >= 3) tokens, got shape {tokens.shape}")
         self.model, self.layer, self.sae = model, layer, sae
@@ -257,23 +275,37 @@ class Steerer:
             lp = torch.log_softmax(logits, dim=-1).reshape(len(v), *self.tokens.shape, -1)
             loss = self._loss(lp)
             if not torch.isfinite(loss).all():
-                raise ValueError(f"steering by alpha = {alpha:.4g} makes the loss non-finite at layer {self.layer}. "
-                                 "Fix: lower transfer.loss_rise (a smaller dose).")
+                raise ValueError(
+                    f"steering by alpha = {alpha:.4g} makes the loss non-finite at layer {self.layer}. "
+                    "Fix: lower transfer.loss_rise (a smaller dose)."
+                )
             # the mean over rows and positions first, then the shared strings: index_select along the last axis
             # of the strided (b, n_rows, T - 1, V) slice was most of a steering's time (0.7 s per batch on tiny)
             lifts.append((lp[:, :, 1:, :].mean(dim=(1, 2)).index_select(-1, self.vocab_ids) - self.clean_lift).cpu())
             losses.append((loss - self.clean_loss).cpu())
             if features is not None:
+                if self.clean_codes is None:
+                    raise ValueError("reading features' code lifts needs the Steerer's sae. Fix: pass sae=.")
                 z = self._codes(x).reshape(len(v), -1, self.clean_codes.shape[-1])
                 f = torch.as_tensor(features[s : s + self.batch], device=z.device)
                 idx = f[:, None, None].expand(-1, z.shape[1], 1)
-                flifts.append((z.gather(-1, idx) - self.clean_codes[None].expand(len(v), -1, -1).gather(-1, idx))
-                              .squeeze(-1).mean(dim=1).float().cpu())
-        return Effects(torch.cat(lifts).numpy(), torch.cat(losses).numpy().astype(np.float64),
-                       torch.cat(flifts).numpy().astype(np.float64) if features is not None else np.full(len(V), np.nan))
+                flifts.append(
+                    (z.gather(-1, idx) - self.clean_codes[None].expand(len(v), -1, -1).gather(-1, idx))
+                    .squeeze(-1)
+                    .mean(dim=1)
+                    .float()
+                    .cpu()
+                )
+        return Effects(
+            torch.cat(lifts).numpy(),
+            torch.cat(losses).numpy().astype(np.float64),
+            torch.cat(flifts).numpy().astype(np.float64) if features is not None else np.full(len(V), np.nan),
+        )
 
 
-def dose(steerer: Steerer, directions: np.ndarray, loss_rise: float, scale: float, factors: Sequence[float]) -> dict[str, Any]:
+def dose(
+    steerer: Steerer, directions: np.ndarray, loss_rise: float, scale: float, factors: Sequence[float]
+) -> dict[str, Any]:
     """The steering size at which the median loss rise over ``directions`` (n, d) reaches ``loss_rise`` nats.
 
     The median rise is measured at ``scale`` x each of ``factors`` (ascending) and interpolated
@@ -291,7 +323,8 @@ def dose(steerer: Steerer, directions: np.ndarray, loss_rise: float, scale: floa
     if rises[-1] < loss_rise:
         raise ValueError(
             f"steering at layer {steerer.layer} raises the loss by at most {max(rises):.3g} nats (sizes up to "
-            f"{sizes[-1]:.4g}), never transfer.loss_rise = {loss_rise}. Fix: lower transfer.loss_rise.")
+            f"{sizes[-1]:.4g}), never transfer.loss_rise = {loss_rise}. Fix: lower transfer.loss_rise."
+        )
     if len(sizes) == 1:
         alpha = sizes[0]
     else:
@@ -302,8 +335,9 @@ def dose(steerer: Steerer, directions: np.ndarray, loss_rise: float, scale: floa
 
 
 @torch.inference_mode()
-def greedy_continuations(model: Any, layer: int, prompt: np.ndarray, directions: np.ndarray, alpha: float,
-                         n_new: int) -> np.ndarray:
+def greedy_continuations(
+    model: Any, layer: int, prompt: np.ndarray, directions: np.ndarray, alpha: float, n_new: int
+) -> np.ndarray:
     """(n, n_new) greedy next tokens after ``prompt`` (P,) (BOS first) for each row of ``directions``
     (n, d_model): a zero row is the clean model, any other is steered by ``alpha`` times its unit
     direction at ``blocks.layer.hook_resid_post``, every position but BOS, the new ones included."""
@@ -311,8 +345,9 @@ def greedy_continuations(model: Any, layer: int, prompt: np.ndarray, directions:
 
     D = np.asarray(directions, np.float64)
     norms = np.linalg.norm(D, axis=1, keepdims=True)
-    V = torch.as_tensor(np.divide(D, norms, out=np.zeros_like(D), where=norms > 0), dtype=torch.float32,
-                        device=model.cfg.device)
+    V = torch.as_tensor(
+        np.divide(D, norms, out=np.zeros_like(D), where=norms > 0), dtype=torch.float32, device=model.cfg.device
+    )
     toks = torch.as_tensor(prompt, dtype=torch.long, device=model.cfg.device).repeat(len(V), 1)
 
     def add(resid: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -325,4 +360,4 @@ def greedy_continuations(model: Any, layer: int, prompt: np.ndarray, directions:
             last = model(toks, stop_at_layer=n)[:, -1:, :]
             nxt = logits_from_resid(model, last)[:, -1, :].argmax(dim=-1, keepdim=True)
             toks = torch.cat([toks, nxt], dim=1)
-    return toks[:, len(prompt):].cpu().numpy()
+    return toks[:, len(prompt) :].cpu().numpy()

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -137,7 +138,7 @@ class UniversalSAE(nn.Module):
         (folder / "usae.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
     @classmethod
-    def load(cls, folder: Path) -> "UniversalSAE":
+    def load(cls, folder: Path) -> UniversalSAE:
         from safetensors.torch import load_file
 
         meta = json.loads((folder / "usae.json").read_text())
@@ -153,7 +154,9 @@ def aligned_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -
     """
     n = {len(a) for a in arrays.values()}
     if len(n) != 1:
-        raise ValueError(f"the models' activations cover different numbers of tokens {sorted(n)}: they must read one token stream")
+        raise ValueError(
+            f"the models' activations cover different numbers of tokens {sorted(n)}: they must read one token stream"
+        )
     n_tokens = n.pop()
     if n_tokens < batch_size:
         raise ValueError(f"{n_tokens} training tokens but universal.batch_size is {batch_size}. Fix: lower batch_size.")
@@ -176,8 +179,9 @@ class _SelectedLinear(torch.autograd.Function):
     and b's gradients formed from the selected entries only (see :func:`selected_linear`)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, pre: torch.Tensor,
-                relu: bool) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, pre: torch.Tensor, relu: bool
+    ) -> torch.Tensor:
         out = pre.gather(1, idx)
         ctx.save_for_backward(x, idx, out)
         ctx.n_latents, ctx.relu = W.shape[1], relu
@@ -203,8 +207,9 @@ class _SelectedLinear(torch.autograd.Function):
         return None, d_W, d_b, None, None, None
 
 
-def selected_linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, pre: torch.Tensor,
-                    relu: bool = False) -> torch.Tensor:
+def selected_linear(
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, idx: torch.Tensor, pre: torch.Tensor, relu: bool = False
+) -> torch.Tensor:
     """(n, m) entries at the columns ``idx`` (n, m) of each row of ``pre`` (n, K), which is x @ W + b
     (``relu``: its ReLU) computed without gradient, to select ``idx``; x (n, d) takes no gradient. W's
     gradient then costs n m d multiply-adds, where the dense backward pass (``x.T @ d_pre``) costs n K d
@@ -221,8 +226,9 @@ def lr_at(step: int, p: USAEParams) -> float:
     return p.lr_end + 0.5 * (p.lr - p.lr_end) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True,
-          device: str = "cpu") -> tuple[UniversalSAE, dict[str, list[float]]]:
+def train(
+    arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True, device: str = "cpu"
+) -> tuple[UniversalSAE, dict[str, list[float]]]:
     """Train a universal SAE on aligned (n_tokens, d_i) training activations of every model.
 
     Returns the model (on the CPU) and its log: per step the chosen model, the summed reconstruction
@@ -237,8 +243,12 @@ def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True,
     for mid, a in arrays.items():
         usae.set_standardisation(mid, torch.from_numpy(np.asarray(a[sample_rows], dtype=np.float32)))
     usae.to(device)
-    opts = {mid: torch.optim.AdamW([usae.W_enc[mid], usae.b_enc[mid], usae.W_dec[mid]], lr=p.lr,
-                                   weight_decay=p.weight_decay) for mid in usae.ids}
+    opts = {
+        mid: torch.optim.AdamW(
+            [usae.W_enc[mid], usae.b_enc[mid], usae.W_dec[mid]], lr=p.lr, weight_decay=p.weight_decay
+        )
+        for mid in usae.ids
+    }
     rng = np.random.default_rng(p.seed + 1)
     last_fired = torch.zeros(usae.n_latents, dtype=torch.long, device=device)
     log: dict[str, list[float]] = {"model": [], "loss": [], "aux_loss": [], "dead": [], "seconds": []}
@@ -256,7 +266,7 @@ def train(arrays: dict[str, np.ndarray], p: USAEParams, progress: bool = True,
         vals = selected_linear(x[i], W_enc, b_enc, idx, pre, relu=True)
         # decoding the k active latents only (the code z is zero elsewhere): the same sums as z @ W_dec
         recon = {j: selected_rows(usae.W_dec[j], idx, vals) for j in usae.ids}
-        loss = sum(((recon[j] - x[j]) ** 2).mean() for j in usae.ids)
+        loss = cast(torch.Tensor, sum(((recon[j] - x[j]) ** 2).mean() for j in usae.ids))
         with torch.no_grad():
             last_fired[torch.unique(idx[vals > 0])] = step
         dead = (step - last_fired) >= p.dead_steps
@@ -353,11 +363,20 @@ def measure(usae: UniversalSAE, chunks: Iterator[dict[str, torch.Tensor]], fire_
             s2[b] += float((x[j].double() ** 2).sum())
         n += len(x[ids[0]])
     sst = np.array([s2[b] - float((s1[j] ** 2).sum()) / n for b, j in enumerate(ids)])
-    return USAEMetrics(ids=list(ids), r2=1 - sse / sst[None, :], fires=fires, cofire=cofire, anyfire=anyfire,
-                       mean_code=code_sum / n, n_tokens=n)
+    return USAEMetrics(
+        ids=list(ids),
+        r2=1 - sse / sst[None, :],
+        fires=fires,
+        cofire=cofire,
+        anyfire=anyfire,
+        mean_code=code_sum / n,
+        n_tokens=n,
+    )
 
 
-def max_cosines(D: torch.Tensor | np.ndarray, W: torch.Tensor | np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def max_cosines(
+    D: torch.Tensor | np.ndarray, W: torch.Tensor | np.ndarray, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """For every row of D (n, d): its largest cosine with any row of W (m, d), and that row's index."""
     D = torch.as_tensor(np.asarray(D), dtype=torch.float32)
     W = torch.as_tensor(np.asarray(W), dtype=torch.float32)

@@ -31,3 +31,13 @@ def standins() -> Path:
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(STANDINS, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` (left out by ``make test-fast``) also marks every test under tests/chain/ (a whole chain through
+    papermill) and every test that asks for the ``standins`` fixture (about a minute to build them); other slow
+    tests carry the marker in their own files (docs/tests.md)."""
+    chain = Path(__file__).parent / "chain"
+    for item in items:
+        if chain in item.path.parents or "standins" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

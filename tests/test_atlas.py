@@ -39,6 +39,7 @@ def test_hungarian_pairs_maximise_the_summed_correlation():
     assert (corr[kept[:, 0], kept[:, 1]] > 0.5).all() and len(np.unique(kept[:, 0])) == len(kept)
 
 
+@pytest.mark.slow
 def test_umap_layout_is_seeded():
     W = np.random.default_rng(2).standard_normal((40, 8))
     a, b = atlas.umap_xy(W, seed=42), atlas.umap_xy(W, seed=42)
@@ -47,6 +48,7 @@ def test_umap_layout_is_seeded():
         atlas.umap_xy(W[:3], seed=0)
 
 
+@pytest.mark.slow
 def test_numba_parallel_code_runs_on_the_work_queue_not_an_openmp_pool():
     """numba's OpenMP workers spin beside torch's and made later torch operations up to 80x slower."""
     import os

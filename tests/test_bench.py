@@ -1,8 +1,11 @@
 """The benchmark runs at a small size and its fast paths agree with the references (no timing asserts)."""
 
+import pytest
 import torch
 
 from featlib.tools import bench
+
+pytestmark = pytest.mark.slow  # a quick bench run: over a minute at one thread
 
 
 def test_quick_bench_is_exact(capsys):

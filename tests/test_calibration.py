@@ -41,6 +41,7 @@ def _pairs(n, d, shared, rng):
     return X, shared * X @ Q + (1 - shared) * rng.standard_normal((n, d))
 
 
+@pytest.mark.slow
 def test_calibrate_pairs_orders_planted_similarity():
     rng = np.random.default_rng(1)
     d = 48

@@ -114,6 +114,7 @@ def test_run_injects_profile_and_overrides_and_writes_the_resolved_profile(tmp_p
     assert list(again["seconds in earlier runs"]) == [s for s in manifest["seconds"] if s != "02_saes"]
 
 
+@pytest.mark.slow
 def test_jobs_run_the_notebooks_after_03_at_once_and_01_to_03_alone(tmp_path, monkeypatch):
     """With --jobs 2, 01-03 (what every later notebook reads) run one after the other, each alone; the later ones
     two at a time, 09 only after 07 (whose universal SAE it reuses), the longest chain of the last run's times

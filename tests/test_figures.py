@@ -17,6 +17,8 @@ from PIL import Image
 from featlib import atlas, figures, plots
 from featlib.similarity import METRICS
 
+pytestmark = pytest.mark.slow  # every figure at 300 dpi, PNG and PDF: 1-3 s each, about 30 s in all
+
 matplotlib.use("Agg")
 
 NAMES = {"A": "SmolLM2-135M-Instruct", "B": "Gemma-3-270M"}

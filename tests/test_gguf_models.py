@@ -12,6 +12,8 @@ import torch
 
 from featlib import alignment, cache, corpus, models
 
+pytestmark = pytest.mark.slow  # the real GGUF models: converted and run (about 2 minutes)
+
 TEXT = "In 1863, President Lincoln told Congress that the economy of the United States was strong."
 
 

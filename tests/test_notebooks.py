@@ -144,6 +144,7 @@ def test_colab_stamp_is_idempotent_and_replaces_an_old_header(tmp_path, monkeypa
     assert nb.cells[2].source == 'profile = "tiny"\noverrides = {}'
 
 
+@pytest.mark.slow
 def test_make_lab_serves_the_notebooks_with_the_projects_kernel(tmp_path):
     """`make lab`'s command starts JupyterLab on notebooks/, listing every notebook, with the
     environment's own kernel (no server stays behind)."""

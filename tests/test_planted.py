@@ -95,6 +95,7 @@ def test_generator_is_seeded_nested_and_planted():
     assert r == pytest.approx(1) and abs(r0) < 0.1
 
 
+@pytest.mark.slow
 def test_matching_keeps_about_d_pairs_and_svcca_is_degenerate(result):
     check_pairs_near_d(result)
     # at n ≈ d pairs (m ≈ d/2 per draw) plain SVCCA is not scorable; the other metrics are
@@ -102,6 +103,7 @@ def test_matching_keeps_about_d_pairs_and_svcca_is_degenerate(result):
     assert set(scorable(result)) == set(similarity.METRICS) - {"svcca"}
 
 
+@pytest.mark.slow
 def test_planted_share_of_pairs_tracks_s(result):
     planted_share = [r.planted for r in result.shares]
     assert planted_share[0] == 0 and result.floor.planted == 0
@@ -110,20 +112,24 @@ def test_planted_share_of_pairs_tracks_s(result):
     assert result.ceiling.median_r > 0.9 and result.floor.median_r < 0.1
 
 
+@pytest.mark.slow
 def test_calibrated_score_increases_with_share(result):
     check_increasing(result)
     above = planted.PlantedResult(**{**result.__dict__, "shares": [r for r in result.shares if r.share >= 0.25]})
     check_increasing(above, MONOTONE_FROM_QUARTER)
 
 
+@pytest.mark.slow
 def test_zero_share_is_inside_the_floor_interval(result):
     check_zero_share_in_floor(result)
 
 
+@pytest.mark.slow
 def test_full_share_is_above_the_floor(result):
     check_full_share_above_floor(result)
 
 
+@pytest.mark.slow
 def test_table_tell_apart_and_figure(result):
     import matplotlib
 
@@ -145,6 +151,7 @@ def test_table_tell_apart_and_figure(result):
     plt.close(fig)
 
 
+@pytest.mark.slow
 def test_run_is_deterministic():
     p = planted.PlantedParams(n_tokens=2048, shares=(0.0, 1.0), draws=3)
     t1, t2 = planted.response_table(planted.run(p)), planted.response_table(planted.run(p))

@@ -60,6 +60,7 @@ def run(env: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the pin is for x86-64 CPUs")
 def test_pinned_cpu_arithmetic_gives_the_committed_numbers():
     if cpu_vendor() not in EXPECTED:

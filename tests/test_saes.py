@@ -98,6 +98,7 @@ def test_worker_count_respects_threads_cpus_quota_and_memory(monkeypatch):
     assert parallel.worker_count(26, 1e9) == 1  # never none
 
 
+@pytest.mark.slow
 def test_sae_trainings_in_worker_processes_equal_single_threaded_ones(tmp_path, monkeypatch):
     """saes.train_all: two SAEs trained by two single-threaded worker processes land in the cache under
     the keys this process gives them, equal bit for bit to what this process trains with one thread."""
@@ -218,7 +219,7 @@ def full_pass_losses(lm, acts, layer, ce_batches, edit):
     return float(per_token[real].sum() / real.sum())
 
 
-@pytest.mark.parametrize("which", ["tiny", "pythia stand-in"])
+@pytest.mark.parametrize("which", ["tiny", pytest.param("pythia stand-in", marks=pytest.mark.slow)])
 def test_losses_from_a_layer_equal_full_passes_with_a_hook(which, request):
     """next_token_losses (passes started at block L + 1 from the kept residual stream, layers in any order,
     one shared dict) equals full forward passes with a hook at block L: on a tiny model (learned positional

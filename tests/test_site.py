@@ -37,6 +37,7 @@ def test_the_atlas_page_is_copied_beside_the_notebook_or_replaced_by_a_note(tmp_
     assert "<iframe" not in note and "make atlas PROFILE=smoke</code>" in note
 
 
+@pytest.mark.slow
 def test_a_site_replaces_the_previous_one_and_never_a_folder_of_other_files(tmp_path):
     out = tmp_path / "site"
     site.build_site(out, ["tiny"])

@@ -48,6 +48,7 @@ def runs():
     return out
 
 
+@pytest.mark.slow
 def test_shared_dictionary_gives_cross_model_reconstruction(runs):
     """Off-diagonal R² is bounded by the shared share of the variance (3 of 5 atoms: about 0.6)."""
     planted_r2, control_r2 = runs[True][1].r2, runs[False][1].r2
@@ -58,6 +59,7 @@ def test_shared_dictionary_gives_cross_model_reconstruction(runs):
     assert planted_r2[off].min() > control_r2[off].max() + 0.3
 
 
+@pytest.mark.slow
 def test_shared_atoms_fire_in_every_model_and_own_atoms_mostly_in_one(runs):
     usae, metrics, dirs, own, _ = runs[True]
     entropy = metrics.firing_entropy

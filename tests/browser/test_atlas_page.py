@@ -14,6 +14,8 @@ import pytest
 from featlib import atlas
 from featlib.config import REPO
 
+pytestmark = pytest.mark.slow  # headless Chromium (over a minute)
+
 ARTIFACTS = REPO / "build" / "test-artifacts"
 
 
