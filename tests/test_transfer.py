@@ -314,6 +314,7 @@ def test_greedy_continuations_clean_and_steered(planted):
 # ---- the stage's tables on a planted experiment -----------------------------------------------------------
 
 def planted_cell(n: int = 200):
+    from featlib.study import Comparison, Side
     from featlib.study.transfer import Cell
 
     g = rng(20)
@@ -324,7 +325,8 @@ def planted_cell(n: int = 200):
     arrays = {"A>B/rho": rho, "A>B/overlap": np.zeros((4, n)), "A>B/feature_lift": np.ones((4, n)),
               "A>B/loss_rise": np.full((4, n), 0.5), "test": np.arange(n)}
     r = np.linspace(0.1, 0.9, n)
-    return Cell(2, 3, r, {"A": 1.0, "B": 2.0}, arrays, {"A>B": names, "methods": ["partner", "rotation"]})
+    comp = Comparison("cross", Side("A", 2), Side("B", 3))
+    return Cell(comp, r, {"A": 1.0, "B": 2.0}, arrays, {"A>B": names, "methods": ["partner", "rotation"]})
 
 
 def test_success_table_and_findings_on_a_planted_experiment():
@@ -333,10 +335,11 @@ def test_success_table_and_findings_on_a_planted_experiment():
     from featlib.study import findings
     from featlib.study import transfer as stage
 
-    t = {"success_quantile": 0.95, "seed": 0, "top_n": 50}
+    t = SimpleNamespace(success_quantile=0.95, seed=0, top_n=50)
     study = SimpleNamespace(cfg=SimpleNamespace(transfer=t))
     cell = planted_cell()
     table = stage.success_table(study, [cell]).set_index("steered by")
+    assert set(table.layers) == {"A2–B3"} and cell.name == "A2–B3" and (cell.la, cell.lb) == (2, 3)
     assert table.loc["partner", "success"] == 1.0 and table.loc["rotation", "success"] == 0.5
     assert table.loc["random direction", "success"] < 0.1 and table.loc["re-paired map", "success"] < 0.1
     assert table.loc["partner: random other pair", "success"] < 0.15  # other pairs' directions: about 5 %
