@@ -21,10 +21,11 @@ allocated on disk before the models run, so a full disk stops it at once with th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +34,7 @@ from tqdm import tqdm
 from . import step
 from .alignment import RowSet, aligned_rowsets, token_rowset
 from .config import Config, Data
-from .corpus import documents, token_stream
-from .corpus import text_sha256
+from .corpus import documents, text_sha256, token_stream
 from .models import LoadedModel, check_context, check_layers, hook_name, residuals
 
 CODE_VERSION = 3
@@ -197,7 +197,8 @@ def resolve_align(cfg: Config, lms: list[LoadedModel]) -> str:
         raise ValueError(
             f"the models use different tokenizers: {names}, so token positions do not line up. Fix: set "
             "data.align to 'token_end' (positions where both tokenizers end a token at the same character) or "
-            "'word' (per-word pooling), or 'auto'.")
+            "'word' (per-word pooling), or 'auto'."
+        )
     return align
 
 
@@ -236,19 +237,26 @@ def heldout_rows(cfg: Config, lms: list[LoadedModel], n_rows: int, n_tokens: int
     ids = [lm.id for lm in lms]
     long = np.flatnonzero(np.all([held[m].lengths >= n_tokens for m in ids], axis=0))[:n_rows]
     if len(long) < n_rows:
-        raise ValueError(f"only {len(long)} held-out segments have {n_tokens} tokens in every tokenizer, "
-                         f"{n_rows} are needed. Fix: lower transfer.n_tokens or transfer.n_rows.")
+        raise ValueError(
+            f"only {len(long)} held-out segments have {n_tokens} tokens in every tokenizer, "
+            f"{n_rows} are needed. Fix: lower transfer.n_tokens or transfer.n_rows."
+        )
     return {m: held[m].tokens[long, :n_tokens] for m in ids}
 
 
-def params(cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: str,
-           lms: list[LoadedModel]) -> ActivationParams:
+def params(
+    cfg: Config, lm: LoadedModel, split: str, layers: list[int], align: str, lms: list[LoadedModel]
+) -> ActivationParams:
     """The parameters of one activation artifact besides the model's weights (aligned units depend on
     every model's tokenizer)."""
     return ActivationParams(
-        lm.tokenizer_fingerprint, split, TextParams.of(cfg.data, align), tuple(sorted(layers)),
+        lm.tokenizer_fingerprint,
+        split,
+        TextParams.of(cfg.data, align),
+        tuple(sorted(layers)),
         tuple(sorted(m.tokenizer_fingerprint for m in lms)) if align != "tokens" else (),
-        forward=lm.forward_impl if lm.build_hf is not None else None)
+        forward=lm.forward_impl if lm.build_hf is not None else None,
+    )
 
 
 @torch.inference_mode()
@@ -281,8 +289,9 @@ def extract(lm: LoadedModel, layers: list[int], rows: RowSet, batch_size: int, o
         if lm.build_hf is not None:
             acts = residuals(lm.hf_model, batch.to(lm.device), layers)
         else:
-            cache = lm.model.run_with_cache(batch.to(lm.model.cfg.device), names_filter=list(hooks),
-                                            stop_at_layer=max(layers) + 1)[1]
+            cache = lm.model.run_with_cache(
+                batch.to(lm.model.cfg.device), names_filter=list(hooks), stop_at_layer=max(layers) + 1
+            )[1]
             acts = {L: cache[name] for name, L in hooks.items()}
         lo, hi = int(idx[keep].min()), int(idx[keep].max()) + 1
         slot = idx[keep] - lo
@@ -314,8 +323,9 @@ def ensure_activations(cfg: Config, lms: list[LoadedModel]) -> dict[str, dict[st
                 parts = parts or rowsets(cfg, lms, p.data.align)
                 extract(lm, list(p.layers), parts[p.split][lm.id], cfg.data.batch_size, tmp)
 
-            art = step.run("activations", p.key(), {"model": lm.fingerprint}, produce, version=CODE_VERSION,
-                           meta={"align": align})
+            art = step.run(
+                "activations", p.key(), {"model": lm.fingerprint}, produce, version=CODE_VERSION, meta={"align": align}
+            )
             out[lm.id][split] = Activations(art.path, list(p.layers))
     return out
 

@@ -19,8 +19,9 @@ Units are numbered row by row; :class:`RowSet` records, per model, which positio
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -83,14 +84,18 @@ def segments(docs: Iterable[str], tokenizers: dict[str, Any], max_tokens: int) -
             i = j
 
 
-def _units(text: str, offsets: dict[str, list[tuple[int, int]]], mode: str) -> list[tuple[int, int, dict[str, list[int]]]]:
+def _units(
+    text: str, offsets: dict[str, list[tuple[int, int]]], mode: str
+) -> list[tuple[int, int, dict[str, list[int]]]]:
     """Units of one segment: (first char, end char, {model: token indices (0-based, no BOS)})."""
     if mode == "token_end":
         last: dict[str, dict[int, int]] = {}
         for mid, offs in offsets.items():
             last[mid] = {e: i for i, (s, e) in enumerate(offs) if e > s}  # the last token ending at e
         common = sorted(set.intersection(*(set(v) for v in last.values())))
-        return [(min(offsets[m][last[m][e]][0] for m in offsets), e, {m: [last[m][e]] for m in offsets}) for e in common]
+        return [
+            (min(offsets[m][last[m][e]][0] for m in offsets), e, {m: [last[m][e]] for m in offsets}) for e in common
+        ]
     if mode == "word":
         words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
         starts = np.array([w[0] for w in words])
@@ -107,8 +112,15 @@ def _units(text: str, offsets: dict[str, list[tuple[int, int]]], mode: str) -> l
     raise ValueError(f"data.align must be one of {MODES}, got {mode!r}")
 
 
-def aligned_rowsets(docs: Iterable[str], tokenizers: dict[str, Any], bos: dict[str, int], pad: dict[str, int],
-                    seq_len: int, n_units: list[int], mode: str) -> list[dict[str, RowSet]]:
+def aligned_rowsets(
+    docs: Iterable[str],
+    tokenizers: dict[str, Any],
+    bos: dict[str, int],
+    pad: dict[str, int],
+    seq_len: int,
+    n_units: list[int],
+    mode: str,
+) -> list[dict[str, RowSet]]:
     """Rows of document segments and their aligned units, for consecutive splits of ``n_units[i]`` units.
 
     Returns one {model id: RowSet} per split; every model has the same units in the same order (each
@@ -125,7 +137,8 @@ def aligned_rowsets(docs: Iterable[str], tokenizers: dict[str, Any], bos: dict[s
             if text is None:
                 raise ValueError(
                     f"the text yields too few aligned units ({have} of {need} in the last split, align={mode!r}). "
-                    "Fix: lower data.n_train_tokens / data.n_eval_tokens or give more text.")
+                    "Fix: lower data.n_train_tokens / data.n_eval_tokens or give more text."
+                )
             ids, offs = {}, {}
             for mid, tok in tokenizers.items():
                 enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -153,5 +166,11 @@ def _rowset(rows: list[tuple[str, dict[str, list[int]], list]], mid: str, bos: i
             positions.append(r * seq_len + max(cols))
             spans.append((r, start, end))
             u += 1
-    return RowSet(tokens, lengths, unit_index, np.array(positions, dtype=np.int64),
-                  np.array(spans, dtype=np.int64).reshape(-1, 3), [t for t, _, _ in rows])
+    return RowSet(
+        tokens,
+        lengths,
+        unit_index,
+        np.array(positions, dtype=np.int64),
+        np.array(spans, dtype=np.int64).reshape(-1, 3),
+        [t for t, _, _ in rows],
+    )

@@ -68,9 +68,17 @@ def umap_xy(W: np.ndarray, seed: int, n_neighbors: int = 15, min_dist: float = 0
 
     n = len(W)
     if n < 4:
-        raise ValueError(f"the atlas needs at least 4 features per panel, got {n}. Fix: lower matching.min_r or raise atlas.n_active.")
-    reducer = umap.UMAP(n_neighbors=min(n_neighbors, n - 1), min_dist=min_dist, metric="cosine", random_state=seed,
-                        init="random" if n < 10 else "spectral", n_jobs=1)
+        raise ValueError(
+            f"the atlas needs at least 4 features per panel, got {n}. Fix: lower matching.min_r or raise atlas.n_active."
+        )
+    reducer = umap.UMAP(
+        n_neighbors=min(n_neighbors, n - 1),
+        min_dist=min_dist,
+        metric="cosine",
+        random_state=seed,
+        init="random" if n < 10 else "spectral",
+        n_jobs=1,
+    )
     return np.asarray(reducer.fit_transform(np.asarray(W, dtype=np.float32)), dtype=np.float64)
 
 
@@ -85,8 +93,9 @@ def hungarian_pairs(corr: np.ndarray, min_r: float) -> tuple[np.ndarray, np.ndar
     return np.stack([rows[keep], cols[keep]], axis=1), r[keep]
 
 
-def neighbourhood_preservation(X: np.ndarray, Y: np.ndarray, k: int = 10, n_random: int = 200,
-                               seed: int = 0) -> dict[str, Any]:
+def neighbourhood_preservation(
+    X: np.ndarray, Y: np.ndarray, k: int = 10, n_random: int = 200, seed: int = 0
+) -> dict[str, Any]:
     """Row i of X (n, d_a) is paired with row i of Y (n, d_b). Score: mean over i of
     |{partners of N_X(i)} ∩ N_Y(i)| / k, with N the k nearest other rows by cosine — the mutual k-NN
     alignment of :mod:`featlib.similarity` (notebook 04) on the atlas's pairs — against ``n_random``
@@ -95,11 +104,20 @@ def neighbourhood_preservation(X: np.ndarray, Y: np.ndarray, k: int = 10, n_rand
 
     n = len(X)
     if n <= k + 1:
-        raise ValueError(f"neighbourhood preservation needs more than k + 1 = {k + 1} pairs, got {n}. Fix: lower atlas.knn_k.")
+        raise ValueError(
+            f"neighbourhood preservation needs more than k + 1 = {k + 1} pairs, got {n}. Fix: lower atlas.knn_k."
+        )
     observed = similarity.mutual_knn(X, Y, k)
     null = similarity.mutual_knn_null(X, Y, n_random, seed, k)
-    return {"score": observed, "null_mean": float(null.mean()), "null_std": float(null.std()),
-            "p": similarity.p_value(observed, null), "k": k, "n": n, "chance": k / (n - 1)}
+    return {
+        "score": observed,
+        "null_mean": float(null.mean()),
+        "null_std": float(null.std()),
+        "p": similarity.p_value(observed, null),
+        "k": k,
+        "n": n,
+        "chance": k / (n - 1),
+    }
 
 
 def _panel(xy: np.ndarray, hover: list[str], group: list[str]) -> dict[str, Any]:
@@ -118,11 +136,15 @@ def page_data(atlas: Atlas, colors: dict[str, str] | None = None) -> dict[str, A
         partners["B"][j].append([i, round(r, 4)])
     best = {side: [max((r for _, r in p), default=None) for p in partners[side]] for side in partners}
     return {
-        "ids": list(atlas.ids), "layers": list(atlas.layers), "matching": atlas.matching,
+        "ids": list(atlas.ids),
+        "layers": list(atlas.layers),
+        "matching": atlas.matching,
         "A": _panel(atlas.xy_a, atlas.hover_a, atlas.group_a) | {"partners": partners["A"], "r": best["A"]},
         "B": _panel(atlas.xy_b, atlas.hover_b, atlas.group_b) | {"partners": partners["B"], "r": best["B"]},
         "stats": atlas.stats,
-        "colors": colors if colors is not None else group_colors(sorted({g for g in atlas.group_a + atlas.group_b if g})),
+        "colors": colors
+        if colors is not None
+        else group_colors(sorted({g for g in atlas.group_a + atlas.group_b if g})),
     }
 
 
@@ -137,9 +159,20 @@ def write_html(atlas: Atlas, path: Path, colors: dict[str, str] | None = None) -
     la, lb = atlas.layers
     stats = atlas.stats.get("neighbourhood", {})
     title = f"Feature atlas: {a}{la} vs {b}{lb} ({atlas.matching} matching, {len(atlas.pairs)} pairs)"
-    subtitle = (f"neighbourhood preservation (k = {stats['k']}) {stats['score']:.3f} vs random pairs "
-                f"{stats['null_mean']:.3f} ± {stats['null_std']:.3f}, {format_p(stats['p'])}") if stats else ""
-    html = PAGE.replace("__TITLE__", title).replace("__SUBTITLE__", subtitle).replace("__PLOTLY__", js).replace("__DATA__", data)
+    subtitle = (
+        (
+            f"neighbourhood preservation (k = {stats['k']}) {stats['score']:.3f} vs random pairs "
+            f"{stats['null_mean']:.3f} ± {stats['null_std']:.3f}, {format_p(stats['p'])}"
+        )
+        if stats
+        else ""
+    )
+    html = (
+        PAGE.replace("__TITLE__", title)
+        .replace("__SUBTITLE__", subtitle)
+        .replace("__PLOTLY__", js)
+        .replace("__DATA__", data)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(html, encoding="utf-8")
@@ -157,7 +190,8 @@ def select_box(page: Any, side: str, x0: float, y0: float, x1: float, y1: float)
                                        return Math.min(Math.max(v, lo + pad), hi - pad); };
              return pts.map(([x, y]) => [box.left + fl._size.l + fl.xaxis.l2p(clip(x, fl.xaxis)),
                                          box.top + fl._size.t + fl.yaxis.l2p(clip(y, fl.yaxis))]); }""",
-        [side, [[x0, y0], [x1, y1]]])
+        [side, [[x0, y0], [x1, y1]]],
+    )
     (ax, ay), (bx, by) = corners
     page.mouse.move(ax, ay)
     page.mouse.down()
@@ -201,7 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     label = build(args.profile, parse_sets(args.sets)).label
     chromium = shutil.which("chromium")
     if chromium is None:
-        print("no screenshot: Debian's chromium is not installed (apt-get install chromium); the pages are in build/atlas/")
+        print(
+            "no screenshot: Debian's chromium is not installed (apt-get install chromium); the pages are in build/atlas/"
+        )
         return
     pages = sorted((REPO / "build" / "atlas" / label).glob("*.html"))
     for k, html in enumerate(pages):

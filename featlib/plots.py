@@ -5,9 +5,10 @@ formats, and the plot types the figures of :mod:`featlib.figures` share."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,11 +25,23 @@ RESULTS = REPO / "results"
 ONE_COLUMN, TWO_COLUMN = 3.5, 7.0  # figure widths in inches: one column and the full width of a two-column paper
 DPI = 300  # of the saved PNGs (the PDFs are vector)
 # seaborn's "paper" context at these sizes: 8 pt text, 7 pt ticks and legends at print size
-RC = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-      "legend.fontsize": 7, "legend.title_fontsize": 7, "legend.frameon": False, "axes.spines.top": False,
-      "axes.spines.right": False, "image.cmap": "viridis", "hatch.linewidth": 0.5, "hatch.color": "0.35",
-      "figure.dpi": 100,  # the screen size in notebooks, whatever a user's matplotlibrc says (files: DPI)
-      "patch.force_edgecolor": False}
+RC = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.title_fontsize": 7,
+    "legend.frameon": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "image.cmap": "viridis",
+    "hatch.linewidth": 0.5,
+    "hatch.color": "0.35",
+    "figure.dpi": 100,  # the screen size in notebooks, whatever a user's matplotlibrc says (files: DPI)
+    "patch.force_edgecolor": False,
+}
 NULL_COLOR, FLOOR_COLOR, CROSS_COLOR, CEILING_COLOR = "0.55", "#d55e00", "#0173b2", "#029e73"
 
 
@@ -61,7 +74,9 @@ def plain_log_ticks(ax: Any, axis: str = "y") -> None:
     target.set_minor_formatter(FuncFormatter(minor))
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, width: float = TWO_COLUMN, height: float = 2.4, **kw: Any) -> tuple[Any, Any]:
+def new_figure(
+    nrows: int = 1, ncols: int = 1, width: float = TWO_COLUMN, height: float = 2.4, **kw: Any
+) -> tuple[Any, Any]:
     """``plt.subplots`` at a paper width (:data:`ONE_COLUMN` or :data:`TWO_COLUMN`) with constrained layout,
     so that legends and colour bars placed outside the axes stay inside the saved figure; call it
     inside :func:`style`."""
@@ -92,8 +107,13 @@ def legend_entries(fig: Any) -> dict[str, Any]:
     return seen
 
 
-def outside_legend(fig: Any, handles: Sequence[Any] | None = None, labels: Sequence[str] | None = None,
-                   where: str = "lower center", ncols: int | None = None) -> Any:
+def outside_legend(
+    fig: Any,
+    handles: Sequence[Any] | None = None,
+    labels: Sequence[str] | None = None,
+    where: str = "lower center",
+    ncols: int | None = None,
+) -> Any:
     """One legend for the whole figure, outside every axes (``where``: ``lower center``, ``upper center`` or
     ``right``); handles and labels default to every labelled artist of the figure (:func:`legend_entries`)."""
     if handles is None:
@@ -105,7 +125,7 @@ def outside_legend(fig: Any, handles: Sequence[Any] | None = None, labels: Seque
     return fig.legend(handles, labels, loc=f"outside {where}", ncols=ncols)
 
 
-def resolved_profile(cfg: "Config") -> Path:
+def resolved_profile(cfg: Config) -> Path:
     """Write the run's resolved profile (after overrides) as ``figures/<label>/profile.yaml``; returns the folder.
 
     Raises ConfigError when the folder holds the figures of *another* profile file with other values (a
@@ -116,9 +136,11 @@ def resolved_profile(cfg: "Config") -> Path:
     out = FIGURES / cfg.label
     stored = _stored_provenance(out / "profile.yaml")
     if stored and stored[0] != cfg.source and stored[1] != cfg.params_hash:
-        raise ConfigError(f"{cfg.source}: figures/{cfg.label}/ holds the figures of {stored[0]} (params_hash "
-                          f"{stored[1]}), not of this profile (params_hash {cfg.params_hash}). Fix: save the profile "
-                          f"under another file name (the name is its label), or delete figures/{cfg.label}/.")
+        raise ConfigError(
+            f"{cfg.source}: figures/{cfg.label}/ holds the figures of {stored[0]} (params_hash "
+            f"{stored[1]}), not of this profile (params_hash {cfg.params_hash}). Fix: save the profile "
+            f"under another file name (the name is its label), or delete figures/{cfg.label}/."
+        )
     out.mkdir(parents=True, exist_ok=True)
     text = cfg.resolved_yaml()
     same_values = stored is not None and stored[1] == cfg.params_hash  # keep the file that first made them
@@ -137,7 +159,7 @@ def _stored_provenance(path: Path) -> tuple[str, str] | None:
     return (source.group(1), digest.group(1)) if source and digest else None
 
 
-def save_figure(fig: Any, cfg: "Config", notebook: str, name: str) -> None:
+def save_figure(fig: Any, cfg: Config, notebook: str, name: str) -> None:
     """Save ``fig`` as ``figures/<label>/<notebook>__<name>.png`` and ``.pdf`` (label: the profile, or
     ``profile+hash`` when overrides were applied; the resolved profile is written beside them).
 
@@ -164,8 +186,13 @@ def write_figure(fig: Any, png: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
     image = Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    for path, write in ((pdf, lambda f: fig.savefig(f, format="pdf", metadata={"CreationDate": None, "Creator": None, "Producer": None})),
-                        (png, lambda f: image.save(f, format="png", optimize=True))):
+    for path, write in (
+        (
+            pdf,
+            lambda f: fig.savefig(f, format="pdf", metadata={"CreationDate": None, "Creator": None, "Producer": None}),
+        ),
+        (png, lambda f: image.save(f, format="png", optimize=True)),
+    ):
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             write(tmp)
@@ -175,7 +202,7 @@ def write_figure(fig: Any, png: Path) -> None:
             raise
 
 
-def save_table(table: "pd.DataFrame", cfg: "Config", notebook: str, name: str) -> Path:
+def save_table(table: pd.DataFrame, cfg: Config, notebook: str, name: str) -> Path:
     """Save a tidy result table as ``results/<label>/<notebook>__<name>.csv`` (written atomically); returns its path."""
     import os
     import tempfile
@@ -230,8 +257,17 @@ def panel_note(ax: Any, text: str, x: float = 0.5, y: float = 0.5, width: int = 
     import textwrap
 
     wrapped = "\n".join(textwrap.fill(part, width, break_on_hyphens=False) for part in text.split("\n"))
-    t = ax.text(x, y, wrapped, transform=kw.pop("transform", ax.transAxes), ha="center", va="center", color="0.35",
-                fontsize=kw.pop("fontsize", 6), **kw)
+    t = ax.text(
+        x,
+        y,
+        wrapped,
+        transform=kw.pop("transform", ax.transAxes),
+        ha="center",
+        va="center",
+        color="0.35",
+        fontsize=kw.pop("fontsize", 6),
+        **kw,
+    )
     t.set_in_layout(False)
     return t
 
@@ -246,9 +282,19 @@ def compact(v: float) -> str:
     return re.sub(r"^(-?)0\.", r"\1.", f"{v:.2f}")
 
 
-def heatmap(ax: Any, values: np.ndarray, rows: Sequence[Any], cols: Sequence[Any], title: str, fmt: Any = compact,
-            vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis",
-            ns: np.ndarray | None = None, colorbar: bool = True) -> Any:
+def heatmap(
+    ax: Any,
+    values: np.ndarray,
+    rows: Sequence[Any],
+    cols: Sequence[Any],
+    title: str,
+    fmt: Any = compact,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "viridis",
+    ns: np.ndarray | None = None,
+    colorbar: bool = True,
+) -> Any:
     """Annotated heatmap of ``values`` (len(rows), len(cols)); returns the image, or None when no cell is
     finite (the panel then says "not scorable in any cell" and draws no colour bar). Cells are written with
     ``fmt`` (a function or a format string); NaN cells are blank;
@@ -271,7 +317,11 @@ def heatmap(ax: Any, values: np.ndarray, rows: Sequence[Any], cols: Sequence[Any
         text = fmt(values[i, j]) if callable(fmt) else fmt.format(values[i, j])
         ax.text(j, i, text, ha="center", va="center", fontsize=5.5, color="white" if dark else "black")
         if ns is not None and ns[i, j]:
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="////", edgecolor="0.85" if dark else "0.35", lw=0))
+            ax.add_patch(
+                Rectangle(
+                    (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="////", edgecolor="0.85" if dark else "0.35", lw=0
+                )
+            )
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
     return im
@@ -285,11 +335,15 @@ def null_histogram(ax: Any, null: np.ndarray, observed: float, title: str, p: fl
     ax.set(title=f"{title}\npaired {observed:.3f}, {format_p(p)}", xlabel="score", ylabel="re-pairings")
 
 
-SCALE_ROLES = (("null", "re-paired (null)", NULL_COLOR, "_"), ("floor", "random-model floor", FLOOR_COLOR, "v"),
-               ("cross", "cross-model", CROSS_COLOR, "o"), ("ceiling", "seed ceiling", CEILING_COLOR, "^"))
+SCALE_ROLES = (
+    ("null", "re-paired (null)", NULL_COLOR, "_"),
+    ("floor", "random-model floor", FLOOR_COLOR, "v"),
+    ("cross", "cross-model", CROSS_COLOR, "o"),
+    ("ceiling", "seed ceiling", CEILING_COLOR, "^"),
+)
 
 
-def scale_dots(ax: Any, table: "pd.DataFrame", metric: str, title: str) -> None:
+def scale_dots(ax: Any, table: pd.DataFrame, metric: str, title: str) -> None:
     """One metric's null, floor, cross and ceiling (mean and 2.5–97.5 % interval over the draws) for
     each cell of a :func:`featlib.study.calibration_table` table, the calibrated score and its interval
     under the cell's name;
@@ -301,21 +355,41 @@ def scale_dots(ax: Any, table: "pd.DataFrame", metric: str, title: str) -> None:
     for i, r in rows.iterrows():
         ticks.append(f"{r['comparison']}\n(m={r['m']})")
         if not np.isfinite(r["cross"]):
-            panel_note(ax, "not scorable: " + str(r["verdict"]).split(": ", 1)[-1], x=i, width=24,
-                       transform=ax.get_xaxis_transform())
+            panel_note(
+                ax,
+                "not scorable: " + str(r["verdict"]).split(": ", 1)[-1],
+                x=i,
+                width=24,
+                transform=ax.get_xaxis_transform(),
+            )
             continue
         for j, (role, label, color, marker) in enumerate(SCALE_ROLES):
             x = i + (j - 1.5) * 0.15
-            ax.errorbar(x, r[role], yerr=[[r[role] - r[f"{role} lo"]], [r[f"{role} hi"] - r[role]]], fmt=marker,
-                        color=color, capsize=2, label=label)
+            ax.errorbar(
+                x,
+                r[role],
+                yerr=[[r[role] - r[f"{role} lo"]], [r[f"{role} hi"] - r[role]]],
+                fmt=marker,
+                color=color,
+                capsize=2,
+                label=label,
+            )
         ticks[-1] += f"\ncalibrated {r['calibrated']:.2f}\n[{r['calibrated lo']:.2f}, {r['calibrated hi']:.2f}]"
     ax.set_xticks(range(len(rows)), ticks, fontsize=6)
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set(title=title, ylabel="score")
 
 
-def calibrated_heatmap(ax: Any, grid: "pd.DataFrame", metric: str, rows: Sequence[Any], cols: Sequence[Any],
-                       layers_a: Sequence[int], layers_b: Sequence[int], title: str) -> Any:
+def calibrated_heatmap(
+    ax: Any,
+    grid: pd.DataFrame,
+    metric: str,
+    rows: Sequence[Any],
+    cols: Sequence[Any],
+    layers_a: Sequence[int],
+    layers_b: Sequence[int],
+    title: str,
+) -> Any:
     """Calibrated score of ``metric`` per layer pair (rows: ``layers_a``, columns: ``layers_b``) on the
     shared 0–1 scale, from a :func:`featlib.study.calibrated_grid` table, without a colour bar (the
     figure draws one for all panels); returns the image (None if no cell is scored). Cells not above the
@@ -329,7 +403,7 @@ def calibrated_heatmap(ax: Any, grid: "pd.DataFrame", metric: str, rows: Sequenc
     return heatmap(ax, values, rows, cols, title, vmin=0, vmax=1, ns=below, colorbar=False)
 
 
-def group_scale(ax: Any, groups: "pd.DataFrame", metric: str, name: str, colors: dict[str, str]) -> None:
+def group_scale(ax: Any, groups: pd.DataFrame, metric: str, name: str, colors: dict[str, str]) -> None:
     """Per concept group scorable in the cross comparison: the cross-model ``metric`` (a bar in the group's
     colour), its re-pairing null (mean ± 1 sd, grey), and each ceiling (``seed``, triangles up) and floor
     (``random_init``, triangles down) of the same group, from a :func:`featlib.study.subspace_scores`
@@ -338,9 +412,19 @@ def group_scale(ax: Any, groups: "pd.DataFrame", metric: str, name: str, colors:
     cross = groups[(groups.kind == "cross") & groups.scorable].reset_index(drop=True)
     x = np.arange(len(cross))
     ax.bar(x, cross[metric], color=[colors[g] for g in cross.group], width=0.6, label="cross-model")
-    ax.errorbar(x + 0.2, cross[f"{metric} null (re-pair)"], yerr=cross[f"{metric} null sd (re-pair)"], fmt="_",
-                color=NULL_COLOR, capsize=2, label="re-paired null (mean ± sd)")
-    for kind, color, marker, label in (("seed", CEILING_COLOR, "^", "seed ceiling"), ("random_init", FLOOR_COLOR, "v", "random-model floor")):
+    ax.errorbar(
+        x + 0.2,
+        cross[f"{metric} null (re-pair)"],
+        yerr=cross[f"{metric} null sd (re-pair)"],
+        fmt="_",
+        color=NULL_COLOR,
+        capsize=2,
+        label="re-paired null (mean ± sd)",
+    )
+    for kind, color, marker, label in (
+        ("seed", CEILING_COLOR, "^", "seed ceiling"),
+        ("random_init", FLOOR_COLOR, "v", "random-model floor"),
+    ):
         ref = groups[groups.kind == kind]
         for i, g in enumerate(cross.group):
             vals = ref[ref.group == g][metric].to_numpy(dtype=float)
@@ -353,7 +437,7 @@ def group_scale(ax: Any, groups: "pd.DataFrame", metric: str, name: str, colors:
         panel_note(ax, "no concept group scorable", fontsize=7)
 
 
-def success_bars(ax: Any, table: "pd.DataFrame", chance: float, title: str) -> None:
+def success_bars(ax: Any, table: pd.DataFrame, chance: float, title: str) -> None:
     """Transfer success rate with its 95 % interval for every method and control of a
     :func:`featlib.study.success_table` slice (one layer pair and direction), methods in blue, controls in
     grey, the chance rate (1 − ``transfer.success_quantile``) as a dashed line."""

@@ -20,11 +20,12 @@ tokens), and next-token loss clean / with the SAE's reconstruction spliced into
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -78,8 +79,10 @@ def check_width(sae: Any, lm: LoadedModel, layer: int) -> None:
 def _batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """Endless shuffled (batch_size, d) float32 batches of a (n, d) array, one permutation per epoch."""
     if not 1 <= batch_size <= len(acts):
-        raise ValueError(f"{len(acts)} training activations cannot fill one batch of sae.batch_size = {batch_size}. "
-                         "Fix: raise data.n_train_tokens or lower sae.batch_size.")
+        raise ValueError(
+            f"{len(acts)} training activations cannot fill one batch of sae.batch_size = {batch_size}. "
+            "Fix: raise data.n_train_tokens or lower sae.batch_size."
+        )
     rng = np.random.default_rng(seed)
     while True:
         perm = rng.permutation(len(acts))
@@ -87,8 +90,14 @@ def _batches(acts: np.ndarray, batch_size: int, seed: int) -> Iterator[torch.Ten
             yield torch.from_numpy(np.ascontiguousarray(acts[np.sort(perm[i : i + batch_size])]))
 
 
-def train_sae(acts: np.ndarray, params: TrainParams | Mapping[str, Any], seed: int, d_sae: int | None = None,
-              device: str = "cpu", progress: bool = True) -> Any:
+def train_sae(
+    acts: np.ndarray,
+    params: TrainParams | Mapping[str, Any],
+    seed: int,
+    d_sae: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Any:
     """Train one SAE with sae-lens on (n_tokens, d_in) activations; returns the inference SAE, on ``device``.
     ``params``: :class:`TrainParams` (or a mapping of its keys, :meth:`TrainParams.of`); ``d_sae``: its latents
     (default ``params.expansion`` × d_in). The activations stay in host memory;
@@ -105,8 +114,10 @@ def train_sae(acts: np.ndarray, params: TrainParams | Mapping[str, Any], seed: i
     d_in = acts.shape[1]
     d_sae = d_sae or p.expansion * d_in
     if p.k > d_sae:
-        raise ValueError(f"sae.k = {p.k} exceeds the SAE width sae.expansion x d_model = "
-                         f"{p.expansion} x {d_in}. Fix: lower sae.k or raise sae.expansion.")
+        raise ValueError(
+            f"sae.k = {p.k} exceeds the SAE width sae.expansion x d_model = "
+            f"{p.expansion} x {d_in}. Fix: lower sae.k or raise sae.expansion."
+        )
     common = dict(d_in=d_in, d_sae=d_sae, normalize_activations="expected_average_only_in", device=device)
     torch.manual_seed(seed)
     if p.architecture == "topk":
@@ -118,10 +129,16 @@ def train_sae(acts: np.ndarray, params: TrainParams | Mapping[str, Any], seed: i
     bs = p.batch_size
     steps = p.epochs * (len(acts) // bs)
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * bs, train_batch_size_samples=bs, lr=p.lr,
-        lr_warm_up_steps=max(1, steps // 20), lr_decay_steps=steps // 5, lr_end=p.lr / 10,
-        dead_feature_window=max(1, steps // 4), feature_sampling_window=max(1, steps // 2),
-        n_batches_for_norm_estimate=min(50, max(1, len(acts) // bs)), device=device,
+        total_training_samples=steps * bs,
+        train_batch_size_samples=bs,
+        lr=p.lr,
+        lr_warm_up_steps=max(1, steps // 20),
+        lr_decay_steps=steps // 5,
+        lr_end=p.lr / 10,
+        dead_feature_window=max(1, steps // 4),
+        feature_sampling_window=max(1, steps // 2),
+        n_batches_for_norm_estimate=min(50, max(1, len(acts) // bs)),
+        device=device,
     )
     import sae_lens.training.activation_scaler as scaler_module
     import sae_lens.training.sae_trainer as trainer_module
@@ -175,7 +192,7 @@ class SaeTraining:
     seed: int
 
     @classmethod
-    def of(cls, cfg: Config, model_id: str, layer: int, train: Activations, seed: int) -> "SaeTraining":
+    def of(cls, cfg: Config, model_id: str, layer: int, train: Activations, seed: int) -> SaeTraining:
         return cls(TrainParams.of(cfg.sae), model_id, layer, train, seed)
 
     @property
@@ -224,8 +241,9 @@ def train_all(jobs: list[SaeTraining]) -> int:
     with parallel.pool(workers) as pool:
         futures = [pool.submit(_train_in_worker, job) for job in fresh]
         try:
-            for done in tqdm(as_completed(futures), total=len(futures), desc=f"training SAEs ({workers} processes)",
-                             leave=False):
+            for done in tqdm(
+                as_completed(futures), total=len(futures), desc=f"training SAEs ({workers} processes)", leave=False
+            ):
                 done.result()
         except BaseException:
             pool.shutdown(cancel_futures=True)
@@ -246,14 +264,19 @@ def published_identity(cfg: Config, model_id: str, layer: int) -> str:
     name: the key is computed before the SAE is downloaded, so it cannot hold the commit."""
     release, sae_id = cfg.sae.release.get(model_id, ""), cfg.sae.sae_id.get(model_id, "")
     folder = resolve_path(release) / sae_id.format(layer=layer)
-    content = {str(f.relative_to(folder)): step.content_sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()} \
-        if folder.is_dir() else {}
-    return step.identity({"release": release, "sae_id": sae_id, "format": cfg.sae.format, "layer": layer,
-                          "content": content})
+    content = (
+        {str(f.relative_to(folder)): step.content_sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+        if folder.is_dir()
+        else {}
+    )
+    return step.identity(
+        {"release": release, "sae_id": sae_id, "format": cfg.sae.format, "layer": layer, "content": content}
+    )
 
 
-def sparsify_disk_loader(path: str | Path, device: str = "cpu",
-                         cfg_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def sparsify_disk_loader(
+    path: str | Path, device: str = "cpu", cfg_overrides: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """sae-lens disk converter for an EleutherAI ``sparsify`` folder (``cfg.json`` + ``sae.safetensors``).
 
     sparsify's ``SparseCoder`` encodes ``topk(relu(W (x - b_dec) + b))`` and decodes ``z W_dec + b_dec``,
@@ -262,14 +285,16 @@ def sparsify_disk_loader(path: str | Path, device: str = "cpu",
     and does not subtract ``b_dec`` when ``normalize_decoder`` is set; this one follows sparsify and is
     tested against eai-sparsify's own ``SparseCoder``. Hook: ``layers.L`` -> ``blocks.L.hook_resid_post``.
     """
-    from safetensors.torch import load_file
     from sae_lens.loading.pretrained_sae_loaders import get_sparsify_config_from_disk
+    from safetensors.torch import load_file
 
     path = Path(path)
     raw = json.loads((path / "cfg.json").read_text())
     if raw.get("transcode") or raw.get("activation", "topk") != "topk" or raw.get("skip_connection"):
-        raise ValueError(f"{path} holds a sparsify transcoder / non-TopK / skip-connection coder; featlib reads "
-                         "residual-stream TopK SAEs only. Fix: point sae.release at an SAE release.")
+        raise ValueError(
+            f"{path} holds a sparsify transcoder / non-TopK / skip-connection coder; featlib reads "
+            "residual-stream TopK SAEs only. Fix: point sae.release at an SAE release."
+        )
     cfg = get_sparsify_config_from_disk(path, device, cfg_overrides)
     cfg["apply_b_dec_to_input"] = True
     w = load_file(path / "sae.safetensors", device=device)
@@ -280,8 +305,13 @@ def sparsify_disk_loader(path: str | Path, device: str = "cpu",
     return cfg, {k: v.to(dtype).contiguous() for k, v in state.items()}
 
 
-def sparsify_hub_loader(repo_id: str, folder_name: str, device: str = "cpu", force_download: bool = False,
-                        cfg_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor], None]:
+def sparsify_hub_loader(
+    repo_id: str,
+    folder_name: str,
+    device: str = "cpu",
+    force_download: bool = False,
+    cfg_overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], None]:
     """The same as :func:`sparsify_disk_loader` for a folder of a hub repository (``SAE.from_pretrained``)."""
     from huggingface_hub import hf_hub_download
 
@@ -320,8 +350,9 @@ def load_pretrained(cfg: Config, model_id: str, layer: int, device: str = "cpu")
         converter = {"converter": sparsify_disk_loader} if sparsify else {}
         sae = SAE.load_from_disk(local / sae_id, device=device, dtype="float32", **converter)
     else:
-        sae = SAE.from_pretrained(release, sae_id, device=device, dtype="float32",
-                                  converter=sparsify_hub_loader if sparsify else None)
+        sae = SAE.from_pretrained(
+            release, sae_id, device=device, dtype="float32", converter=sparsify_hub_loader if sparsify else None
+        )
     check_hook(sae, model_id, layer)
     return sae
 
@@ -345,9 +376,16 @@ def decode_sparse(sae: Any, z: torch.Tensor | sp.csr_array) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batches: int,
-             codes: sp.csr_array | None = None, chunk_tokens: int = 4096,
-             baselines: LossBaselines | None = None) -> dict[str, float]:
+def evaluate(
+    sae: Any,
+    lm: LoadedModel,
+    acts: Activations,
+    layer: int,
+    ce_batches: int,
+    codes: sp.csr_array | None = None,
+    chunk_tokens: int = 4096,
+    baselines: LossBaselines | None = None,
+) -> dict[str, float]:
     """Reconstruction and downstream-loss metrics of one SAE on the eval activations (see module doc).
 
     ``codes``: the SAE's (n_units, d_sae) CSR codes of these activations if already computed (the cached ones
@@ -361,8 +399,10 @@ def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batche
     x_all = acts.layer(layer)
     n = len(x_all)
     if codes.shape != (n, int(sae.cfg.d_sae)):
-        raise ValueError(f"codes of shape {codes.shape} for {n} eval units of an SAE of width {sae.cfg.d_sae}: "
-                         "pass the codes of this SAE on these activations")
+        raise ValueError(
+            f"codes of shape {codes.shape} for {n} eval units of an SAE of width {sae.cfg.d_sae}: "
+            "pass the codes of this SAE on these activations"
+        )
     mean = torch.from_numpy(np.asarray(x_all.mean(axis=0, dtype=np.float64))).float()
     for start, x in zip(range(0, n, chunk_tokens), acts.chunks(layer, chunk_tokens)):
         x_hat = decode_sparse(sae, codes[start : start + len(x)])
@@ -378,10 +418,16 @@ def evaluate(sae: Any, lm: LoadedModel, acts: Activations, layer: int, ce_batche
 
     ce_clean, ce_sae, ce_zero = next_token_losses(lm, acts, layer, ce_batches, splice, known)
     return {
-        "explained_variance": 1 - sse / sst, "mse": sse / (n * x_all.shape[1]), "l0": len(active) / n,
-        "dead_fraction": 1 - len(np.unique(active)) / int(sae.cfg.d_sae), "ce_clean": ce_clean, "ce_sae": ce_sae,
-        "ce_zero": ce_zero, "ce_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean),
-        "d_sae": int(sae.cfg.d_sae), "n_tokens": n,
+        "explained_variance": 1 - sse / sst,
+        "mse": sse / (n * x_all.shape[1]),
+        "l0": len(active) / n,
+        "dead_fraction": 1 - len(np.unique(active)) / int(sae.cfg.d_sae),
+        "ce_clean": ce_clean,
+        "ce_sae": ce_sae,
+        "ce_zero": ce_zero,
+        "ce_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean),
+        "d_sae": int(sae.cfg.d_sae),
+        "n_tokens": n,
     }
 
 
@@ -404,8 +450,14 @@ class LossBaselines:
 
 
 @torch.inference_mode()
-def next_token_losses(lm: LoadedModel, acts: Activations, layer: int, ce_batches: int,
-                      splice: Callable[[torch.Tensor], torch.Tensor], known: LossBaselines) -> tuple[float, float, float]:
+def next_token_losses(
+    lm: LoadedModel,
+    acts: Activations,
+    layer: int,
+    ce_batches: int,
+    splice: Callable[[torch.Tensor], torch.Tensor],
+    known: LossBaselines,
+) -> tuple[float, float, float]:
     """Mean next-token loss (nats) on the first ``ce_batches`` × 8 eval rows: clean, with ``blocks.L.hook_resid_post``
     replaced by ``splice`` of it ((rows, pos, d_model) -> same), and zero-ablated (all but the BOS position).
 
@@ -432,13 +484,31 @@ def next_token_losses(lm: LoadedModel, acts: Activations, layer: int, ce_batches
     if layer not in resid:
         below = max((L for L in resid if L < layer), default=-1)
         start = resid[below] if below >= 0 else [embed[0] for embed in known.embed]
-        resid[layer] = [model(x, start_at_layer=below + 1, stop_at_layer=layer + 1, tokens=tok, attention_mask=mask,
-                              shortformer_pos_embed=pos) for x, (_, tok, pos, mask) in zip(start, known.embed)]
+        resid[layer] = [
+            model(
+                x,
+                start_at_layer=below + 1,
+                stop_at_layer=layer + 1,
+                tokens=tok,
+                attention_mask=mask,
+                shortformer_pos_embed=pos,
+            )
+            for x, (_, tok, pos, mask) in zip(start, known.embed)
+        ]
 
     def from_layer(edit: Callable[[torch.Tensor], torch.Tensor]) -> float:
-        return mean_loss(model(edit(x), start_at_layer=layer + 1, tokens=tok, attention_mask=mask,
-                               shortformer_pos_embed=pos, return_type="loss", loss_per_token=True)
-                         for x, (_, tok, pos, mask) in zip(resid[layer], known.embed))
+        return mean_loss(
+            model(
+                edit(x),
+                start_at_layer=layer + 1,
+                tokens=tok,
+                attention_mask=mask,
+                shortformer_pos_embed=pos,
+                return_type="loss",
+                loss_per_token=True,
+            )
+            for x, (_, tok, pos, mask) in zip(resid[layer], known.embed)
+        )
 
     if layer not in known.zero:
         known.zero[layer] = from_layer(_zero)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -101,8 +102,17 @@ def spec(params: Mapping[str, Any], inputs: Mapping[str, Input], version: int) -
     return {"inputs": keys, "params": dict(params), "version": version}
 
 
-def run(kind: str, params: Mapping[str, Any], inputs: Mapping[str, Input], produce: Callable[[Path], Any], *,
-        version: int, meta: Mapping[str, Any] | None = None, root: Path | None = None, verify: bool = True) -> Artifact:
+def run(
+    kind: str,
+    params: Mapping[str, Any],
+    inputs: Mapping[str, Input],
+    produce: Callable[[Path], Any],
+    *,
+    version: int,
+    meta: Mapping[str, Any] | None = None,
+    root: Path | None = None,
+    verify: bool = True,
+) -> Artifact:
     """The artifact of one step: reused when it is published, else made by ``produce(folder)``, which
     writes its files into a temporary folder that is published atomically when it returns.
 

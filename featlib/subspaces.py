@@ -30,8 +30,10 @@ CONCEPT_GROUPS: dict[str, list[str]] = {
         "never once ago annual annually daily weekly yearly long short morning evening night nights tonight "
         "recent recently modern ancient generation generations history historic season seasons"
     ).split(),
-    "Calendar": (_MONTHS + " " + _DAYS + " holiday holidays christmas thanksgiving easter anniversary "
-                 "birthday calendar date dates spring summer autumn fall winter weekend fiscal").split(),
+    "Calendar": (
+        _MONTHS + " " + _DAYS + " holiday holidays christmas thanksgiving easter anniversary "
+        "birthday calendar date dates spring summer autumn fall winter weekend fiscal"
+    ).split(),
     "People/Roles": (
         "president presidents senator senators congressman congresswoman governor governors mayor judge judges "
         "soldier soldiers teacher teachers worker workers farmer farmers doctor doctors nurse nurses officer "
@@ -68,7 +70,9 @@ def resolve_groups(groups: str | dict[str, list[str]]) -> dict[str, set[str]]:
     """
     raw = CONCEPT_GROUPS if groups == "default" else groups
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"subspaces.groups must be 'default' or a non-empty mapping of group -> keywords, got {groups!r}")
+        raise ValueError(
+            f"subspaces.groups must be 'default' or a non-empty mapping of group -> keywords, got {groups!r}"
+        )
     out = {}
     for name, words in raw.items():
         kw = {str(w).strip().lower() for w in words if str(w).strip()}
@@ -93,8 +97,15 @@ def group_mask(pairs: Matches, top_a: list[list[str]], top_b: list[list[str]], k
 GROUP_METRICS: tuple[str, ...] = ("svcca", "rsa", "cka_debiased")
 
 
-def score_group(X_all: np.ndarray, Y_all: np.ndarray, members: np.ndarray, n_shuffles: int, n_random_sets: int,
-                seed: int, variance: float) -> dict[str, Any]:
+def score_group(
+    X_all: np.ndarray,
+    Y_all: np.ndarray,
+    members: np.ndarray,
+    n_shuffles: int,
+    n_random_sets: int,
+    seed: int,
+    variance: float,
+) -> dict[str, Any]:
     """Scores of one group's pairs (rows ``members`` of the paired decoder matrices) with both nulls.
 
     X_all (n_pairs, d_A), Y_all (n_pairs, d_B): decoder vectors of all final pairs of the layer pair.
@@ -106,11 +117,14 @@ def score_group(X_all: np.ndarray, Y_all: np.ndarray, members: np.ndarray, n_shu
     X, Y = X_all[members], Y_all[members]
     out = similarity.compare(X, Y, n_shuffles, seed, variance, metrics=GROUP_METRICS)
     scorable = [m for m in GROUP_METRICS if out[m]["score"] is not None]
-    rand = similarity.random_subset_null(X_all, Y_all, len(members), n_random_sets, seed, variance,
-                                         metrics=scorable) if scorable else {}
+    rand = (
+        similarity.random_subset_null(X_all, Y_all, len(members), n_random_sets, seed, variance, metrics=scorable)
+        if scorable
+        else {}
+    )
     for metric in GROUP_METRICS:
         r = rand.get(metric, np.empty(0))
-        r = r[~np.isnan(r)]                                  # draws where the metric is undefined
+        r = r[~np.isnan(r)]  # draws where the metric is undefined
         out[metric]["random_set_mean"] = float(r.mean()) if r.size else None
         out[metric]["random_set_p"] = similarity.p_value(out[metric]["score"], r) if r.size else None
     return out

@@ -28,8 +28,10 @@ def pool_correlations(study: Study, comparison: Comparison, pool_a: np.ndarray, 
     look_a, look_b = sparse_rows.lookup(pool_a, d_a), sparse_rows.lookup(pool_b, d_b)
 
     def restricted():
-        return ((sparse_rows.restrict(x, look_a, len(pool_a)), sparse_rows.restrict(y, look_b, len(pool_b)))
-                for x, y in chunks())
+        return (
+            (sparse_rows.restrict(x, look_a, len(pool_a)), sparse_rows.restrict(y, look_b, len(pool_b)))
+            for x, y in chunks()
+        )
 
     return correlate(restricted, len(pool_a), len(pool_b), keep_matrix=True).matrix.numpy()
 
@@ -54,9 +56,11 @@ class AtlasParams:
     min_r: float
 
     @classmethod
-    def of(cls, study: Study) -> "AtlasParams":
+    def of(cls, study: Study) -> AtlasParams:
         a = study.cfg.atlas
-        return cls(a.matching, a.n_active, a.n_neighbors, a.min_dist, a.knn_k, a.n_random, a.seed, study.cfg.matching.min_r)
+        return cls(
+            a.matching, a.n_active, a.n_neighbors, a.min_dist, a.knn_k, a.n_random, a.seed, study.cfg.matching.min_r
+        )
 
 
 def _label(side: Side) -> str:
@@ -92,8 +96,11 @@ def feature_atlas(study: Study, comparison: Comparison | None = None) -> atl.Atl
         np.savez(tmp / "atlas.npz", pool_a=pool_a, pool_b=pool_b, xy_a=xy_a, xy_b=xy_b, rows=rows, r=np.asarray(r))
         step.write_json(tmp / "stats.json", {"neighbourhood": nbh})
 
-    inputs = {"matching": m.artifact, "tokens_A": feature_tokens(study, c.a).artifact,
-              "tokens_B": feature_tokens(study, c.b).artifact}
+    inputs = {
+        "matching": m.artifact,
+        "tokens_A": feature_tokens(study, c.a).artifact,
+        "tokens_B": feature_tokens(study, c.b).artifact,
+    }
     art = step.run("atlas", asdict(p), inputs, produce, version=VERSION, meta={"seed": p.seed, "comparison": c.name})
     saved, stats = art.arrays("atlas.npz"), art.json("stats.json")
     groups = resolve_groups(cfg.subspaces.groups)
@@ -105,18 +112,34 @@ def feature_atlas(study: Study, comparison: Comparison | None = None) -> atl.Atl
         other_pool = saved["pool_b"] if col == 0 else saved["pool_a"]
         partners: dict[int, list[str]] = {}
         for row, r in zip(saved["rows"], saved["r"]):
-            partners.setdefault(int(row[col]), []).append(f"{other.name} #{int(other_pool[row[1 - col]])} (r = {r:.2f})")
+            partners.setdefault(int(row[col]), []).append(
+                f"{other.name} #{int(other_pool[row[1 - col]])} (r = {r:.2f})"
+            )
         hover, group = [], []
         for i, f in enumerate(pool_ids):
             ctx = [escape(study.context(side.model, int(q), width=5)) for q in positions[f][:2] if q >= 0]
-            hover.append(f"<b>{side.name} feature {int(f)}</b><br>partners: {', '.join(partners.get(i, ['none']))}<br>"
-                         f"top tokens: {escape(' | '.join(tops[f]))}<br>" + "<br>".join(ctx))
+            hover.append(
+                f"<b>{side.name} feature {int(f)}</b><br>partners: {', '.join(partners.get(i, ['none']))}<br>"
+                f"top tokens: {escape(' | '.join(tops[f]))}<br>" + "<br>".join(ctx)
+            )
             group.append(next((g for g in groups if member[g][f]), ""))
         texts[col] = (hover, group)
-    return atl.Atlas(ids=(_label(c.a), _label(c.b)), layers=(c.a.layer, c.b.layer), pool_a=saved["pool_a"],
-                     pool_b=saved["pool_b"], xy_a=saved["xy_a"], xy_b=saved["xy_b"], pairs=saved["rows"], r=saved["r"],
-                     hover_a=texts[0][0], hover_b=texts[1][0], group_a=texts[0][1], group_b=texts[1][1],
-                     matching=p.matching, stats=stats)
+    return atl.Atlas(
+        ids=(_label(c.a), _label(c.b)),
+        layers=(c.a.layer, c.b.layer),
+        pool_a=saved["pool_a"],
+        pool_b=saved["pool_b"],
+        xy_a=saved["xy_a"],
+        xy_b=saved["xy_b"],
+        pairs=saved["rows"],
+        r=saved["r"],
+        hover_a=texts[0][0],
+        hover_b=texts[1][0],
+        group_a=texts[0][1],
+        group_b=texts[1][1],
+        matching=p.matching,
+        stats=stats,
+    )
 
 
 def group_colors(study: Study) -> dict[str, str]:

@@ -25,8 +25,13 @@ def codes_artifact(study: Study, side: Side) -> step.Artifact:
 
     def produce(tmp: Path) -> None:
         sae = study.sae(side)
-        z = tqdm(encode_chunks(sae, acts, side.layer, chunk), total=-(-acts.n_units // chunk),
-                 desc=f"encoding {side.name}", position=0, leave=False)
+        z = tqdm(
+            encode_chunks(sae, acts, side.layer, chunk),
+            total=-(-acts.n_units // chunk),
+            desc=f"encoding {side.name}",
+            position=0,
+            leave=False,
+        )
         sp.save_npz(tmp / "codes.npz", sparse_rows.pack(z, int(sae.cfg.d_sae)))
 
     return step.run("codes", {}, {"sae": study.sae_input(side), "eval": acts.key}, produce, version=VERSION)

@@ -48,8 +48,11 @@ class Side:
     @property
     def name(self) -> str:
         """E.g. ``A2``, ``A2 (seed 1)`` or ``A2 (random init)``."""
-        return (f"{self.model}{self.layer}" + (" (random init)" if self.random_init else "")
-                + ("" if self.seed is None else f" (seed {self.seed})"))
+        return (
+            f"{self.model}{self.layer}"
+            + (" (random init)" if self.random_init else "")
+            + ("" if self.seed is None else f" (seed {self.seed})")
+        )
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class Comparison:
         """E.g. ``cross A2–B3`` or ``seed A2–A2 (seed 1)``."""
         return f"{self.kind} {self.a.name}–{self.b.name}"
 
-    def at(self, la: int, lb: int) -> "Comparison":
+    def at(self, la: int, lb: int) -> Comparison:
         """The same comparison (models and SAE variants) at other layers."""
         return replace(self, a=replace(self.a, layer=la), b=replace(self.b, layer=lb))
 
@@ -115,7 +118,11 @@ class Study:
                 m = side.model
                 if m in refs.models and side.layer in self.reference_layers(m):
                     own = Side(m, side.layer)
-                    other = Side(m, side.layer, seed=refs.second_seed) if k == "seed" else Side(m, side.layer, random_init=True)
+                    other = (
+                        Side(m, side.layer, seed=refs.second_seed)
+                        if k == "seed"
+                        else Side(m, side.layer, random_init=True)
+                    )
                     out.append(Comparison(k, own, other))
         return list(dict.fromkeys(out))
 
@@ -164,9 +171,11 @@ class Study:
         """The profile's first comparison of ``kind`` (``cross``, ``seed``, ``random_init``)."""
         found = [c for c in self.comparisons if c.kind == kind]
         if not found:
-            raise ValueError(f"comparison {kind!r} is not in this profile (comparisons: "
-                             f"{', '.join(c.name for c in self.comparisons)}). Fix: list it in comparisons, or "
-                             "add it to references.run, in the profile (or overrides).")
+            raise ValueError(
+                f"comparison {kind!r} is not in this profile (comparisons: "
+                f"{', '.join(c.name for c in self.comparisons)}). Fix: list it in comparisons, or "
+                "add it to references.run, in the profile (or overrides)."
+            )
         return found[0]
 
     @property
@@ -191,8 +200,13 @@ class Study:
         """How ``side``'s SAE is trained here; None for the published SAE of ``sae.source: pretrained``."""
         if self.cfg.sae.source == "pretrained" and side.seed is None and not side.random_init:
             return None
-        return SaeTraining.of(self.cfg, side.model, side.layer, self.acts_of(side, "train"),
-                              self.cfg.sae.seed if side.seed is None else side.seed)
+        return SaeTraining.of(
+            self.cfg,
+            side.model,
+            side.layer,
+            self.acts_of(side, "train"),
+            self.cfg.sae.seed if side.seed is None else side.seed,
+        )
 
     def _sae_source(self, side: Side) -> step.Input:
         training = self._training(side)
@@ -210,8 +224,11 @@ class Study:
             lm = self.model_of(side)
             device = lm.device
             source = self._sae_source(side)
-            sae = load_trained(source, device) if isinstance(source, step.Artifact) else \
-                load_pretrained(self.cfg, side.model, side.layer, device)
+            sae = (
+                load_trained(source, device)
+                if isinstance(source, step.Artifact)
+                else load_pretrained(self.cfg, side.model, side.layer, device)
+            )
             check_width(sae, lm, side.layer)
             self._saes[side] = sae.eval()
         return self._saes[side]

@@ -24,8 +24,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def _group_rows(study: Study, m: Match, membership: dict[str, tuple[np.ndarray, np.ndarray]],
-                extra: dict[str, dict[str, Any]], kind: str) -> "pd.DataFrame":
+def _group_rows(
+    study: Study,
+    m: Match,
+    membership: dict[str, tuple[np.ndarray, np.ndarray]],
+    extra: dict[str, dict[str, Any]],
+    kind: str,
+) -> pd.DataFrame:
     """One row per group: its pairs among the many-to-one pairs above the threshold (both features members:
     ``membership[group]`` = bool masks (d_A,), (d_B,)) and their scores with both nulls; ``extra`` columns first."""
     import pandas as pd
@@ -38,24 +43,45 @@ def _group_rows(study: Study, m: Match, membership: dict[str, tuple[np.ndarray, 
     rows = []
     for name, (in_a, in_b) in tqdm(membership.items(), desc=f"{kind} groups"):
         members = np.flatnonzero(in_a[candidates.idx_a] & in_b[candidates.idx_b])
-        row: dict[str, Any] = {"comparison": m.comparison.name, "kind": m.comparison.kind, "group": name, "members": kind,
-                               **extra[name], "features A": int(in_a.sum()), "features B": int(in_b.sum()), "pairs": len(members)}
+        row: dict[str, Any] = {
+            "comparison": m.comparison.name,
+            "kind": m.comparison.kind,
+            "group": name,
+            "members": kind,
+            **extra[name],
+            "features A": int(in_a.sum()),
+            "features B": int(in_b.sum()),
+            "pairs": len(members),
+        }
         scored = len(members) >= max(3, sub.min_features) and all(
-            len(np.unique(idx[members])) > 1 for idx in (candidates.idx_a, candidates.idx_b))
-        s = score_group(X_all, Y_all, members, sim.n_shuffles, sub.n_random_sets, sub.seed, sim.variance) if scored else {}
+            len(np.unique(idx[members])) > 1 for idx in (candidates.idx_a, candidates.idx_b)
+        )
+        s = (
+            score_group(X_all, Y_all, members, sim.n_shuffles, sub.n_random_sets, sub.seed, sim.variance)
+            if scored
+            else {}
+        )
         row["scorable"] = scored
         for metric in GROUP_METRICS:
             sc = s.get(metric, {})
-            num = {k: np.nan if sc.get(k) is None else sc[k] for k in ("score", "null_mean", "null_std", "p", "random_set_mean", "random_set_p")}
-            row |= {metric: num["score"], f"{metric} null (re-pair)": num["null_mean"],
-                    f"{metric} null sd (re-pair)": num["null_std"], f"{metric} p (re-pair)": num["p"],
-                    f"{metric} null (random set)": num["random_set_mean"], f"{metric} p (random set)": num["random_set_p"],
-                    f"{metric} not scorable": sc.get("reason", "")}
+            num = {
+                k: np.nan if sc.get(k) is None else sc[k]
+                for k in ("score", "null_mean", "null_std", "p", "random_set_mean", "random_set_p")
+            }
+            row |= {
+                metric: num["score"],
+                f"{metric} null (re-pair)": num["null_mean"],
+                f"{metric} null sd (re-pair)": num["null_std"],
+                f"{metric} p (re-pair)": num["p"],
+                f"{metric} null (random set)": num["random_set_mean"],
+                f"{metric} p (random set)": num["random_set_p"],
+                f"{metric} not scorable": sc.get("reason", ""),
+            }
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def subspace_scores(study: Study, m: Match) -> "pd.DataFrame":
+def subspace_scores(study: Study, m: Match) -> pd.DataFrame:
     """SVCCA, RSA and debiased CKA of every single-token concept group's pairs of one matching, with both nulls
     (see :mod:`featlib.subspaces`).
 
@@ -74,6 +100,7 @@ def subspace_scores(study: Study, m: Match) -> "pd.DataFrame":
 
 # ---- phrase groups ---------------------------------------------------------------------------------------------
 
+
 def unit_text(study: Study, model_id: str) -> UnitText:
     """The eval text of ``model_id`` and its units' places in it (the same for its random re-initialisation)."""
     return UnitText.of(study.eval_acts(model_id), study.token_strings(model_id))
@@ -86,11 +113,13 @@ def phrase_members(study: Study, side: Side, rule: str | None = None) -> dict[st
     p = p.model_copy(update={"rule": rule}) if rule else p
     if (side, p.rule) not in study.phrase_memo:
         ut, codes = unit_text(study, side.model), sae_codes(study, side)
-        study.phrase_memo[side, p.rule] = {g: phrases.members(codes, ut, ph, p) for g, ph in phrases.resolve_groups(p.groups).items()}
+        study.phrase_memo[side, p.rule] = {
+            g: phrases.members(codes, ut, ph, p) for g, ph in phrases.resolve_groups(p.groups).items()
+        }
     return study.phrase_memo[side, p.rule]
 
 
-def phrase_rules(study: Study, m: Match) -> "pd.DataFrame":
+def phrase_rules(study: Study, m: Match) -> pd.DataFrame:
     """Per phrase group and side of ``m``: occurrences, phrases found, and the members under each rule of
     :data:`featlib.phrases.RULES`, with their overlap (Jaccard) with the profile's rule."""
     import pandas as pd
@@ -110,7 +139,7 @@ def phrase_rules(study: Study, m: Match) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
-def phrase_scores(study: Study, m: Match) -> "pd.DataFrame":
+def phrase_scores(study: Study, m: Match) -> pd.DataFrame:
     """:func:`subspace_scores` for the phrase groups (``subspaces.phrases``): a feature belongs to a group when
     it is one of the group's most selective features for its phrases in context (:mod:`featlib.phrases`)."""
     p = study.cfg.subspaces.phrases
@@ -138,15 +167,35 @@ def phrase_interactions(study: Study, m: Match) -> Interaction:
     names = list(mem[0])
     dec = [study.sae(s).W_dec.detach().double().cpu().numpy() for s in sides]
     pools = [np.flatnonzero(sparse_rows.active_features(sae_codes(study, s))) for s in sides]
-    return phrases.interaction_agreement(dec[0], dec[1], names, [mem[0][g].features for g in names],
-                                         [mem[1][g].features for g in names], pools[0], pools[1], p.n_random_sets, p.seed)
+    return phrases.interaction_agreement(
+        dec[0],
+        dec[1],
+        names,
+        [mem[0][g].features for g in names],
+        [mem[1][g].features for g in names],
+        pools[0],
+        pools[1],
+        p.n_random_sets,
+        p.seed,
+    )
 
 
-def interaction_table(interactions: list[tuple[Match, Interaction]]) -> "pd.DataFrame":
+def interaction_table(interactions: list[tuple[Match, Interaction]]) -> pd.DataFrame:
     """One row per comparison: the groups with members in both SAEs, the interaction agreement, its null and p."""
     import pandas as pd
 
-    return pd.DataFrame([{"comparison": m.comparison.name, "kind": m.comparison.kind, "groups": len(i.groups),
-                          "agreement (r)": i.agreement, "null mean": float(i.null.mean()) if i.null.size else np.nan,
-                          "null 95th percentile": float(np.quantile(i.null, 0.95)) if i.null.size else np.nan,
-                          "p": i.p, "not scorable": i.reason} for m, i in interactions])
+    return pd.DataFrame(
+        [
+            {
+                "comparison": m.comparison.name,
+                "kind": m.comparison.kind,
+                "groups": len(i.groups),
+                "agreement (r)": i.agreement,
+                "null mean": float(i.null.mean()) if i.null.size else np.nan,
+                "null 95th percentile": float(np.quantile(i.null, 0.95)) if i.null.size else np.nan,
+                "p": i.p,
+                "not scorable": i.reason,
+            }
+            for m, i in interactions
+        ]
+    )

@@ -38,8 +38,16 @@ def sae_metrics(study: Study, side: Side) -> dict[str, Any]:
 
     def produce(tmp: Path) -> None:
         baselines = study.ce_baselines.setdefault((lm.fingerprint, acts.key, p.ce_batches), LossBaselines())
-        m = evaluate(study.sae(side), lm, acts, side.layer, p.ce_batches, codes=sae_codes(study, side),
-                     chunk_tokens=study.cfg.matching.chunk_tokens, baselines=baselines)
+        m = evaluate(
+            study.sae(side),
+            lm,
+            acts,
+            side.layer,
+            p.ce_batches,
+            codes=sae_codes(study, side),
+            chunk_tokens=study.cfg.matching.chunk_tokens,
+            baselines=baselines,
+        )
         step.write_json(tmp / "metrics.json", m)
 
     inputs = {"sae": study.sae_input(side), "eval": acts.key, "codes": codes_artifact(study, side)}
@@ -52,7 +60,7 @@ def sae_label(side: Side) -> str:
     return "random init" if side.random_init else "profile" if side.seed is None else f"seed {side.seed}"
 
 
-def sae_table(study: Study, sides: list[Side] | None = None) -> "pd.DataFrame":
+def sae_table(study: Study, sides: list[Side] | None = None) -> pd.DataFrame:
     """Metrics of SAEs, one row per side (default: the profile's SAE at every model and layer, then the
     ceilings' and floors' SAEs: the second seed's, the random re-initialisation's). The SAEs not cached
     yet are trained first, in parallel where the machine allows (:meth:`Study.train_saes`)."""
@@ -62,6 +70,8 @@ def sae_table(study: Study, sides: list[Side] | None = None) -> "pd.DataFrame":
         sides = [Side(mid, L) for mid in study.ids for L in study.cfg.layers[mid]]
         sides += study.reference_sides()
     study.train_saes(sides)
-    rows = [{"model": s.model, "layer": s.layer, "sae": sae_label(s), **sae_metrics(study, s)}
-            for s in tqdm(sides, desc="SAEs")]
+    rows = [
+        {"model": s.model, "layer": s.layer, "sae": sae_label(s), **sae_metrics(study, s)}
+        for s in tqdm(sides, desc="SAEs")
+    ]
     return pd.DataFrame(rows)

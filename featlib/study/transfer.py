@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from .. import step, transfer
 from ..activations import heldout_rows
+from ..matching import Matches
 from ..subspaces import group_features, resolve_groups
 from .codes import top_token_strings
-from ..matching import Matches
 from .core import Comparison, Study
 from .pairs import match, matching_artifact
 from .usae import universal_sae, usae_artifact
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 VERSION = 2
 DOSE_FACTORS = tuple(2.0 ** np.arange(-6, 5))  # sizes tried, times the layer's mean residual norm
 FUNCTION_WORDS = {"the", "of", "and", "to", "in", "a", "that", "for", "is", "on", "with", "as", "by", "it", "we"}
+
+
 @dataclass(frozen=True)
 class TransferParams:
     """What one cell's steering experiment reads of ``transfer`` (and hashes into its key), with its methods."""
@@ -53,10 +55,20 @@ class TransferParams:
     methods: tuple[str, ...]
 
     @classmethod
-    def of(cls, study: Study, methods: list[str]) -> "TransferParams":
+    def of(cls, study: Study, methods: list[str]) -> TransferParams:
         t = study.cfg.transfer
-        return cls(t.max_pairs, t.folds, t.ridge, t.n_rows, t.n_tokens, t.loss_rise, t.n_calibration, t.top_n, t.seed,
-                   tuple(methods))
+        return cls(
+            t.max_pairs,
+            t.folds,
+            t.ridge,
+            t.n_rows,
+            t.n_tokens,
+            t.loss_rise,
+            t.n_calibration,
+            t.top_n,
+            t.seed,
+            tuple(methods),
+        )
 
     def key(self) -> dict[str, Any]:
         return asdict(self) | {"methods": list(self.methods)}
@@ -66,8 +78,11 @@ def cells(study: Study) -> list[Comparison]:
     """The cells tested: the comparison ``transfer.comparison`` names, then (``transfer.layers: diagonal``) it at
     the other layer pairs of equal relative depth."""
     focus = study.listed[study.cfg.transfer.comparison]
-    extra = [focus.at(*c) for c in study.diagonal(focus) if c != (focus.a.layer, focus.b.layer)] \
-        if study.cfg.transfer.layers == "diagonal" else []
+    extra = (
+        [focus.at(*c) for c in study.diagonal(focus) if c != (focus.a.layer, focus.b.layer)]
+        if study.cfg.transfer.layers == "diagonal"
+        else []
+    )
     return [focus] + extra
 
 
@@ -85,11 +100,17 @@ def transfer_artifact(study: Study, comp: Comparison) -> step.Artifact:
     a, b = comp.a.model, comp.b.model
     for m, layer in ((a, comp.a.layer), (b, comp.b.layer)):
         if layer not in study.cfg.layers[m]:
-            raise ValueError(f"layer {layer} of model {m} was not extracted (layers.{m} = {study.cfg.layers[m]}), so it "
-                             f"has no SAE or activations to steer with. Fix: add it to layers.{m} in the profile.")
-    inputs: dict[str, step.Input] = {"matching": matching_artifact(study, comp), "sae_A": study.sae_input(comp.a),
-                                     "sae_B": study.sae_input(comp.b), "eval_A": study.eval_acts(a).key,
-                                     "eval_B": study.eval_acts(b).key}
+            raise ValueError(
+                f"layer {layer} of model {m} was not extracted (layers.{m} = {study.cfg.layers[m]}), so it "
+                f"has no SAE or activations to steer with. Fix: add it to layers.{m} in the profile."
+            )
+    inputs: dict[str, step.Input] = {
+        "matching": matching_artifact(study, comp),
+        "sae_A": study.sae_input(comp.a),
+        "sae_B": study.sae_input(comp.b),
+        "eval_A": study.eval_acts(a).key,
+        "eval_B": study.eval_acts(b).key,
+    }
     params = TransferParams.of(study, methods(study, comp))
     if "universal" in params.methods:
         inputs["usae"] = usae_artifact(study)
@@ -97,12 +118,19 @@ def transfer_artifact(study: Study, comp: Comparison) -> step.Artifact:
     def produce(tmp: Path) -> None:
         np.savez(tmp / "results.npz", **_experiment(study, comp, params, tmp))
 
-    return step.run("transfer", params.key(), inputs, produce, version=VERSION,
-                    meta={"cell": [comp.a.layer, comp.b.layer], "comparison": comp.name})
+    return step.run(
+        "transfer",
+        params.key(),
+        inputs,
+        produce,
+        version=VERSION,
+        meta={"cell": [comp.a.layer, comp.b.layer], "comparison": comp.name},
+    )
 
 
-def steerers(study: Study, comp: Comparison, pairs: Matches, rng: np.random.Generator,
-             with_sae: bool = True) -> tuple[dict[str, transfer.Steerer], dict[str, dict[str, Any]], list[str]]:
+def steerers(
+    study: Study, comp: Comparison, pairs: Matches, rng: np.random.Generator, with_sae: bool = True
+) -> tuple[dict[str, transfer.Steerer], dict[str, dict[str, Any]], list[str]]:
     """Each model of ``comp`` steered at its layer over the same held-out rows (``transfer.n_rows`` x ``n_tokens``),
     reading its codes (``with_sae``) and the token strings both vocabularies share (returned, with their ids in
     each Steerer's ``vocab_ids``), and its dose: :func:`featlib.transfer.dose` of ``transfer.n_calibration`` of
@@ -112,15 +140,19 @@ def steerers(study: Study, comp: Comparison, pairs: Matches, rng: np.random.Gene
     sides, idx = {a: comp.a, b: comp.b}, {a: pairs.idx_a, b: pairs.idx_b}
     rows = heldout_rows(study.cfg, [study.models[m] for m in (a, b)], t.n_rows, t.n_tokens)
     special = {m: set(study.models[m].tokenizer.all_special_ids) for m in (a, b)}
-    ids_a, ids_b, strings = transfer.shared_strings(study.token_strings(a), study.token_strings(b), special[a], special[b])
+    ids_a, ids_b, strings = transfer.shared_strings(
+        study.token_strings(a), study.token_strings(b), special[a], special[b]
+    )
     steer, doses = {}, {}
     for m, ids in ((a, ids_a), (b, ids_b)):
-        steer[m] = transfer.Steerer(study.models[m].model, sides[m].layer, rows[m], ids,
-                                    sae=study.sae(sides[m]) if with_sae else None)
+        steer[m] = transfer.Steerer(
+            study.models[m].model, sides[m].layer, rows[m], ids, sae=study.sae(sides[m]) if with_sae else None
+        )
         own = rng.choice(len(pairs), min(t.n_calibration, len(pairs)), replace=False)
         scale = study.eval_acts(m).mean_norm(sides[m].layer)
-        doses[m] = transfer.dose(steer[m], study.decoder_rows(sides[m], idx[m][own]), t.loss_rise, scale,
-                                 DOSE_FACTORS) | {"mean_norm": scale}
+        doses[m] = transfer.dose(
+            steer[m], study.decoder_rows(sides[m], idx[m][own]), t.loss_rise, scale, DOSE_FACTORS
+        ) | {"mean_norm": scale}
     return steer, doses, strings
 
 
@@ -130,8 +162,10 @@ def _experiment(study: Study, comp: Comparison, t: TransferParams, tmp: Path) ->
     pairs = match(study, comp).pairs
     n_all = len(pairs)
     if n_all < 2 * t.folds:
-        raise ValueError(f"the matching at {comp.name} has {n_all} pairs; transfer needs at least 2 x "
-                         f"transfer.folds = {2 * t.folds}. Fix: lower matching.min_r or transfer.folds, or test other layers.")
+        raise ValueError(
+            f"the matching at {comp.name} has {n_all} pairs; transfer needs at least 2 x "
+            f"transfer.folds = {2 * t.folds}. Fix: lower matching.min_r or transfer.folds, or test other layers."
+        )
     rng = np.random.default_rng(t.seed)
     test = np.sort(rng.choice(n_all, min(t.max_pairs, n_all), replace=False))
     fold = transfer.folds(len(test), t.folds, t.seed)
@@ -147,24 +181,39 @@ def _experiment(study: Study, comp: Comparison, t: TransferParams, tmp: Path) ->
         dirs["re-paired map"] = transfer.cross_fitted_rotation(X, Y, test, fold, shuffle_seed=t.seed + 1)
         key = f"{src}>{tgt}"
         source = steer[src].run(X[test], alpha[src], idx[src][test])
-        effects = [steer[tgt].run(dirs[k], alpha[tgt], idx[tgt][test])
-                   for k in tqdm(dirs, desc=f"steering {key} at {la}-{lb}", leave=False)]
-        out |= {f"{key}/rho": np.stack([transfer.spearman_matrix(source.lift, e.lift) for e in effects]).astype(np.float32),
-                f"{key}/overlap": np.stack([transfer.top_overlap(source.lift, e.lift, t.top_n) for e in effects]),
-                f"{key}/loss_rise": np.stack([e.loss_rise for e in effects]),
-                f"{key}/feature_lift": np.stack([e.feature_lift for e in effects]),
-                f"{key}/source_loss_rise": source.loss_rise, f"{key}/source_feature_lift": source.feature_lift,
-                f"{key}/source_top": np.argsort(-source.lift, axis=1)[:, :5],
-                f"{key}/top": np.stack([np.argsort(-e.lift, axis=1)[:, :5] for e in effects]),
-                f"{key}/feature_src": idx[src][test], f"{key}/feature_tgt": idx[tgt][test]}
+        effects = [
+            steer[tgt].run(dirs[k], alpha[tgt], idx[tgt][test])
+            for k in tqdm(dirs, desc=f"steering {key} at {la}-{lb}", leave=False)
+        ]
+        out |= {
+            f"{key}/rho": np.stack([transfer.spearman_matrix(source.lift, e.lift) for e in effects]).astype(np.float32),
+            f"{key}/overlap": np.stack([transfer.top_overlap(source.lift, e.lift, t.top_n) for e in effects]),
+            f"{key}/loss_rise": np.stack([e.loss_rise for e in effects]),
+            f"{key}/feature_lift": np.stack([e.feature_lift for e in effects]),
+            f"{key}/source_loss_rise": source.loss_rise,
+            f"{key}/source_feature_lift": source.feature_lift,
+            f"{key}/source_top": np.argsort(-source.lift, axis=1)[:, :5],
+            f"{key}/top": np.stack([np.argsort(-e.lift, axis=1)[:, :5] for e in effects]),
+            f"{key}/feature_src": idx[src][test],
+            f"{key}/feature_tgt": idx[tgt][test],
+        }
         info[key] = list(dirs)
     out |= {"test": test, "r": pairs.r[test], "alpha": np.array([alpha[a], alpha[b]])}
     step.write_json(tmp / "info.json", info)
     return out
 
 
-def _transferred(study: Study, src: tuple[str, int], tgt: tuple[str, int], X: np.ndarray, Y: np.ndarray,
-                 test: np.ndarray, fold: np.ndarray, usae: Any, ridge: float) -> dict[str, np.ndarray]:
+def _transferred(
+    study: Study,
+    src: tuple[str, int],
+    tgt: tuple[str, int],
+    X: np.ndarray,
+    Y: np.ndarray,
+    test: np.ndarray,
+    fold: np.ndarray,
+    usae: Any,
+    ridge: float,
+) -> dict[str, np.ndarray]:
     """{method: (len(test), d_tgt) directions}: the test pairs' source decoder rows carried into the target by
     every method (see :mod:`featlib.transfer`). ``src``/``tgt``: (model, layer); X (n, d_src), Y (n, d_tgt):
     the decoder rows of all matched pairs; ``fold``: each test pair's fold for the rotation; ``usae``: the
@@ -233,7 +282,7 @@ def _outcomes(cell: Cell, key: str, quantile: float, seed: int) -> dict[str, np.
     return res
 
 
-def success_table(study: Study, cells_: list[Cell]) -> "pd.DataFrame":
+def success_table(study: Study, cells_: list[Cell]) -> pd.DataFrame:
     """Per layer pair, direction and steered row: test pairs, transfer success rate with its Wilson 95 %
     interval, and the medians of agreement (Spearman), top-``top_n`` overlap, the target feature's code
     lift and the loss rise."""
@@ -252,18 +301,28 @@ def success_table(study: Study, cells_: list[Cell]) -> "pd.DataFrame":
                 i = names.index(base)
                 lo, hi = transfer.wilson(int(ok.sum()), len(ok))
                 kind = "method" if name in transfer.METHODS else "control"
-                row = {"layers": c.name, "direction": key.replace(">", "→"), "steered by": name, "kind": kind,
-                       "pairs": len(ok), "success": float(ok.mean()), "95% CI low": lo, "95% CI high": hi}
+                row = {
+                    "layers": c.name,
+                    "direction": key.replace(">", "→"),
+                    "steered by": name,
+                    "kind": kind,
+                    "pairs": len(ok),
+                    "success": float(ok.mean()),
+                    "95% CI low": lo,
+                    "95% CI high": hi,
+                }
                 if ":" not in name:
-                    row |= {"median agreement": float(np.median(diag[i])),
-                            f"median top-{t.top_n} overlap": float(np.median(c.arrays[f"{key}/overlap"][i])),
-                            "median feature lift": float(np.median(c.arrays[f"{key}/feature_lift"][i])),
-                            "median loss rise": float(np.median(c.arrays[f"{key}/loss_rise"][i]))}
+                    row |= {
+                        "median agreement": float(np.median(diag[i])),
+                        f"median top-{t.top_n} overlap": float(np.median(c.arrays[f"{key}/overlap"][i])),
+                        "median feature lift": float(np.median(c.arrays[f"{key}/feature_lift"][i])),
+                        "median loss rise": float(np.median(c.arrays[f"{key}/loss_rise"][i])),
+                    }
                 rows.append(row)
     return pd.DataFrame(rows)
 
 
-def success_by_r(study: Study, cell: Cell, bins: int = 3) -> "pd.DataFrame":
+def success_by_r(study: Study, cell: Cell, bins: int = 3) -> pd.DataFrame:
     """Success rate of every method by quantile bin of the test pairs' correlation r (both directions pooled)."""
     import pandas as pd
 
@@ -276,8 +335,15 @@ def success_by_r(study: Study, cell: Cell, bins: int = 3) -> "pd.DataFrame":
         for name in (k for k in outcome if k in transfer.METHODS):
             for q in range(bins):
                 ok = outcome[name][which == q]
-                rows.append({"direction": key.replace(">", "→"), "method": name, "r bin": f"{edges[q]:.2f}–{edges[q + 1]:.2f}",
-                             "pairs": len(ok), "success": float(ok.mean()) if len(ok) else np.nan})
+                rows.append(
+                    {
+                        "direction": key.replace(">", "→"),
+                        "method": name,
+                        "r bin": f"{edges[q]:.2f}–{edges[q + 1]:.2f}",
+                        "pairs": len(ok),
+                        "success": float(ok.mean()) if len(ok) else np.nan,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -300,7 +366,7 @@ def gallery_pairs(study: Study, cell: Cell) -> list[int]:
     return chosen[: study.cfg.transfer.gallery]
 
 
-def transfer_gallery(study: Study, cell: Cell) -> "pd.DataFrame":
+def transfer_gallery(study: Study, cell: Cell) -> pd.DataFrame:
     """Greedy continuations of every ``transfer.prompts`` for the gallery pairs (source: side a): a clean, a
     steered by f, b clean, b steered by each method's transfer of f (the rotation fitted on all pairs but this
     one), each model at its dose. Not cached: a few seconds."""
@@ -317,23 +383,34 @@ def transfer_gallery(study: Study, cell: Cell) -> "pd.DataFrame":
     tops = {m: top_token_strings(study, s) for m, s in ((a, comp.a), (b, comp.b))}
     rows = []
     for prompt in t.prompts:
-        enc = {m: np.array([study.models[m].bos_id] + study.models[m].tokenizer.encode(prompt, add_special_tokens=False))
-               for m in (a, b)}
+        enc = {
+            m: np.array([study.models[m].bos_id] + study.models[m].tokenizer.encode(prompt, add_special_tokens=False))
+            for m in (a, b)
+        }
         zero = {m: np.zeros((1, study.models[m].d_model)) for m in (a, b)}
         run = {a: np.vstack([zero[a], X[test]]), b: np.vstack([zero[b]] + list(dirs.values()))}
         layers = {a: cell.la, b: cell.lb}
-        text = {m: [study.models[m].tokenizer.decode(s.tolist()) for s in transfer.greedy_continuations(
-            study.models[m].model, layers[m], enc[m], run[m], cell.alpha[m], t.gallery_tokens)] for m in (a, b)}
+        text = {
+            m: [
+                study.models[m].tokenizer.decode(s.tolist())
+                for s in transfer.greedy_continuations(
+                    study.models[m].model, layers[m], enc[m], run[m], cell.alpha[m], t.gallery_tokens
+                )
+            ]
+            for m in (a, b)
+        }
         for j, i in enumerate(test):
-            label = f"{a}{int(pairs.idx_a[i])} ({' | '.join(s.strip() for s in tops[a][pairs.idx_a[i]][:3])}) ↔ " \
-                    f"{b}{int(pairs.idx_b[i])}, r = {pairs.r[i]:.2f}"
+            label = (
+                f"{a}{int(pairs.idx_a[i])} ({' | '.join(s.strip() for s in tops[a][pairs.idx_a[i]][:3])}) ↔ "
+                f"{b}{int(pairs.idx_b[i])}, r = {pairs.r[i]:.2f}"
+            )
             variants = [(f"{a} clean", text[a][0]), (f"{a} steered", text[a][1 + j]), (f"{b} clean", text[b][0])]
             variants += [(f"{b} steered ({k})", text[b][1 + n * len(test) + j]) for n, k in enumerate(dirs)]
             rows += [{"feature pair": label, "prompt": prompt, "model": v, "continuation": s} for v, s in variants]
     return pd.DataFrame(rows)
 
 
-def dose_table(study: Study, cell: Cell) -> "pd.DataFrame":
+def dose_table(study: Study, cell: Cell) -> pd.DataFrame:
     """Each model's dose at the cell: its layer's mean residual norm, the size found, and the median loss
     rise of its own feature directions at every size tried."""
     import pandas as pd
@@ -341,13 +418,22 @@ def dose_table(study: Study, cell: Cell) -> "pd.DataFrame":
     rows = []
     for m, layer in ((cell.comparison.a.model, cell.la), (cell.comparison.b.model, cell.lb)):
         d = cell.info["dose"][m]
-        rows.append({"model": m, "layer": layer, "mean residual norm": d["mean_norm"], "alpha": d["alpha"],
-                     "alpha / mean norm": d["alpha"] / d["mean_norm"],
-                     "median loss rise at sizes tried": ", ".join(f"{a:.3g}: {r:.3f}" for a, r in zip(d["sizes"], d["median_rise"]))})
+        rows.append(
+            {
+                "model": m,
+                "layer": layer,
+                "mean residual norm": d["mean_norm"],
+                "alpha": d["alpha"],
+                "alpha / mean norm": d["alpha"] / d["mean_norm"],
+                "median loss rise at sizes tried": ", ".join(
+                    f"{a:.3g}: {r:.3f}" for a, r in zip(d["sizes"], d["median_rise"])
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def layer_table(study: Study, table: "pd.DataFrame", cells_: list[Cell], metric: str = "cka_debiased") -> "pd.DataFrame":
+def layer_table(study: Study, table: pd.DataFrame, cells_: list[Cell], metric: str = "cka_debiased") -> pd.DataFrame:
     """Per tested layer pair: each method's success rate (both directions pooled) beside the cell's
     calibrated ``metric`` (05; NaN where the cell has no ceiling or floor)."""
     import pandas as pd
@@ -358,8 +444,12 @@ def layer_table(study: Study, table: "pd.DataFrame", cells_: list[Cell], metric:
     for c in cells_:
         cal = calibrate(study, c.comparison, study.cfg.calibration.grid_draws).get(metric)
         here = table[(table["layers"] == c.name) & (table["kind"] == "method")]
-        row = {"layers": c.name, f"calibrated {metric}": cal.calibrated.mean if cal else np.nan,
-               "lo": cal.calibrated.lo if cal else np.nan, "hi": cal.calibrated.hi if cal else np.nan}
+        row = {
+            "layers": c.name,
+            f"calibrated {metric}": cal.calibrated.mean if cal else np.nan,
+            "lo": cal.calibrated.lo if cal else np.nan,
+            "hi": cal.calibrated.hi if cal else np.nan,
+        }
         for name, g in here.groupby("steered by", sort=False):
             row[name] = float((g["success"] * g["pairs"]).sum() / g["pairs"].sum())
         rows.append(row)

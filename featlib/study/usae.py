@@ -4,9 +4,10 @@ model's own SAE, and overlap with the pairs of each comparison it reads."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,15 +35,22 @@ def usae_artifact(study: Study) -> step.Artifact:
 
     def produce(tmp: Path) -> None:
         device = study.models[next(iter(layers))].device
-        usae, log = universal.train({mid: study.acts[mid]["train"].layer(layer) for mid, layer in layers.items()}, params,
-                                    device=device)
+        usae, log = universal.train(
+            {mid: study.acts[mid]["train"].layer(layer) for mid, layer in layers.items()}, params, device=device
+        )
         log["tokens_per_second"] = params.batch_size * len(log["seconds"]) / sum(log["seconds"])
         usae.save(tmp, {"layers": layers, "params": asdict(params)})
         step.write_json(tmp / "log.json", log)
 
     inputs = {f"train_{mid}": study.acts[mid]["train"].key for mid in layers}
-    return step.run("usae", {"layers": layers, "params": asdict(params)}, inputs, produce, version=VERSION,
-                    meta={"seed": params.seed})
+    return step.run(
+        "usae",
+        {"layers": layers, "params": asdict(params)},
+        inputs,
+        produce,
+        version=VERSION,
+        meta={"seed": params.seed},
+    )
 
 
 def universal_sae(study: Study) -> tuple[universal.UniversalSAE, dict[str, Any]]:
@@ -112,7 +120,10 @@ def metrics_artifact(study: Study) -> step.Artifact:
     """What notebook 07 measures on the eval units (cached; inputs: the universal SAE, the eval activations
     and SAE of each model it reads, the matchings of :func:`read_comparisons`; parameters:
     :class:`MetricsParams` — ``universal.fire_threshold``, and ``universal.seed`` for the random directions)."""
-    layers, params = study.cfg.universal_layers, MetricsParams(study.cfg.universal.fire_threshold, study.cfg.universal.seed)
+    layers, params = (
+        study.cfg.universal_layers,
+        MetricsParams(study.cfg.universal.fire_threshold, study.cfg.universal.seed),
+    )
     ids = list(layers)
     sides = {mid: Side(mid, layers[mid]) for mid in ids}
     comps = read_comparisons(study)
@@ -134,24 +145,33 @@ def metrics_artifact(study: Study) -> step.Artifact:
         concept_of: dict[str, np.ndarray] = {}
         for i, mid in enumerate(ids):
             with torch.no_grad():
-                packed = sparse_rows.pack((usae.encode(mid, x) for x in study.eval_acts(mid).chunks(layers[mid], chunk)),
-                                          usae.n_latents)
-            out[f"top_positions_{mid}"] = matching.top_activations(packed.indptr, packed.indices, packed.data,
-                                                                   usae.n_latents, 5)[1]
+                packed = sparse_rows.pack(
+                    (usae.encode(mid, x) for x in study.eval_acts(mid).chunks(layers[mid], chunk)), usae.n_latents
+                )
+            out[f"top_positions_{mid}"] = matching.top_activations(
+                packed.indptr, packed.indices, packed.data, usae.n_latents, 5
+            )[1]
             W = study.sae(sides[mid]).W_dec.detach().float().cpu()
             cos, arg = universal.max_cosines(usae.W_dec[mid].detach(), W)
             out[f"counterpart_cos_{mid}"], out[f"counterpart_{mid}"] = cos, arg
             out[f"random_cos_{mid}"] = universal.max_cosines(
-                universal.random_directions(usae.n_latents, W.shape[1], params.seed + i), W)[0]
+                universal.random_directions(usae.n_latents, W.shape[1], params.seed + i), W
+            )[0]
             concept_of[mid] = np.where(cos > COUNTERPART_COS, arg, -1)
         overlaps = []
         for c in comps:
             pairs, (a, b) = match(study, c).pairs, (c.a.model, c.b.model)
             shuffled = np.random.default_rng(params.seed).permutation(pairs.idx_b)
-            overlaps.append({"comparison": c.name, "a": c.a.name, "b": c.b.name,
-                             "overlap": universal.pair_overlap(concept_of[a], concept_of[b], pairs.idx_a, pairs.idx_b),
-                             "overlap_random": universal.pair_overlap(concept_of[a], concept_of[b], pairs.idx_a, shuffled),
-                             "n_pairs": len(pairs)})
+            overlaps.append(
+                {
+                    "comparison": c.name,
+                    "a": c.a.name,
+                    "b": c.b.name,
+                    "overlap": universal.pair_overlap(concept_of[a], concept_of[b], pairs.idx_a, pairs.idx_b),
+                    "overlap_random": universal.pair_overlap(concept_of[a], concept_of[b], pairs.idx_a, shuffled),
+                    "n_pairs": len(pairs),
+                }
+            )
         np.savez(tmp / "metrics.npz", **out)
         step.write_json(tmp / "scalars.json", {"overlaps": overlaps, "n_tokens": m.n_tokens})
 
@@ -165,8 +185,13 @@ def universal_metrics(study: Study) -> USAEResults:
     ids = list(study.cfg.universal_layers)
     per_model = {name: {mid: arrays[f"{name}_{mid}"] for mid in ids} for name in PER_MODEL}
     scalars = art.json("scalars.json")
-    return USAEResults(ids=ids, **{k: arrays[k] for k in ARRAYS}, **per_model,
-                       overlaps=[PairOverlap(**o) for o in scalars["overlaps"]], n_tokens=scalars["n_tokens"])
+    return USAEResults(
+        ids=ids,
+        **{k: arrays[k] for k in ARRAYS},
+        **per_model,
+        overlaps=[PairOverlap(**o) for o in scalars["overlaps"]],
+        n_tokens=scalars["n_tokens"],
+    )
 
 
 def firing_summary(res: USAEResults) -> dict[str, float]:
@@ -180,10 +205,15 @@ def firing_summary(res: USAEResults) -> dict[str, float]:
         top = both & (cofire >= np.quantile(cofire[both], 0.75))
         if top.sum() >= 3:
             r_top = float(np.corrcoef(np.log(cofire[top]), np.log(energy[top]))[0, 1])
-    return {"concepts that fire": int(fired.sum()), "of them with entropy > 0.9": float((entropy[fired] > 0.9).mean()),
-            "with entropy < 0.1": float((entropy[fired] < 0.1).mean()), "that co-fire at least once": int(both.sum()),
-            "median co-fire proportion": float(np.nanmedian(res.cofire_proportion)),
-            "r(log co-fires, log energy)": r_all, "r, top quarter by co-fires": r_top}
+    return {
+        "concepts that fire": int(fired.sum()),
+        "of them with entropy > 0.9": float((entropy[fired] > 0.9).mean()),
+        "with entropy < 0.1": float((entropy[fired] < 0.1).mean()),
+        "that co-fire at least once": int(both.sum()),
+        "median co-fire proportion": float(np.nanmedian(res.cofire_proportion)),
+        "r(log co-fires, log energy)": r_all,
+        "r, top quarter by co-fires": r_top,
+    }
 
 
 def pick_concept(res: USAEResults, concept: int = -1) -> int:
@@ -195,13 +225,22 @@ def pick_concept(res: USAEResults, concept: int = -1) -> int:
     return int(shared[np.argmax(res.energy[shared])]) if len(shared) else int(np.argmax(res.energy))
 
 
-def counterpart_table(res: USAEResults, layers: dict[str, int]) -> "Any":
+def counterpart_table(res: USAEResults, layers: dict[str, int]) -> Any:
     """Per model: concepts that fire, the share with a counterpart (cosine > 0.5) in the model's own SAE,
     the same share for random directions, and the median best cosine."""
     import pandas as pd
 
     f = res.fired
-    return pd.DataFrame([{"model": m, "layer": layers[m], "concepts": int(f.sum()),
-                          "counterpart (cos > 0.5)": float((res.counterpart_cos[m][f] > COUNTERPART_COS).mean()),
-                          "random directions": float((res.random_cos[m][f] > COUNTERPART_COS).mean()),
-                          "median best cosine": float(np.median(res.counterpart_cos[m][f]))} for m in res.ids])
+    return pd.DataFrame(
+        [
+            {
+                "model": m,
+                "layer": layers[m],
+                "concepts": int(f.sum()),
+                "counterpart (cos > 0.5)": float((res.counterpart_cos[m][f] > COUNTERPART_COS).mean()),
+                "random directions": float((res.random_cos[m][f] > COUNTERPART_COS).mean()),
+                "median best cosine": float(np.median(res.counterpart_cos[m][f])),
+            }
+            for m in res.ids
+        ]
+    )

@@ -37,15 +37,16 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..correlation import SparseCodes, correlate, dense_reference
 from .. import similarity, sparse_rows
+from ..correlation import SparseCodes, correlate, dense_reference
 
 
 def _rss() -> int:
@@ -95,8 +96,11 @@ def cpu_name() -> str:
 def device_line() -> str:
     """Where the bench runs, in words: the CPU (every part runs there), and whether a CUDA GPU is visible
     (the study's heavy paths would run on it with ``device: auto``; the bench does not time them there)."""
-    gpu = (f"a CUDA GPU is visible ({torch.cuda.get_device_name(0)}) but not used by the bench"
-           if torch.cuda.is_available() else "no CUDA GPU visible")
+    gpu = (
+        f"a CUDA GPU is visible ({torch.cuda.get_device_name(0)}) but not used by the bench"
+        if torch.cuda.is_available()
+        else "no CUDA GPU visible"
+    )
     return f"the CPU, {cpu_name()} ({gpu})"
 
 
@@ -135,7 +139,7 @@ def planted_topk(n: int, d: int, k: int, seed: int, keep: float = 0.75) -> tuple
     return SparseCodes(idx_a, val_a, d), SparseCodes(idx_b, val_b, d)
 
 
-def _rows(chunks: list[SparseCodes]) -> "sp.csr_array":
+def _rows(chunks: list[SparseCodes]) -> sp.csr_array:
     """Planted chunks (distinct, sorted indices per row) as the (n, d) CSR rows 02 caches."""
     import scipy.sparse as sp
 
@@ -164,13 +168,24 @@ def bench_topk(d: int, k: int, n_tokens: int, ref_tokens: int, chunk: int = 8192
     ref_peak_full = 4 * (2 * 2 * n_tokens * d) + 4 * d * d
     recovered = float(np.mean(fast.value.best_a == planted_partner(d, k)))
     return {
-        "featlib_s": fast.seconds, "featlib_peak_gb": fast.peak_bytes / 1e9, "method": fast.value.method,
-        "product_s": product.seconds, "product_peak_gb": product.peak_bytes / 1e9, "product_passes": product.value.passes,
-        "product_same": bool(np.array_equal(product.value.best_a, fast.value.best_a)
-                             and np.array_equal(product.value.best_r, fast.value.best_r)),
-        "reference_s_measured": ref.seconds, "reference_tokens": ref_tokens, "reference_s": ref.seconds * scale,
-        "reference_peak_gb_measured": ref.peak_bytes / 1e9, "reference_peak_gb": ref_peak_full / 1e9,
-        "speedup": ref.seconds * scale / fast.seconds, "max_abs_diff": err, "planted_recovered": recovered,
+        "featlib_s": fast.seconds,
+        "featlib_peak_gb": fast.peak_bytes / 1e9,
+        "method": fast.value.method,
+        "product_s": product.seconds,
+        "product_peak_gb": product.peak_bytes / 1e9,
+        "product_passes": product.value.passes,
+        "product_same": bool(
+            np.array_equal(product.value.best_a, fast.value.best_a)
+            and np.array_equal(product.value.best_r, fast.value.best_r)
+        ),
+        "reference_s_measured": ref.seconds,
+        "reference_tokens": ref_tokens,
+        "reference_s": ref.seconds * scale,
+        "reference_peak_gb_measured": ref.peak_bytes / 1e9,
+        "reference_peak_gb": ref_peak_full / 1e9,
+        "speedup": ref.seconds * scale / fast.seconds,
+        "max_abs_diff": err,
+        "planted_recovered": recovered,
     }
 
 
@@ -183,8 +198,13 @@ def bench_dense(d: int, n_tokens: int, peak: float, chunk: int = 4096) -> dict[s
     chunks = lambda: ((a[i : i + chunk], b[i : i + chunk]) for i in range(0, n_tokens, chunk))  # noqa: E731
     fast = measure(lambda: correlate(chunks, d, d, method="dense"))
     gflops = 2 * n_tokens * d * d / fast.seconds / 1e9
-    return {"featlib_s": fast.seconds, "gflops": gflops, "share_of_peak": gflops / peak, "peak_gflops": peak,
-            "featlib_peak_gb": fast.peak_bytes / 1e9}
+    return {
+        "featlib_s": fast.seconds,
+        "gflops": gflops,
+        "share_of_peak": gflops / peak,
+        "peak_gflops": peak,
+        "featlib_peak_gb": fast.peak_bytes / 1e9,
+    }
 
 
 def bench_nulls(n: int, shuffles: int, naive_shuffles: int) -> dict[str, Any]:
@@ -201,24 +221,37 @@ def bench_nulls(n: int, shuffles: int, naive_shuffles: int) -> dict[str, Any]:
     values: dict[str, np.ndarray] = {}
     for metric, fast_fn, naive_fn in (
         # the plain reference: scipy's distances and Spearman's rho for every re-pairing
-        ("rsa", lambda: similarity.rsa_null(X, Y, shuffles, seed=0),
-         lambda p: spearmanr(pdist(X, "correlation"), pdist(Y[p], "correlation"))[0]),
+        (
+            "rsa",
+            lambda: similarity.rsa_null(X, Y, shuffles, seed=0),
+            lambda p: spearmanr(pdist(X, "correlation"), pdist(Y[p], "correlation"))[0],
+        ),
         ("svcca", lambda: similarity.svcca_null(X, Y, shuffles, seed=0), lambda p: similarity.svcca(X, Y[p]).score),
         # centre, scale and numpy's SVD of the cross product for every re-pairing (no code of featlib's)
-        ("procrustes", lambda: similarity.procrustes_null(X, Y, shuffles, seed=0),
-         lambda p: np.linalg.svd(unit(X).T @ unit(Y[p]), compute_uv=False).sum()),
+        (
+            "procrustes",
+            lambda: similarity.procrustes_null(X, Y, shuffles, seed=0),
+            lambda p: np.linalg.svd(unit(X).T @ unit(Y[p]), compute_uv=False).sum(),
+        ),
     ):
         fast = measure(fast_fn)
         values[metric] = fast.value
         naive = measure(lambda: np.array([naive_fn(p) for p in perms]))
         naive_s = naive.seconds * shuffles / naive_shuffles
-        out[metric] = {"featlib_s": fast.seconds, "naive_s": naive_s, "naive_shuffles": naive_shuffles,
-                       "speedup": naive_s / fast.seconds,
-                       "max_abs_diff": float(np.abs(fast.value[:naive_shuffles] - naive.value).max())}
+        out[metric] = {
+            "featlib_s": fast.seconds,
+            "naive_s": naive_s,
+            "naive_shuffles": naive_shuffles,
+            "speedup": naive_s / fast.seconds,
+            "max_abs_diff": float(np.abs(fast.value[:naive_shuffles] - naive.value).max()),
+        }
     # the route before the Gram one: svdvals of every re-paired product
     svd = measure(lambda: similarity.procrustes_null(X, Y, shuffles, seed=0, route="svd"))
-    out["procrustes"] |= {"svd_route_s": svd.seconds, "speedup_over_svd_route": svd.seconds / out["procrustes"]["featlib_s"],
-                          "svd_route_max_abs_diff": float(np.abs(svd.value - values["procrustes"]).max())}
+    out["procrustes"] |= {
+        "svd_route_s": svd.seconds,
+        "speedup_over_svd_route": svd.seconds / out["procrustes"]["featlib_s"],
+        "svd_route_max_abs_diff": float(np.abs(svd.value - values["procrustes"]).max()),
+    }
     return out
 
 
@@ -251,8 +284,13 @@ def bench_universal(d_models: dict[str, int], expansion: int, k: int, batch_size
 
     ref = measure(plain)
     ref_tps = batch_size * steps / ref.seconds
-    return {"tokens_per_second": usae_tps, "peak_gb": run.peak_bytes / 1e9, "plain_tokens_per_second": ref_tps,
-            "ratio": usae_tps / ref_tps, "n_latents": K}
+    return {
+        "tokens_per_second": usae_tps,
+        "peak_gb": run.peak_bytes / 1e9,
+        "plain_tokens_per_second": ref_tps,
+        "ratio": usae_tps / ref_tps,
+        "n_latents": K,
+    }
 
 
 def bench_sae_step(d: int, d_sae: int, k: int, batch_size: int, steps: int, dead_share: float = 0.6) -> dict[str, Any]:
@@ -267,8 +305,13 @@ def bench_sae_step(d: int, d_sae: int, k: int, batch_size: int, steps: int, dead
     ref, ours = TopKTrainingSAE(cfg), SparseDecodeTopKTrainingSAE(cfg)
     ours.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(0)
-    step_input = TrainStepInput(sae_in=torch.randn(batch_size, d, generator=g), coefficients={}, n_training_steps=0,
-                                dead_neuron_mask=torch.rand(d_sae, generator=g) < dead_share, is_logging_step=False)
+    step_input = TrainStepInput(
+        sae_in=torch.randn(batch_size, d, generator=g),
+        coefficients={},
+        n_training_steps=0,
+        dead_neuron_mask=torch.rand(d_sae, generator=g) < dead_share,
+        is_logging_step=False,
+    )
 
     def run(sae: Any) -> dict[str, torch.Tensor]:
         for _ in range(steps):
@@ -279,8 +322,12 @@ def bench_sae_step(d: int, d_sae: int, k: int, batch_size: int, steps: int, dead
     run(ref), run(ours)  # warm-up
     fast, plain = measure(lambda: run(ours)), measure(lambda: run(ref))
     diff = max(float((fast.value[n] - g_ref).abs().max() / g_ref.abs().max()) for n, g_ref in plain.value.items())
-    return {"ms_per_step": 1e3 * fast.seconds / steps, "sae_lens_ms_per_step": 1e3 * plain.seconds / steps,
-            "speedup": plain.seconds / fast.seconds, "max_rel_grad_diff": diff}
+    return {
+        "ms_per_step": 1e3 * fast.seconds / steps,
+        "sae_lens_ms_per_step": 1e3 * plain.seconds / steps,
+        "speedup": plain.seconds / fast.seconds,
+        "max_rel_grad_diff": diff,
+    }
 
 
 def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, batch_size: int) -> dict[str, Any]:
@@ -331,14 +378,27 @@ def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, ba
         def diff(name: str) -> float:
             # the deepest layer's hidden state comes after the final norm in transformers: compare the others
             acts = Activations(Path(tmp) / name, layers)
-            return max(float((torch.from_numpy(np.array(acts.layer(L))) - torch.cat(ref.value[L])).abs().max()
-                             / torch.cat(ref.value[L]).abs().max()) for L in layers[:-1])
+            return max(
+                float(
+                    (torch.from_numpy(np.array(acts.layer(L))) - torch.cat(ref.value[L])).abs().max()
+                    / torch.cat(ref.value[L]).abs().max()
+                )
+                for L in layers[:-1]
+            )
 
         diffs = diff("hf1"), diff("tl1")
     n = rows.shape[0] * (seq_len - 1)
-    return {"tokens": n, "featlib_tps": n / ours.seconds, "hooked_tps": n / tl.seconds, "bare_tps": n / ref.seconds,
-            "ratio": ref.seconds / ours.seconds, "hooked_ratio": ref.seconds / tl.seconds, "max_rel_diff": diffs[0],
-            "hooked_max_rel_diff": diffs[1], "n_layers": lm.n_layers}
+    return {
+        "tokens": n,
+        "featlib_tps": n / ours.seconds,
+        "hooked_tps": n / tl.seconds,
+        "bare_tps": n / ref.seconds,
+        "ratio": ref.seconds / ours.seconds,
+        "hooked_ratio": ref.seconds / tl.seconds,
+        "max_rel_diff": diffs[0],
+        "hooked_max_rel_diff": diffs[1],
+        "n_layers": lm.n_layers,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -346,17 +406,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds), for tests")
     parts = ["matching", "nulls", "universal", "sae", "extraction", "planted"]
     ap.add_argument("--parts", nargs="+", choices=parts, default=parts)
-    ap.add_argument("--figure-dir", default=None, help="where the planted part saves its figure (default figures/bench)")
+    ap.add_argument(
+        "--figure-dir", default=None, help="where the planted part saves its figure (default figures/bench)"
+    )
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if args.quick:
-        sizes = dict(d=1024, k=8, n_tokens=20000, ref_tokens=2000, dense_d=512, dense_tokens=4096, n=500, shuffles=50, naive=5,
-                     usae_steps=5, usae_expansion=2, extract_rows=4, extract_models=["smollm2-135m-instruct"])
+        sizes = dict(
+            d=1024,
+            k=8,
+            n_tokens=20000,
+            ref_tokens=2000,
+            dense_d=512,
+            dense_tokens=4096,
+            n=500,
+            shuffles=50,
+            naive=5,
+            usae_steps=5,
+            usae_expansion=2,
+            extract_rows=4,
+            extract_models=["smollm2-135m-instruct"],
+        )
     else:
-        sizes = dict(d=16384, k=32, n_tokens=200_000, ref_tokens=4096, dense_d=8192, dense_tokens=65536, n=5000, shuffles=1000, naive=10,
-                     usae_steps=50, usae_expansion=8, extract_rows=64, extract_models=["smollm2-135m-instruct", "gemma-3-270m"])
-    print(f"featlib bench on {device_line()}, {torch.get_num_threads()} threads "
-          f"({'quick' if args.quick else 'full'} sizes)\n")
+        sizes = dict(
+            d=16384,
+            k=32,
+            n_tokens=200_000,
+            ref_tokens=4096,
+            dense_d=8192,
+            dense_tokens=65536,
+            n=5000,
+            shuffles=1000,
+            naive=10,
+            usae_steps=50,
+            usae_expansion=8,
+            extract_rows=64,
+            extract_models=["smollm2-135m-instruct", "gemma-3-270m"],
+        )
+    print(
+        f"featlib bench on {device_line()}, {torch.get_num_threads()} threads "
+        f"({'quick' if args.quick else 'full'} sizes)\n"
+    )
     out: dict[str, Any] = {}
     if "matching" in args.parts:
         out |= _matching(sizes, args.quick)
@@ -383,18 +473,27 @@ def _planted(quick: bool, figure_dir: str | None) -> dict[str, Any]:
     from ..plots import FIGURES
 
     # quick: a smoke run (half the test size's tokens, few draws); full: 4x the test size's tokens, 200 draws
-    params = planted.PlantedParams(n_tokens=4096, draws=10) if quick else planted.PlantedParams(n_tokens=32768, draws=200)
+    params = (
+        planted.PlantedParams(n_tokens=4096, draws=10) if quick else planted.PlantedParams(n_tokens=32768, draws=200)
+    )
     run = measure(lambda: planted.run(params))
     r = run.value
     table = planted.response_table(r)
     apart = planted.can_tell_apart(r, 0.25, 0.5)
-    print(f"planted-truth benchmark: {params.n_tokens} units, widths {params.d_a} and {params.d_b}, {params.n_features} true"
-          f" features per model, SAEs of {params.sae['expansion']}x width (k = {params.sae['k']}), matching r > {params.min_r},"
-          f" {params.draws} draws: {run.seconds:.0f} s")
+    print(
+        f"planted-truth benchmark: {params.n_tokens} units, widths {params.d_a} and {params.d_b}, {params.n_features} true"
+        f" features per model, SAEs of {params.sae['expansion']}x width (k = {params.sae['k']}), matching r > {params.min_r},"
+        f" {params.draws} draws: {run.seconds:.0f} s"
+    )
     print("  s:            " + "".join(f"{x.share:>20g}" for x in r.shares))
-    print("  final pairs n:" + "".join(f"{x.n:>20d}" for x in r.shares) + f"   (ceiling {r.ceiling.n}, floor {r.floor.n})")
-    print("  planted share:" + "".join(f"{x.planted:>20.2f}" for x in r.shares)
-          + f"   (ceiling {r.ceiling.planted:.2f}, floor {r.floor.planted:.2f})")
+    print(
+        "  final pairs n:" + "".join(f"{x.n:>20d}" for x in r.shares) + f"   (ceiling {r.ceiling.n}, floor {r.floor.n})"
+    )
+    print(
+        "  planted share:"
+        + "".join(f"{x.planted:>20.2f}" for x in r.shares)
+        + f"   (ceiling {r.ceiling.planted:.2f}, floor {r.floor.planted:.2f})"
+    )
     print("  pairs/draw m: " + "".join(f"{x.calibration[r.metrics[0]].m:>20d}" for x in r.shares))
     print("  calibrated score [2.5 %, 97.5 %] (0 = random-model floor, 1 = seed ceiling; * = above the floor):")
     for k in r.metrics:
@@ -405,10 +504,17 @@ def _planted(quick: bool, figure_dir: str | None) -> dict[str, Any]:
             cells.append(band + ("*" if c.above_floor else " ") if c.scorable else "not scorable")
         print(f"  {k:14s}" + "".join(f"{cell:>20s}" for cell in cells))
     print("  raw score of all final pairs (n differs between columns):")
-    print(f"  {'':14s}" + "".join(f"{'s = ' + format(x.share, 'g'):>20s}" for x in r.shares) + f"{'floor':>10s}{'ceiling':>10s}")
+    print(
+        f"  {'':14s}"
+        + "".join(f"{'s = ' + format(x.share, 'g'):>20s}" for x in r.shares)
+        + f"{'floor':>10s}{'ceiling':>10s}"
+    )
     for k in r.metrics:
-        print(f"  {k:14s}" + "".join(f"{x.raw[k]:20.3f}" for x in r.shares)
-              + f"{r.floor.raw[k]:10.3f}{r.ceiling.raw[k]:10.3f}")
+        print(
+            f"  {k:14s}"
+            + "".join(f"{x.raw[k]:20.3f}" for x in r.shares)
+            + f"{r.floor.raw[k]:10.3f}{r.ceiling.raw[k]:10.3f}"
+        )
     told = [k for k, v in apart.items() if v]
     print(f"  tell s = 0.25 from 0.5 (calibrated intervals apart): {', '.join(told) if told else 'none'}")
     fig = planted.response_figure(r)
@@ -418,10 +524,19 @@ def _planted(quick: bool, figure_dir: str | None) -> dict[str, Any]:
     fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     print(f"  figure: {path}\n")
-    return {"seconds": run.seconds, "shares": [x.share for x in r.shares], "n": [x.n for x in r.shares],
-            "planted": [x.planted for x in r.shares], "ceiling_n": r.ceiling.n, "floor_n": r.floor.n,
-            "ceiling_planted": r.ceiling.planted, "explained_variance": r.explained_variance,
-            "table": table.to_dict("records"), "tell_apart": apart, "figure": str(path)}
+    return {
+        "seconds": run.seconds,
+        "shares": [x.share for x in r.shares],
+        "n": [x.n for x in r.shares],
+        "planted": [x.planted for x in r.shares],
+        "ceiling_n": r.ceiling.n,
+        "floor_n": r.floor.n,
+        "ceiling_planted": r.ceiling.planted,
+        "explained_variance": r.explained_variance,
+        "table": table.to_dict("records"),
+        "tell_apart": apart,
+        "figure": str(path),
+    }
 
 
 def _extraction(sizes: dict[str, Any]) -> dict[str, Any]:
@@ -433,10 +548,12 @@ def _extraction(sizes: dict[str, Any]) -> dict[str, Any]:
     print(f"activation extraction: {sizes['extract_rows']} rows of 128 tokens, batches of 16, the smollm-gemma layers")
     for name in sizes["extract_models"]:
         r = out[name] = bench_extraction(name, layers[name], sizes["extract_rows"], 128, 16)
-        print(f"  {name:22s} layers {layers[name]} of {r['n_layers']}: bare transformers forward {r['bare_tps']:6.0f} "
-              f"tokens/s;   featlib {r['featlib_tps']:6.0f} tokens/s, ratio {r['ratio']:.2f}, max relative difference "
-              f"{r['max_rel_diff']:.1e};   through transformer-lens {r['hooked_tps']:6.0f} tokens/s, ratio "
-              f"{r['hooked_ratio']:.2f}, max relative difference {r['hooked_max_rel_diff']:.1e}")
+        print(
+            f"  {name:22s} layers {layers[name]} of {r['n_layers']}: bare transformers forward {r['bare_tps']:6.0f} "
+            f"tokens/s;   featlib {r['featlib_tps']:6.0f} tokens/s, ratio {r['ratio']:.2f}, max relative difference "
+            f"{r['max_rel_diff']:.1e};   through transformer-lens {r['hooked_tps']:6.0f} tokens/s, ratio "
+            f"{r['hooked_ratio']:.2f}, max relative difference {r['hooked_max_rel_diff']:.1e}"
+        )
     return out
 
 
@@ -444,22 +561,29 @@ def _universal(sizes: dict[str, int]) -> dict[str, Any]:
     d_models = {"A": 512, "B": 768}  # Pythia-70m and -160m widths
     r = bench_universal(d_models, sizes["usae_expansion"], 32, 1024, sizes["usae_steps"])
     print(f"universal SAE training: d_model 512 and 768, {r['n_latents']} concepts, k = 32, batches of 1,024 tokens")
-    print(f"  featlib {r['tokens_per_second']:8.0f} tokens/s   peak {r['peak_gb']:.2f} GB   plain one-model TopK SAE step"
-          f" {r['plain_tokens_per_second']:.0f} tokens/s   ratio {r['ratio']:.2f}")
+    print(
+        f"  featlib {r['tokens_per_second']:8.0f} tokens/s   peak {r['peak_gb']:.2f} GB   plain one-model TopK SAE step"
+        f" {r['plain_tokens_per_second']:.0f} tokens/s   ratio {r['ratio']:.2f}"
+    )
     return r
 
 
 def _sae(quick: bool) -> dict[str, Any]:
-    shapes = {"small": (64, 512, 8, 256, 2)} if quick else \
-        {"tiny lm-b": (256, 2048, 16, 1024, 20), "pythia-160m": (768, 32768, 32, 1024, 2)}
+    shapes = (
+        {"small": (64, 512, 8, 256, 2)}
+        if quick
+        else {"tiny lm-b": (256, 2048, 16, 1024, 20), "pythia-160m": (768, 32768, 32, 1024, 2)}
+    )
     out = {}
     print("TopK SAE training step (forward, MSE + AuxK, backward), with 60 % of the latents dead (AuxK on) and none")
     for name, (d, d_sae, k, batch, steps) in shapes.items():
         for dead, key in ((0.6, name), (0.0, f"{name}, no dead latents")):
             r = out[key] = bench_sae_step(d, d_sae, k, batch, steps, dead_share=dead)
-            print(f"  {name:12s} {d} -> {d_sae}, k = {k}, batch {batch}, {dead:4.0%} dead: featlib {r['ms_per_step']:8.1f} ms"
-                  f"   sae-lens {r['sae_lens_ms_per_step']:8.1f} ms   speed-up {r['speedup']:.2f}x"
-                  f"   max rel. grad diff {r['max_rel_grad_diff']:.1e}")
+            print(
+                f"  {name:12s} {d} -> {d_sae}, k = {k}, batch {batch}, {dead:4.0%} dead: featlib {r['ms_per_step']:8.1f} ms"
+                f"   sae-lens {r['sae_lens_ms_per_step']:8.1f} ms   speed-up {r['speedup']:.2f}x"
+                f"   max rel. grad diff {r['max_rel_grad_diff']:.1e}"
+            )
     return out
 
 
@@ -468,20 +592,28 @@ def _matching(sizes: dict[str, int], quick: bool) -> dict[str, Any]:
     print(f"plain float32 matmul: {peak:.1f} GFLOP/s\n")
     topk = bench_topk(sizes["d"], sizes["k"], sizes["n_tokens"], sizes["ref_tokens"])
     print(f"matching, TopK codes: d_sae {sizes['d']} x {sizes['d']}, k = {sizes['k']}, {sizes['n_tokens']} tokens")
-    print(f"  featlib ({topk['method']} path)   {topk['featlib_s']:8.1f} s   peak {topk['featlib_peak_gb']:.2f} GB"
-          f"   planted partners recovered {topk['planted_recovered']:.1%}")
-    print(f"  featlib (one sparse product of the cached rows, as 03 runs) {topk['product_s']:8.1f} s"
-          f"   peak {topk['product_peak_gb']:.2f} GB   {topk['product_passes']} block(s)"
-          f"   {topk['featlib_s'] / topk['product_s']:.1f}x the streamed engine"
-          f"   same partners and r: {'yes' if topk['product_same'] else 'NO'}")
-    print(f"  dense reference      {topk['reference_s']:8.1f} s   peak {topk['reference_peak_gb']:.1f} GB"
-          f"   (measured on {topk['reference_tokens']} tokens: {topk['reference_s_measured']:.1f} s,"
-          f" {topk['reference_peak_gb_measured']:.2f} GB; time extrapolated linearly, memory computed)")
+    print(
+        f"  featlib ({topk['method']} path)   {topk['featlib_s']:8.1f} s   peak {topk['featlib_peak_gb']:.2f} GB"
+        f"   planted partners recovered {topk['planted_recovered']:.1%}"
+    )
+    print(
+        f"  featlib (one sparse product of the cached rows, as 03 runs) {topk['product_s']:8.1f} s"
+        f"   peak {topk['product_peak_gb']:.2f} GB   {topk['product_passes']} block(s)"
+        f"   {topk['featlib_s'] / topk['product_s']:.1f}x the streamed engine"
+        f"   same partners and r: {'yes' if topk['product_same'] else 'NO'}"
+    )
+    print(
+        f"  dense reference      {topk['reference_s']:8.1f} s   peak {topk['reference_peak_gb']:.1f} GB"
+        f"   (measured on {topk['reference_tokens']} tokens: {topk['reference_s_measured']:.1f} s,"
+        f" {topk['reference_peak_gb_measured']:.2f} GB; time extrapolated linearly, memory computed)"
+    )
     print(f"  speed-up {topk['speedup']:.0f}x; largest |r difference| on the sub-sample {topk['max_abs_diff']:.1e}\n")
     dense = bench_dense(sizes["dense_d"], sizes["dense_tokens"], peak)
     print(f"matching, dense ReLU codes: d_sae {sizes['dense_d']} x {sizes['dense_d']}, {sizes['dense_tokens']} tokens")
-    print(f"  featlib (dense path) {dense['featlib_s']:8.1f} s   {dense['gflops']:.1f} GFLOP/s ="
-          f" {dense['share_of_peak']:.0%} of the plain matmul   peak {dense['featlib_peak_gb']:.2f} GB\n")
+    print(
+        f"  featlib (dense path) {dense['featlib_s']:8.1f} s   {dense['gflops']:.1f} GFLOP/s ="
+        f" {dense['share_of_peak']:.0%} of the plain matmul   peak {dense['featlib_peak_gb']:.2f} GB\n"
+    )
     return {"peak_gflops": peak, "topk": topk, "dense": dense}
 
 
@@ -489,12 +621,16 @@ def _nulls(sizes: dict[str, int]) -> dict[str, Any]:
     nulls = bench_nulls(sizes["n"], sizes["shuffles"], sizes["naive"])
     print(f"nulls: {sizes['n']} pairs (widths 512 and 768) x {sizes['shuffles']} shuffles")
     for metric, r in nulls.items():
-        print(f"  {metric.upper():5s} featlib {r['featlib_s']:7.1f} s   naive {r['naive_s']:8.1f} s"
-              f" (measured on {r['naive_shuffles']} shuffles, extrapolated)   speed-up {r['speedup']:.0f}x"
-              f"   max |difference| {r['max_abs_diff']:.1e}")
+        print(
+            f"  {metric.upper():5s} featlib {r['featlib_s']:7.1f} s   naive {r['naive_s']:8.1f} s"
+            f" (measured on {r['naive_shuffles']} shuffles, extrapolated)   speed-up {r['speedup']:.0f}x"
+            f"   max |difference| {r['max_abs_diff']:.1e}"
+        )
     r = nulls["procrustes"]
-    print(f"  PROCRUSTES through svdvals of every product (the route before eigvalsh): {r['svd_route_s']:.1f} s, "
-          f"{r['speedup_over_svd_route']:.1f}x slower   max |difference| {r['svd_route_max_abs_diff']:.1e}")
+    print(
+        f"  PROCRUSTES through svdvals of every product (the route before eigvalsh): {r['svd_route_s']:.1f} s, "
+        f"{r['speedup_over_svd_route']:.1f}x slower   max |difference| {r['svd_route_max_abs_diff']:.1e}"
+    )
     return nulls
 
 

@@ -38,10 +38,11 @@ import sys
 import tempfile
 import time
 import typing
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
 from pydantic import BaseModel
@@ -100,8 +101,11 @@ def notebook_parameters(path: Path) -> tuple[str, dict[str, Any]]:
 
     nb = nbformat.read(path, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    values = {s.targets[0].id: ast.literal_eval(s.value) for s in ast.parse(cell.source).body
-              if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)}
+    values = {
+        s.targets[0].id: ast.literal_eval(s.value)
+        for s in ast.parse(cell.source).body
+        if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+    }
     return values["profile"], values.get("overrides") or {}
 
 
@@ -193,8 +197,13 @@ def parse_jobs(value: str, cfg: Config) -> int:
     return int(value)
 
 
-def run(profile: str, only: list[str] | None = None, in_place: bool = False,
-        overrides: dict[str, Any] | None = None, jobs: int = 1) -> dict[str, float]:
+def run(
+    profile: str,
+    only: list[str] | None = None,
+    in_place: bool = False,
+    overrides: dict[str, Any] | None = None,
+    jobs: int = 1,
+) -> dict[str, float]:
     """Execute the chain on a profile name or a profile YAML file (plus overrides); returns seconds per
     notebook. ``jobs``: how many of the notebooks after 03 run at once (see the module doc)."""
     import nbformat
@@ -205,13 +214,17 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
     if in_place:
         defaults = notebook_parameters(notebooks()[0])
         if (cfg.profile, overrides) != defaults:
-            raise ConfigError(f"--in-place runs the notebooks with their own parameters (profile = {defaults[0]!r}, "
-                              f"overrides = {defaults[1]!r}), not {cfg.label!r}. Fix: drop --in-place, or run "
-                              f"--profile {defaults[0]} without --set.")
+            raise ConfigError(
+                f"--in-place runs the notebooks with their own parameters (profile = {defaults[0]!r}, "
+                f"overrides = {defaults[1]!r}), not {cfg.label!r}. Fix: drop --in-place, or run "
+                f"--profile {defaults[0]} without --set."
+            )
     chosen = notebooks(only)
     if not chosen:
-        raise ConfigError(f"--only {' '.join(only or [])} matches no notebook; allowed: prefixes of "
-                          f"{', '.join(nb.stem for nb in notebooks())}. Fix: give e.g. --only 03 04.")
+        raise ConfigError(
+            f"--only {' '.join(only or [])} matches no notebook; allowed: prefixes of "
+            f"{', '.join(nb.stem for nb in notebooks())}. Fix: give e.g. --only 03 04."
+        )
     label = cfg.label
     params = {"profile": profile_ref(profile), "overrides": overrides}
     out_dir = REPO / "build" / label
@@ -224,9 +237,15 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
         print(f"[{label}] {nb.name}", flush=True)
         out = nb if in_place else out_dir / nb.name
         executed = papermill.execute_notebook(
-            str(nb), str(out), parameters=None if in_place else params,
-            cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=False,
-            config=kernel_config(Path(sockets) / nb.name[:2]), kernel_manager_class=IdleShutdownKernelManager,
+            str(nb),
+            str(out),
+            parameters=None if in_place else params,
+            cwd=str(NOTEBOOKS),
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            config=kernel_config(Path(sockets) / nb.name[:2]),
+            kernel_manager_class=IdleShutdownKernelManager,
         )
         tidied = out.with_name(out.name + ".tmp")  # progress bars and machine paths dropped (featlib.tools.tidy)
         nbformat.write(tidy(executed), tidied)
@@ -252,24 +271,37 @@ def run(profile: str, only: list[str] | None = None, in_place: bool = False,
     timings = {k: timings[k] for k in order if k in timings}
     figures = sorted(fig_dir.glob("*.png"))
     manifest = {
-        "label": label, "profile": cfg.profile, "overrides": overrides, "params_hash": cfg.params_hash,
-        "source": cfg.source, "resolved": cfg.as_dict(), "seconds": timings,
+        "label": label,
+        "profile": cfg.profile,
+        "overrides": overrides,
+        "params_hash": cfg.params_hash,
+        "source": cfg.source,
+        "resolved": cfg.as_dict(),
+        "seconds": timings,
         "seconds in earlier runs": {k: earlier[k] for k in order if k in earlier},
         "figures": [
-            {"figure": str(p.relative_to(REPO)), "pdf": str(p.with_suffix(".pdf").relative_to(REPO)),
-             "notebook": f"notebooks/{p.name.split('__')[0]}.ipynb", "profile": cfg.profile, "label": label,
-             "params_hash": cfg.params_hash}
+            {
+                "figure": str(p.relative_to(REPO)),
+                "pdf": str(p.with_suffix(".pdf").relative_to(REPO)),
+                "notebook": f"notebooks/{p.name.split('__')[0]}.ipynb",
+                "profile": cfg.profile,
+                "label": label,
+                "params_hash": cfg.params_hash,
+            }
             for p in figures
         ],
-        "results": [{"table": str(p.relative_to(REPO)), "notebook": f"notebooks/{p.name.split('__')[0]}.ipynb"}
-                    for p in sorted((RESULTS / label).glob("*.csv"))],
+        "results": [
+            {"table": str(p.relative_to(REPO)), "notebook": f"notebooks/{p.name.split('__')[0]}.ipynb"}
+            for p in sorted((RESULTS / label).glob("*.csv"))
+        ],
     }
     write_json_atomic(fig_dir / "manifest.json", manifest)
     return {nb.stem: timings[nb.stem] for nb in chosen}
 
 
-def run_at_once(nbs: list[Path], jobs: int, execute: Callable[[Path], float],
-                before: dict[str, float]) -> dict[str, float]:
+def run_at_once(
+    nbs: list[Path], jobs: int, execute: Callable[[Path], float], before: dict[str, float]
+) -> dict[str, float]:
     """``execute`` each notebook, ``jobs`` at a time, each after the ones it :data:`NEEDS` (those among ``nbs``);
     first the one heading the longest chain of ``before``'s seconds (one second where it has none)."""
     names = {nb.name[:2] for nb in nbs}
@@ -309,15 +341,23 @@ def _manifest_seconds(fig_dir: Path, params_hash: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m featlib.tools.chain", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m featlib.tools.chain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--profile", default="tiny", help="a profile name (params/NAME.yaml) or a profile YAML file")
-    ap.add_argument("--set", action="append", metavar="KEY=VALUE", dest="sets",
-                    help="override one value, e.g. similarity.n_shuffles=100 (VALUE is YAML; repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="sets",
+        help="override one value, e.g. similarity.n_shuffles=100 (VALUE is YAML; repeatable)",
+    )
     ap.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 03 04")
     ap.add_argument("--in-place", action="store_true", help="execute the source notebooks with their defaults")
     ap.add_argument("--jobs", default="1", help="notebooks run at once after 03: a number or auto (default 1)")
-    ap.add_argument("--list", action="store_true", help="list the profiles in params/ and every key with its help, and exit")
+    ap.add_argument(
+        "--list", action="store_true", help="list the profiles in params/ and every key with its help, and exit"
+    )
     args = ap.parse_args(argv)
     if args.list:
         print("profiles (--profile NAME, in params/):")

@@ -44,9 +44,11 @@ def badge(notebook: str, folder: str = "notebooks") -> str:
 
 def setup_block() -> str:
     """The Colab-only lines that open every notebook's setup cell (one featlib call after the clone)."""
-    return (f"import sys  {MARK} fetch featuniv, install its pins (Colab's torch kept), restart once; elsewhere nothing\n"
-            'if "google.colab" in sys.modules:\n'
-            f"    !test -d {CLONE} || git clone -q --depth 1 -b {BRANCH} {repo_url()} {CLONE}\n") + END
+    return (
+        f"import sys  {MARK} fetch featuniv, install its pins (Colab's torch kept), restart once; elsewhere nothing\n"
+        'if "google.colab" in sys.modules:\n'
+        f"    !test -d {CLONE} || git clone -q --depth 1 -b {BRANCH} {repo_url()} {CLONE}\n"
+    ) + END
 
 
 def setup(root: str = CLONE) -> None:
@@ -56,14 +58,17 @@ def setup(root: str = CLONE) -> None:
         return
     done = Path(root) / ".colab-installed"
     if not done.exists():
-        proc = subprocess.Popen(["bash", f"{root}/scripts/colab_install.sh"], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            ["bash", f"{root}/scripts/colab_install.sh"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for line in proc.stdout:  # shown in the notebook (a subprocess's own output would not be)
             print(line, end="", flush=True)
         assert proc.wait() == 0, "featuniv's Colab install failed: see the output above"
         done.touch()
-        print("featuniv installed: the runtime restarts once so that the new packages load; run the notebook again.",
-              flush=True)
+        print(
+            "featuniv installed: the runtime restarts once so that the new packages load; run the notebook again.",
+            flush=True,
+        )
         os.kill(os.getpid(), signal.SIGKILL)
     os.chdir(f"{root}/notebooks")
 

@@ -41,8 +41,10 @@ def strip_solutions(source: str, where: str) -> str:
         marker = line.strip()
         if marker in (BEGIN, END):
             if (marker == BEGIN) == inside:
-                raise ValueError(f"{where}, line {n}: {marker!r} {'inside' if inside else 'outside'} a solution block. "
-                                 f"Fix: pair every {BEGIN!r} with one {END!r}.")
+                raise ValueError(
+                    f"{where}, line {n}: {marker!r} {'inside' if inside else 'outside'} a solution block. "
+                    f"Fix: pair every {BEGIN!r} with one {END!r}."
+                )
             inside = marker == BEGIN
             if inside:
                 out.append(line[: len(line) - len(line.lstrip())] + STUB)
@@ -55,8 +57,12 @@ def strip_solutions(source: str, where: str) -> str:
 
 def student(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """The student version of the solution notebook ``nb`` (named ``name``)."""
-    out = nbformat.v4.new_notebook(metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                                             "language_info": {"name": "python"}})
+    out = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        }
+    )
     for i, cell in enumerate(nb.cells):
         cell = copy.deepcopy(cell)
         tags = cell.metadata.get("tags", [])
@@ -68,7 +74,9 @@ def student(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
         cell.metadata = {"tags": tags} if tags else {}
         out.cells.append(cell)
     title = out.cells[0]
-    title.source = title.source.replace(colab.badge(name, SOLUTIONS), colab.badge(name, FOLDER), 1).replace(SUFFIX, "", 1)
+    title.source = title.source.replace(colab.badge(name, SOLUTIONS), colab.badge(name, FOLDER), 1).replace(
+        SUFFIX, "", 1
+    )
     return out
 
 
@@ -79,11 +87,17 @@ def render(path: Path) -> str:
 
 def stale(root: Path = REPO) -> list[str]:
     """Student notebooks missing or different from what their solutions give, and ones with no solution."""
-    out = [f"{FOLDER}/{p.name}" for p in solution_paths(root)
-           if not (root / FOLDER / p.name).exists() or (root / FOLDER / p.name).read_text() != render(p)]
+    out = [
+        f"{FOLDER}/{p.name}"
+        for p in solution_paths(root)
+        if not (root / FOLDER / p.name).exists() or (root / FOLDER / p.name).read_text() != render(p)
+    ]
     names = {p.name for p in solution_paths(root)}
-    return out + [f"{FOLDER}/{p.name} (no solution)" for p in sorted((root / FOLDER).glob("[0-9][0-9]_*.ipynb"))
-                  if p.name not in names]
+    return out + [
+        f"{FOLDER}/{p.name} (no solution)"
+        for p in sorted((root / FOLDER).glob("[0-9][0-9]_*.ipynb"))
+        if p.name not in names
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..step import write_json as write_json_atomic
 from ..corpus import sotu_documents, token_stream
+from ..step import write_json as write_json_atomic
 
 BOS = "<|endoftext|>"
 VOCAB_SIZE = 4096
@@ -36,7 +36,11 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "lm-b": dict(n_layers=6, d_model=256, n_heads=8, d_head=32, d_mlp=1024),
 }
 TRAINING = {"steps": 1200, "batch_size": 16, "lr": 2e-3, "warmup": 30, "weight_decay": 0.05, "seed": 0}
-MODELS: dict[str, tuple[str, int]] = {"lm-a": ("lm-a", 0), "lm-b": ("lm-b", 0), "lm-a-seed1": ("lm-a", 1)}  # (architecture, seed)
+MODELS: dict[str, tuple[str, int]] = {
+    "lm-a": ("lm-a", 0),
+    "lm-b": ("lm-b", 0),
+    "lm-a-seed1": ("lm-a", 1),
+}  # (architecture, seed)
 
 
 def train_tokenizer(docs: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
@@ -47,8 +51,11 @@ def train_tokenizer(docs: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=[BOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[BOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(docs, trainer=trainer)
     return tok
@@ -57,8 +64,13 @@ def train_tokenizer(docs: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
 def model_config(name: str, seed: int) -> dict[str, Any]:
     """HookedTransformerConfig fields of one of the tiny architectures."""
     return dict(
-        ARCHITECTURES[name], n_ctx=N_CTX, d_vocab=VOCAB_SIZE, act_fn="gelu_new",
-        normalization_type="LN", positional_embedding_type="standard", seed=seed,
+        ARCHITECTURES[name],
+        n_ctx=N_CTX,
+        d_vocab=VOCAB_SIZE,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        seed=seed,
     )
 
 
@@ -88,8 +100,17 @@ def unigram_loss(train_ids: torch.Tensor, rows: torch.Tensor, vocab_size: int) -
     return float(-logp[rows[:, 1:].flatten()].mean())
 
 
-def train_lm(name: str, train_rows: torch.Tensor, steps: int, batch_size: int, lr: float, warmup: int,
-             weight_decay: float, seed: int, log_every: int = 20) -> tuple[Any, list[dict[str, float]]]:
+def train_lm(
+    name: str,
+    train_rows: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    weight_decay: float,
+    seed: int,
+    log_every: int = 20,
+) -> tuple[Any, list[dict[str, float]]]:
     """Train one tiny model on random rows of ``train_rows`` (n, n_ctx). Returns (model, loss log)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -133,8 +154,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="models/tiny")
     ap.add_argument("--steps", type=int, default=TRAINING["steps"])
-    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
-                    help="the models to (re)train; a subset keeps the folder's tokenizer and the others' report")
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=list(MODELS),
+        help="the models to (re)train; a subset keeps the folder's tokenizer and the others' report",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -142,8 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     train_docs = sotu_documents("lm_train")
     subset = set(args.models) != set(MODELS)
     if subset and not (out / "tokenizer.json").is_file():
-        raise SystemExit(f"{out}/tokenizer.json is missing: --models {' '.join(args.models)} retrains some models with "
-                         "the folder's tokenizer. Fix: train every model first (leave out --models).")
+        raise SystemExit(
+            f"{out}/tokenizer.json is missing: --models {' '.join(args.models)} retrains some models with "
+            "the folder's tokenizer. Fix: train every model first (leave out --models)."
+        )
     tok_json = (out / "tokenizer.json").read_text() if subset else train_tokenizer(train_docs).to_str()
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_text(tok_json)
@@ -156,8 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     held_rows = token_stream(hf_tok, held_docs, N_CTX, n_held - N_CTX, bos)
     report: dict[str, Any] = {
         "tokenizer": {"vocab_size": VOCAB_SIZE, "train_docs": len(train_docs)},
-        "train_tokens": int(train_rows[:, 1:].numel()), "heldout_tokens": int(held_rows[:, 1:].numel()),
-        "unigram_heldout_loss": unigram_loss(train_rows[:, 1:], held_rows, VOCAB_SIZE), "models": {},
+        "train_tokens": int(train_rows[:, 1:].numel()),
+        "heldout_tokens": int(held_rows[:, 1:].numel()),
+        "unigram_heldout_loss": unigram_loss(train_rows[:, 1:], held_rows, VOCAB_SIZE),
+        "models": {},
     }
     if subset:
         before = json.loads((out / "training.json").read_text())
@@ -170,12 +200,17 @@ def main(argv: list[str] | None = None) -> None:
         save_model(model, arch, seed, out / name, tok_json)
         stored = load_local(name, out / name).model  # evaluate the float16 weights we ship
         report["models"][name] = {
-            "architecture": ARCHITECTURES[arch], "n_params": sum(p.numel() for p in model.parameters()),
-            "training": settings, "heldout_loss": heldout_loss(stored, held_rows), "loss_curve": log,
+            "architecture": ARCHITECTURES[arch],
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "training": settings,
+            "heldout_loss": heldout_loss(stored, held_rows),
+            "loss_curve": log,
             "seconds": round(time.time() - t_model, 1),
         }
-        print(f"{name}: held-out loss {report['models'][name]['heldout_loss']:.3f} nats "
-              f"(unigram baseline {report['unigram_heldout_loss']:.3f})")
+        print(
+            f"{name}: held-out loss {report['models'][name]['heldout_loss']:.3f} nats "
+            f"(unigram baseline {report['unigram_heldout_loss']:.3f})"
+        )
     if not subset:
         report["seconds"] = round(time.time() - t0, 1)  # the whole run, tokenizer included
     write_json_atomic(out / "training.json", report)

