@@ -156,7 +156,7 @@ def _rowset(rows: list[tuple[str, dict[str, list[int]], list]], mid: str, bos: i
     unit_index = np.full((n, seq_len), -1, dtype=np.int64)
     lengths = np.zeros(n, dtype=np.int64)
     positions, spans, u = [], [], 0
-    for r, (text, ids, units) in enumerate(rows):
+    for r, (_text, ids, units) in enumerate(rows):
         tokens[r, 0] = bos
         tokens[r, 1 : 1 + len(ids[mid])] = ids[mid]
         lengths[r] = 1 + len(ids[mid])

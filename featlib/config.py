@@ -268,7 +268,8 @@ class References(_Section):
     init_seed: int = Field(0, description="seed of the floor's random re-initialisation")
     layers: Literal["focus", "diagonal", "all"] = Field(
         "diagonal",
-        description="focus: the comparisons' layers; diagonal: also every layer pair of equal relative depth; all: every extracted layer",
+        description="focus: the comparisons' layers; diagonal: also every layer pair of equal relative depth; "
+        "all: every extracted layer",
     )
 
 
@@ -453,8 +454,14 @@ def describe(ann: Any, metadata: list[Any], name: str) -> str:
     if ann is str:
         return "a string"
     if origin is list:
-        lo, hi = c.get("min_length"), c.get("max_length")
-        size = f"a list of {lo}" if lo and lo == hi else "a non-empty list of" if lo else "a list of"
+        shortest, longest = c.get("min_length"), c.get("max_length")
+        size = (
+            f"a list of {shortest}"
+            if shortest and shortest == longest
+            else "a non-empty list of"
+            if shortest
+            else "a list of"
+        )
         return f"{size} {_plural(describe(args[0], [], name))}"
     if origin is dict:
         least = f" at least {c['min_length']}" if c.get("min_length") else ""
@@ -551,7 +558,7 @@ def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _from_validation(e: ValidationError, raw: dict[str, Any], where: _Where) -> ConfigError:
-    errors = [dict(err, loc=_strip_union_tags(tuple(err["loc"]))) for err in e.errors()]
+    errors: list[dict[str, Any]] = [dict(err, loc=_strip_union_tags(tuple(err["loc"]))) for err in e.errors()]
     first = errors[0]["loc"]
     # a union's members each report: the one that got deepest into the value says the most
     err = max((x for x in errors if x["loc"][: len(first)] == first), key=lambda x: len(x["loc"]))

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class Artifact:
         return cache.read_meta(self.path)
 
 
-Input = Union[Artifact, str]
+Input = Artifact | str
 _planning = False
 
 
@@ -129,8 +129,8 @@ def run(
     if not cache.is_complete(path, verify=verify):
         with cache.publish(kind, s, dict(meta or {}), root) as tmp:
             produce(tmp)
-    if verify:
-        _verified[path] = _signature(path)
+    if verify and (verified := _signature(path)) is not None:
+        _verified[path] = verified
     return Artifact(kind, path)
 
 

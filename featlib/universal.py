@@ -396,7 +396,12 @@ def random_directions(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def pair_overlap(concept_a: np.ndarray, concept_b: np.ndarray, pairs_a: Sequence[int], pairs_b: Sequence[int]) -> float:
+def pair_overlap(
+    concept_a: np.ndarray,
+    concept_b: np.ndarray,
+    pairs_a: Sequence[int] | np.ndarray,
+    pairs_b: Sequence[int] | np.ndarray,
+) -> float:
     """Share of the (a, b) feature pairs that some universal concept maps onto (its best-cosine SAE
     feature in A is a and in B is b; -1 = no counterpart)."""
     mapped = {(int(a), int(b)) for a, b in zip(concept_a, concept_b) if a >= 0 and b >= 0}

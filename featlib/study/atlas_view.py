@@ -33,7 +33,9 @@ def pool_correlations(study: Study, comparison: Comparison, pool_a: np.ndarray, 
             for x, y in chunks()
         )
 
-    return correlate(restricted, len(pool_a), len(pool_b), keep_matrix=True).matrix.numpy()
+    matrix = correlate(restricted, len(pool_a), len(pool_b), keep_matrix=True).matrix
+    assert matrix is not None  # keep_matrix
+    return matrix.numpy()
 
 
 def atlas_comparison(study: Study) -> Comparison:

@@ -92,6 +92,10 @@ def same_units(study: Study) -> bool:
     first = [study.eval_acts(m) for m in study.ids]
     if any(acts.n_units != first[0].n_units for acts in first):
         return False
-    if first[0].spans is None:
-        return all(np.array_equal(acts.tokens, first[0].tokens) for acts in first)
-    return all(np.array_equal(acts.spans, first[0].spans) and acts.texts == first[0].texts for acts in first)
+    if first[0].spans is None:  # one token stream: every model stores its tokens
+        return all(_same(acts.tokens, first[0].tokens) for acts in first)
+    return all(_same(acts.spans, first[0].spans) and acts.texts == first[0].texts for acts in first)
+
+
+def _same(x: np.ndarray | None, y: np.ndarray | None) -> bool:
+    return x is not None and y is not None and np.array_equal(x, y)

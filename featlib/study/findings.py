@@ -330,7 +330,7 @@ def transfer_findings(table: pd.DataFrame, by_r: pd.DataFrame, chance: float) ->
     """Which methods transfer steering (success rate and interval, per direction) against the controls. A
     method *works* when the lower end of its interval is above the chance rate and above the success rate
     of every control of the same layer pair and direction."""
-    lines, works, fails = [], set(), set()
+    lines, works, fails = [], set[str](), set[str]()
     for (layers, direction), g in table.groupby(["layers", "direction"], sort=False):
         controls = g[g.kind == "control"]
         bar = max(chance, float(controls["success"].max()))

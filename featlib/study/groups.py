@@ -152,7 +152,7 @@ def phrase_scores(study: Study, m: Match) -> pd.DataFrame:
             mask = np.zeros(d[s], dtype=bool)
             mask[mem[s][g].features] = True
             masks.append(mask)
-        membership[g] = tuple(masks)
+        membership[g] = (masks[0], masks[1])
         first = mem[m.comparison.a][g]
         extra[g] = {"phrases": len(ph), "phrases found": first.phrases_found, "occurrences": first.occurrences}
     return _group_rows(study, m, membership, extra, "phrases")

@@ -156,7 +156,7 @@ def steerers(
     return steer, doses, strings
 
 
-def _experiment(study: Study, comp: Comparison, t: TransferParams, tmp: Path) -> dict[str, np.ndarray]:
+def _experiment(study: Study, comp: Comparison, t: TransferParams, tmp: Path) -> dict[str, Any]:
     (a, b), (la, lb) = (comp.a.model, comp.b.model), (comp.a.layer, comp.b.layer)
     sides, layer = {a: comp.a, b: comp.b}, {a: la, b: lb}
     pairs = match(study, comp).pairs
@@ -171,7 +171,8 @@ def _experiment(study: Study, comp: Comparison, t: TransferParams, tmp: Path) ->
     fold = transfer.folds(len(test), t.folds, t.seed)
     idx = {a: pairs.idx_a, b: pairs.idx_b}
     steer, doses, strings = steerers(study, comp, pairs, rng)
-    alpha, out = {m: d["alpha"] for m, d in doses.items()}, {}
+    alpha = {m: d["alpha"] for m, d in doses.items()}
+    out: dict[str, Any] = {}
     info = {"strings": strings, "n_pairs": n_all, "methods": list(t.methods), "dose": doses}
     usae = universal_sae(study)[0] if "universal" in t.methods else None
     for src, tgt in ((a, b), (b, a)):

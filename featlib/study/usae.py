@@ -38,9 +38,9 @@ def usae_artifact(study: Study) -> step.Artifact:
         usae, log = universal.train(
             {mid: study.acts[mid]["train"].layer(layer) for mid, layer in layers.items()}, params, device=device
         )
-        log["tokens_per_second"] = params.batch_size * len(log["seconds"]) / sum(log["seconds"])
+        rate = params.batch_size * len(log["seconds"]) / sum(log["seconds"])
         usae.save(tmp, {"layers": layers, "params": asdict(params)})
-        step.write_json(tmp / "log.json", log)
+        step.write_json(tmp / "log.json", {**log, "tokens_per_second": rate})
 
     inputs = {f"train_{mid}": study.acts[mid]["train"].key for mid in layers}
     return step.run(
@@ -181,9 +181,9 @@ def metrics_artifact(study: Study) -> step.Artifact:
 def universal_metrics(study: Study) -> USAEResults:
     """Everything notebook 07 shows about the universal SAE (see :func:`metrics_artifact`)."""
     art = metrics_artifact(study)
-    arrays = art.arrays("metrics.npz")
+    arrays: dict[str, Any] = art.arrays("metrics.npz")
     ids = list(study.cfg.universal_layers)
-    per_model = {name: {mid: arrays[f"{name}_{mid}"] for mid in ids} for name in PER_MODEL}
+    per_model: dict[str, Any] = {name: {mid: arrays[f"{name}_{mid}"] for mid in ids} for name in PER_MODEL}
     scalars = art.json("scalars.json")
     return USAEResults(
         ids=ids,

@@ -22,10 +22,10 @@ executed notebooks are made. A wrong profile or ``--set`` is one line on stderr 
 after the other, up to N notebooks run at once. 04-09 read cached artifacts and compute what they miss, so
 any order gives the same artifacts (the cache publishes each key once, under a lock); one that reuses what
 another trains waits for it (:data:`NEEDS`), and the longest chain of the last run's times goes first. The
-CPUs are shared out: with N at once each kernel gets 1/N of the threads (``OMP_NUM_THREADS`` and its kin; kernels that each spin a full set of OpenMP
-threads on the same cores run many times slower), so its numbers are those of a sequential run with that many
-threads. ``--jobs auto`` (``make figures``) runs two at once where torch may use at least two CPUs and the
-memory allows, else one.
+CPUs are shared out: with N at once each kernel gets 1/N of the threads (``OMP_NUM_THREADS`` and its kin;
+kernels that each spin a full set of OpenMP threads on the same cores run many times slower), so its numbers
+are those of a sequential run with that many threads. ``--jobs auto`` (``make figures``) runs two at once where
+torch may use at least two CPUs and the memory allows, else one.
 """
 
 from __future__ import annotations
