@@ -14,7 +14,7 @@ export WANDB_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED := 0
 
-.PHONY: venv figures executed lab exercises site atlas models notebooks bench pythia-standin check test test-fast test-pytest test-unit test-chain test-nbval clean
+.PHONY: venv figures executed lab exercises site atlas models notebooks bench pythia-standin check test test-fast test-pytest test-lane2 test-unit test-chain test-nbval clean
 
 venv: $(STAMP)
 
@@ -105,18 +105,22 @@ check: $(STAMP)
 	$(PY) -m mypy
 
 # `make check`, then two lanes, one thread each (two cores do about a third more as two single-threaded jobs
-# than as one job on both): every pytest test in one session (unit tests and the chains; the hub stand-ins
-# are built once) beside nbval, the longer lane. A lane's output appears when it ends.
+# than as one job on both): the pytest tests in one session (unit tests and the chains; the hub stand-ins
+# are built once) beside nbval followed by the tests marked beside_nbval (the exercise solutions), so that
+# the lanes end together. A lane's output appears when it ends.
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 test: $(STAMP) check
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-pytest test-nbval
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-pytest test-lane2
+
+test-lane2: test-nbval
+	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -m beside_nbval -p no:cacheprovider --durations=5
 
 ## The fast lane (under a minute on 2 cores): every test not marked slow, outside tests/chain (docs/tests.md).
 test-fast: $(STAMP)
 	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -m "not slow" --ignore=tests/chain -p no:cacheprovider --durations=5
 
 test-pytest: $(STAMP)
-	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -p no:cacheprovider --durations=15
+	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -m "not beside_nbval" -p no:cacheprovider --durations=15
 
 ## Every test outside tests/chain, the slow ones too (the Colab simulation, the exercises, bench).
 test-unit: $(STAMP)

@@ -139,6 +139,7 @@ def exercise_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.beside_nbval
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
 def test_solution_notebook_runs_with_every_check_passing(path, exercise_cache, tmp_path, monkeypatch):
     import papermill

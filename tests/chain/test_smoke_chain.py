@@ -5,6 +5,7 @@ import json
 import re
 
 import nbformat
+import pytest
 import pandas as pd
 
 from featlib import step
@@ -13,8 +14,15 @@ from featlib.tools.tidy import tidy_outputs
 from featlib.config import REPO
 
 
-def test_smoke_chain_of_three_models(tmp_path, monkeypatch, capfd):
-    monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One cache for this file: the atlas test below reuses the chain's A and B (smoke's keys are smoke-three's)."""
+    return tmp_path_factory.mktemp("smoke-cache")
+
+
+def test_smoke_chain_of_three_models(tmp_path, shared_cache, monkeypatch, capfd):
+    cache = shared_cache / "cache"
+    monkeypatch.setenv("FEATUNIV_CACHE", str(cache))
     # two notebooks at once after 03, as make figures runs them on two CPUs (their kernels' sockets apart)
     timings = chain.run("smoke-three", jobs=2)
     out, err = capfd.readouterr()  # the chain's log, the kernels' own output included
@@ -38,14 +46,14 @@ def test_smoke_chain_of_three_models(tmp_path, monkeypatch, capfd):
         assert not executed.metadata.papermill.input_path.startswith("/")
     # 04 re-pairs similarity.n_shuffles times, every cell of 05 similarity.layerwise_shuffles times
     shuffles = {step.Artifact("similarity", p).meta["spec"]["params"]["n_shuffles"]
-                for p in (tmp_path / "cache" / "similarity").iterdir()}
+                for p in (cache / "similarity").iterdir()}
     assert shuffles == {100, 50}, shuffles
     # every comparison of the profile ran: the seed comparison trained a second SAE of A's focus layer
-    compared = {step.Artifact("matching", p).meta["comparison"] for p in (tmp_path / "cache" / "matching").iterdir()}
+    compared = {step.Artifact("matching", p).meta["comparison"] for p in (cache / "matching").iterdir()}
     assert {"cross A2–B3", "cross C2–B3", "model_seed A2–C2", "seed A2–A2 (seed 1)", "random_init B3–B3 (random init)"} \
         <= compared, compared
     assert not any("C2–C2" in c for c in compared), "references.models [A, B]: no ceiling or floor of C"
-    assert {step.Artifact("sae", p).meta["seed"] for p in (tmp_path / "cache" / "sae").iterdir()} == {0, 1}
+    assert {step.Artifact("sae", p).meta["seed"] for p in (cache / "sae").iterdir()} == {0, 1}
     # 03-06 take every comparison: 04 calibrates each, 05 draws each one's grid in files of its own
     results = REPO / "results/smoke-three"
     cal = pd.read_csv(results / "04_svcca_rsa__calibration.csv")
@@ -56,7 +64,7 @@ def test_smoke_chain_of_three_models(tmp_path, monkeypatch, capfd):
     groups = pd.read_csv(results / "06_semantic_subspaces__group_scores.csv")
     assert {"cross A2–B3", "cross C2–B3", "model_seed A2–C2"} <= set(groups.comparison)
     # 07: one universal SAE over the three models, and the overlap of every comparison it reads
-    usae = [step.Artifact("usae_metrics", p) for p in (tmp_path / "cache" / "usae_metrics").iterdir()]
+    usae = [step.Artifact("usae_metrics", p) for p in (cache / "usae_metrics").iterdir()]
     assert len(usae) == 1 and [o["comparison"] for o in usae[0].json("scalars.json")["overlaps"]] == \
         ["cross A2–B3", "cross C2–B3", "model_seed A2–C2"]
     assert pd.read_csv(results / "07_universal__cross_r2.csv").shape == (3, 4), "encode and decode A, B and C"
@@ -72,12 +80,12 @@ def test_smoke_chain_of_three_models(tmp_path, monkeypatch, capfd):
     atlas = re.findall(r'<iframe[^>]*src="([^"]+)"', (index.parent / "smoke-three/08_atlas.html").read_text())
     assert atlas and all((index.parent / "smoke-three" / src).is_file() for src in atlas)
     # a second run reuses every cached artifact: nothing new appears in the cache
-    before = sorted(p.name for p in (tmp_path / "cache").glob("*/*"))
+    before = sorted(p.name for p in cache.glob("*/*"))
     chain.run("smoke-three", only=["04"])
-    assert sorted(p.name for p in (tmp_path / "cache").glob("*/*")) == before
+    assert sorted(p.name for p in cache.glob("*/*")) == before
 
 
-def test_atlas_hungarian_pairs_on_the_smoke_cache(tmp_path, monkeypatch):
+def test_atlas_hungarian_pairs_on_the_smoke_cache(shared_cache, monkeypatch):
     """The one-to-one atlas: pool correlations equal the full correlation matrix restricted to the
     pools, and the Hungarian pairs use every feature once."""
     import numpy as np
@@ -86,7 +94,7 @@ def test_atlas_hungarian_pairs_on_the_smoke_cache(tmp_path, monkeypatch):
     from featlib import study as fs
     from featlib.correlation import correlate
 
-    monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FEATUNIV_CACHE", str(shared_cache / "cache"))
     cfg = config.build("smoke", {"atlas.matching": "hungarian", "references.run": []})
     study = fs.open_study(cfg, device="cpu")
     at = fs.feature_atlas(study)
