@@ -131,16 +131,20 @@ class Activations:
 
     def unit_strings(self, units: np.ndarray, token_strings: list[str]) -> list[str]:
         """The text of each of ``units``: its token's string, or for aligned text the unit's span."""
-        if self.spans is not None:
-            return [self.texts[r][s:e] for r, s, e in self.spans[np.asarray(units, dtype=np.int64)]]
+        spans, texts = self.spans, self.texts
+        if spans is not None:
+            assert texts is not None  # aligned text stores both
+            return [texts[r][s:e] for r, s, e in spans[np.asarray(units, dtype=np.int64)]]
         ids = self.token_ids[np.asarray(units, dtype=np.int64)]
         return [token_strings[t] for t in ids]
 
     def context(self, unit: int, tokenizer: Any, width: int = 8) -> str:
         """The text around ``unit`` (``width`` tokens, or 5 x ``width`` characters), the unit in [[brackets]]."""
-        if self.spans is not None:
-            row, s, e = self.spans[int(unit)]
-            text = self.texts[row]
+        spans, texts = self.spans, self.texts
+        if spans is not None:
+            assert texts is not None  # aligned text stores both
+            row, s, e = spans[int(unit)]
+            text = texts[row]
             left, right = text[max(0, s - 5 * width) : s], text[e : e + 5 * width]
             return f"{left}[[{text[s:e]}]]{right}".replace("\n", " ")
         seq_len = self.tokens.shape[1]
@@ -220,8 +224,8 @@ def rowsets(cfg: Config, lms: list[LoadedModel], align: str, heldout_rows: int =
     toks = {lm.id: lm.tokenizer for lm in lms}
     pad = {lm.id: lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.bos_id for lm in lms}
     need = [d.n_eval_tokens, d.n_train_tokens, heldout_rows * d.seq_len][: len(splits)]
-    parts = aligned_rowsets(documents(d), toks, {lm.id: lm.bos_id for lm in lms}, pad, d.seq_len, need, align)
-    return dict(zip(splits, parts))
+    aligned = aligned_rowsets(documents(d), toks, {lm.id: lm.bos_id for lm in lms}, pad, d.seq_len, need, align)
+    return dict(zip(splits, aligned))
 
 
 def heldout_rows(cfg: Config, lms: list[LoadedModel], n_rows: int, n_tokens: int) -> dict[str, np.ndarray]:

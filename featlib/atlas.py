@@ -58,7 +58,7 @@ def numba_workqueue() -> None:
     if "NUMBA_THREADING_LAYER" not in os.environ:
         import numba
 
-        numba.config.THREADING_LAYER = "workqueue"
+        numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]  # numba sets its options via globals()
 
 
 def umap_xy(W: np.ndarray, seed: int, n_neighbors: int = 15, min_dist: float = 0.05) -> np.ndarray:
@@ -245,7 +245,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{html.relative_to(REPO)} -> {screenshot(html, png, chromium).relative_to(REPO)}")
 
 
-PAGE = r"""<!DOCTYPE html>
+# a plain string, not a raw one: a backslash at the end of a line joins it to the next (the long lines are split
+# so; the page has no backslash of its own)
+PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
  body { font-family: sans-serif; margin: 12px; }
@@ -260,8 +262,10 @@ PAGE = r"""<!DOCTYPE html>
 <h3 style="margin:4px 0">__TITLE__</h3>
 <div id="status">__SUBTITLE__</div>
 <div id="controls">
- <label>colour by <select id="colour"><option value="group">concept group</option><option value="r">correlation</option></select></label>
- <label>pairs with r &ge; <input id="minr" type="range" min="0" max="1" step="0.01" value="0"> <span id="minr-value">0.00</span></label>
+ <label>colour by <select id="colour"><option value="group">concept group</option>\
+<option value="r">correlation</option></select></label>
+ <label>pairs with r &ge; <input id="minr" type="range" min="0" max="1" step="0.01" value="0">\
+ <span id="minr-value">0.00</span></label>
  <button id="clear">clear selection</button>
  <span id="selection-info">Select points (box or lasso) in either panel to highlight their partners.</span>
 </div>
@@ -288,7 +292,8 @@ function colours(side) {
 function trace(side) {
   const d = DATA[side], idx = visible(side), col = colours(side);
   const marker = {size: 7, color: idx.map(i => col[i]), line: {width: 0}};
-  if (state.colour === "r") Object.assign(marker, {colorscale: "Viridis", cmin: -0.05, cmax: 1, showscale: true, colorbar: {title: "r", len: 0.5}});
+  if (state.colour === "r") Object.assign(marker, {colorscale: "Viridis", cmin: -0.05, cmax: 1, showscale: true, \
+colorbar: {title: "r", len: 0.5}});
   return {type: "scatter", mode: "markers", x: idx.map(i => d.x[i]), y: idx.map(i => d.y[i]),
           customdata: idx, text: idx.map(i => d.hover[i]), hoverinfo: "text", marker: marker,
           selected: {marker: {opacity: 1}}, unselected: {marker: {opacity: 0.12}}};

@@ -68,6 +68,11 @@ class Case:
     nan_hint: str = ""
 
 
+def _call_with(*args: Any) -> Callable[[Callable[..., Any]], Any]:
+    """A :attr:`Case.call` that applies the student's function to ``args`` (bound now, not when it is called)."""
+    return lambda fn: fn(*args)
+
+
 def _array(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
@@ -204,7 +209,7 @@ def _residual_cases(study: Study | None) -> Iterator[Case]:
         tokens = torch.from_numpy(np.random.default_rng(seed).integers(0, 50, (2, 12)))
         yield Case(
             f"random model {seed}, layer {layer}",
-            lambda fn, m=model, t=tokens, L=layer: fn(m, t, L),
+            _call_with(model, tokens, layer),
             _cached(model, tokens, hook_name(layer)),
             _layer_mistakes(model, tokens, layer),
         )
@@ -295,7 +300,8 @@ def _study_codes(study: Study, n_features: int) -> tuple[torch.Tensor, torch.Ten
     from .study import sae_codes
 
     comp = study.comparison("cross")
-    return tuple(torch.from_numpy(sae_codes(study, s)[:, :n_features].toarray()) for s in (comp.a, comp.b))
+    a, b = (torch.from_numpy(sae_codes(study, s)[:, :n_features].toarray()) for s in (comp.a, comp.b))
+    return a, b
 
 
 def _pearson_case(label: str, a: torch.Tensor, b: torch.Tensor, size: int) -> Case:
@@ -353,6 +359,7 @@ def _best_partner_mistakes(r: np.ndarray, active_a: np.ndarray, active_b: np.nda
 
 def _partners_case(label: str, a: torch.Tensor, b: torch.Tensor) -> Case:
     res = correlate(lambda: iter([(a, b)]), a.shape[1], b.shape[1], keep_matrix=True, method="dense")
+    assert res.matrix is not None  # keep_matrix=True
     r = res.matrix.numpy()
     m = res.matches()
     return Case(
@@ -462,12 +469,13 @@ def _svcca_case(label: str, X: np.ndarray, Y: np.ndarray) -> Case:
         lambda fn: fn(X.copy(), Y.copy(), 0.99),
         ref.score,
         {
-            "SVCCA averages all min(k_x, k_y) canonical correlations; yours keeps only the first (the original code's defect)": ref.correlations[
-                0
-            ],
-            "the 99 % rule counts explained variance, the squared singular values; yours counts the singular values": _svcca_variant(
-                X, Y, 0.99, squared=False
-            ).mean(),
+            (
+                "SVCCA averages all min(k_x, k_y) canonical correlations; yours keeps only the first "
+                "(the original code's defect)"
+            ): ref.correlations[0],
+            (
+                "the 99 % rule counts explained variance, the squared singular values; yours counts the singular values"
+            ): _svcca_variant(X, Y, 0.99, squared=False).mean(),
             "centre the columns before the SVD (SVCCA compares centred subspaces)": _svcca_variant(
                 X, Y, 0.99, centre=False
             ).mean(),
@@ -565,10 +573,9 @@ def _p_case(label: str, observed: float, null: np.ndarray) -> Case:
         lambda fn: fn(observed, null.copy()),
         similarity.p_value(observed, null),
         {
-            "count the observed score itself as one re-pairing: p = (1 + #(null >= observed)) / (1 + N), never 0": np.count_nonzero(
-                null >= observed
-            )
-            / n,
+            (
+                "count the observed score itself as one re-pairing: p = (1 + #(null >= observed)) / (1 + N), never 0"
+            ): np.count_nonzero(null >= observed) / n,
             "a re-pairing that ties the observed score counts against it: null >= observed, not >": (
                 1 + np.count_nonzero(null > observed)
             )

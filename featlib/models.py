@@ -321,7 +321,9 @@ def converted_gguf(name: str) -> Path:
         )
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=p.file)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=p.file, dtype=torch.float32)
-        model.hf_quantizer, model.is_quantized = None, False  # weights are dequantised: save them plainly
+        # weights are dequantised: save them plainly (from_pretrained sets both attributes; transformers does not
+        # declare them on the model class, so mypy checks them against nn.Module's __setattr__)
+        model.hf_quantizer, model.is_quantized = None, False  # type: ignore[assignment]
         del model.config.quantization_config
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -377,7 +379,8 @@ def load_gguf(model_id: str, name: str, device: str = "cpu", dtype: str = "float
         return hooked_from_hf(hf_model, tok, folder, GGUF_MODELS[name].tl_name, device, dtype)
 
     def build_hf() -> Any:
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).to(device)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
+        return hf_model.to(device)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) loses the bound self
 
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     return LoadedModel(

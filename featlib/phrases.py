@@ -153,7 +153,7 @@ def control_windows(ut: UnitText, occ: Occurrences, n_controls: int, seed: int) 
     n, rows = len(ut.spans), ut.spans[:, 0]
     taken = np.r_[0, np.cumsum(np.isin(np.arange(n), occ.covered))]  # covered units before each position
     starts: dict[int, np.ndarray] = {}  # window length -> every allowed first unit
-    out = []
+    out: list[np.ndarray] = []
     for units in occ.units:
         length = len(units)
         if length not in starts:
@@ -261,10 +261,9 @@ def interaction_matrix(decoder: np.ndarray, groups: list[np.ndarray]) -> np.ndar
     out = np.full((G, G), np.nan)
     for i in range(G):
         for j in range(i, G):
-            if bases[i] is not None and bases[j] is not None and bases[i].shape[1] and bases[j].shape[1]:
-                out[i, j] = out[j, i] = np.linalg.norm(bases[i].T @ bases[j]) ** 2 / min(
-                    bases[i].shape[1], bases[j].shape[1]
-                )
+            bi, bj = bases[i], bases[j]
+            if bi is not None and bj is not None and bi.shape[1] and bj.shape[1]:
+                out[i, j] = out[j, i] = np.linalg.norm(bi.T @ bj) ** 2 / min(bi.shape[1], bj.shape[1])
     return out
 
 

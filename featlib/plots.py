@@ -16,6 +16,7 @@ from .config import REPO
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.typing import RcKeyType
 
     from .config import Config
 
@@ -25,7 +26,7 @@ RESULTS = REPO / "results"
 ONE_COLUMN, TWO_COLUMN = 3.5, 7.0  # figure widths in inches: one column and the full width of a two-column paper
 DPI = 300  # of the saved PNGs (the PDFs are vector)
 # seaborn's "paper" context at these sizes: 8 pt text, 7 pt ticks and legends at print size
-RC = {
+RC: dict[RcKeyType, Any] = {
     "font.size": 8,
     "axes.titlesize": 8,
     "axes.labelsize": 8,
@@ -51,8 +52,9 @@ def style() -> Any:
     :data:`RC` on top; nothing outside the block changes."""
     import matplotlib as mpl
     import seaborn as sns
+    from matplotlib.rcsetup import cycler
 
-    palette = mpl.cycler(color=sns.color_palette("colorblind").as_hex())
+    palette = cycler(color=sns.color_palette("colorblind").as_hex())
     with mpl.rc_context({**sns.axes_style("ticks"), **sns.plotting_context("paper"), **RC, "axes.prop_cycle": palette}):
         yield
 
@@ -429,8 +431,8 @@ def group_scale(ax: Any, groups: pd.DataFrame, metric: str, name: str, colors: d
         for i, g in enumerate(cross.group):
             vals = ref[ref.group == g][metric].to_numpy(dtype=float)
             ax.scatter(np.full(len(vals), i - 0.2), vals, color=color, marker=marker, s=14, zorder=3, label=label)
-    for i in np.flatnonzero(~np.isfinite(cross[metric].to_numpy(dtype=float))):
-        panel_note(ax, "not scorable", x=i, y=0.5, rotation=90, transform=ax.get_xaxis_transform())
+    for col in np.flatnonzero(~np.isfinite(cross[metric].to_numpy(dtype=float))).tolist():
+        panel_note(ax, "not scorable", x=col, y=0.5, rotation=90, transform=ax.get_xaxis_transform())
     ax.set_xticks(x, [f"{g}\n(n={n})" for g, n in zip(cross.group, cross.pairs)])
     ax.set(ylabel=name, xlim=(-0.7, max(len(cross), 4) - 0.3))
     if not len(cross):

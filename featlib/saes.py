@@ -371,7 +371,8 @@ def decode_sparse(sae: Any, z: torch.Tensor | sp.csr_array) -> torch.Tensor:
         z = z.to_sparse()
     else:
         coo = z.tocoo()
-        z = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, coo.shape, check_invariants=False)
+        idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))  # what torch would convert them to
+        z = torch.sparse_coo_tensor(idx, coo.data, coo.shape, check_invariants=False)
     return sae.decode(z.to(sae.device, sae.dtype)).float().cpu()
 
 

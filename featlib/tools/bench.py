@@ -39,14 +39,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 
 from .. import similarity, sparse_rows
 from ..correlation import SparseCodes, correlate, dense_reference
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # imported where used (scipy loads slowly); here for the annotation only
 
 
 def _rss() -> int:
@@ -155,8 +159,8 @@ def bench_topk(d: int, k: int, n_tokens: int, ref_tokens: int, chunk: int = 8192
 
     fast = measure(lambda: correlate(chunks, d, d))
     rows_a, rows_b = (_rows([c[side] for c in chunks()]) for side in (0, 1))
-    product = measure(lambda: sparse_rows.correlate(rows_a, rows_b))
-    del rows_a, rows_b
+    product = measure(partial(sparse_rows.correlate, rows_a, rows_b))
+    del rows_a, rows_b  # the rows are freed before the dense reference's matrices are made
     sub_a, sub_b = planted_topk(ref_tokens, d, k, seed=0)
     dense_a, dense_b = sub_a.to_dense(), sub_b.to_dense()
     ref = measure(lambda: dense_reference(dense_a, dense_b))
@@ -236,7 +240,7 @@ def bench_nulls(n: int, shuffles: int, naive_shuffles: int) -> dict[str, Any]:
     ):
         fast = measure(fast_fn)
         values[metric] = fast.value
-        naive = measure(lambda: np.array([naive_fn(p) for p in perms]))
+        naive = measure(partial(_naive_null, naive_fn, perms))
         naive_s = naive.seconds * shuffles / naive_shuffles
         out[metric] = {
             "featlib_s": fast.seconds,
@@ -253,6 +257,11 @@ def bench_nulls(n: int, shuffles: int, naive_shuffles: int) -> dict[str, Any]:
         "svd_route_max_abs_diff": float(np.abs(svd.value - values["procrustes"]).max()),
     }
     return out
+
+
+def _naive_null(score: Callable[[np.ndarray], float], perms: np.ndarray) -> np.ndarray:
+    """The naive null: ``score`` recomputed from scratch for every re-pairing."""
+    return np.array([score(p) for p in perms])
 
 
 def bench_universal(d_models: dict[str, int], expansion: int, k: int, batch_size: int, steps: int) -> dict[str, Any]:
@@ -272,7 +281,7 @@ def bench_universal(d_models: dict[str, int], expansion: int, k: int, batch_size
     W_enc = torch.randn(d, K, requires_grad=True)
     W_dec = torch.randn(K, d, requires_grad=True)
     opt = torch.optim.AdamW([W_enc, W_dec], lr=1e-4)
-    x = torch.from_numpy(arrays[max(d_models, key=d_models.get)][:batch_size])
+    x = torch.from_numpy(arrays[max(d_models, key=d_models.__getitem__)][:batch_size])
 
     def plain() -> None:
         for _ in range(steps):
@@ -401,6 +410,24 @@ def bench_extraction(name: str, layers: list[int], n_rows: int, seq_len: int, ba
     }
 
 
+class Sizes(TypedDict):
+    """The sizes of one bench run (``--quick`` or full), as :func:`main` passes them to the parts."""
+
+    d: int
+    k: int
+    n_tokens: int
+    ref_tokens: int
+    dense_d: int
+    dense_tokens: int
+    n: int
+    shuffles: int
+    naive: int
+    usae_steps: int
+    usae_expansion: int
+    extract_rows: int
+    extract_models: list[str]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds), for tests")
@@ -412,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     if args.quick:
-        sizes = dict(
+        sizes = Sizes(
             d=1024,
             k=8,
             n_tokens=20000,
@@ -428,7 +455,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             extract_models=["smollm2-135m-instruct"],
         )
     else:
-        sizes = dict(
+        sizes = Sizes(
             d=16384,
             k=32,
             n_tokens=200_000,
@@ -539,7 +566,7 @@ def _planted(quick: bool, figure_dir: str | None) -> dict[str, Any]:
     }
 
 
-def _extraction(sizes: dict[str, Any]) -> dict[str, Any]:
+def _extraction(sizes: Sizes) -> dict[str, Any]:
     from ..config import build
 
     cfg = build("smollm-gemma")
@@ -557,7 +584,7 @@ def _extraction(sizes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _universal(sizes: dict[str, int]) -> dict[str, Any]:
+def _universal(sizes: Sizes) -> dict[str, Any]:
     d_models = {"A": 512, "B": 768}  # Pythia-70m and -160m widths
     r = bench_universal(d_models, sizes["usae_expansion"], 32, 1024, sizes["usae_steps"])
     print(f"universal SAE training: d_model 512 and 768, {r['n_latents']} concepts, k = 32, batches of 1,024 tokens")
@@ -587,7 +614,7 @@ def _sae(quick: bool) -> dict[str, Any]:
     return out
 
 
-def _matching(sizes: dict[str, int], quick: bool) -> dict[str, Any]:
+def _matching(sizes: Sizes, quick: bool) -> dict[str, Any]:
     peak = matmul_gflops(1024 if quick else 4096)
     print(f"plain float32 matmul: {peak:.1f} GFLOP/s\n")
     topk = bench_topk(sizes["d"], sizes["k"], sizes["n_tokens"], sizes["ref_tokens"])
@@ -617,7 +644,7 @@ def _matching(sizes: dict[str, int], quick: bool) -> dict[str, Any]:
     return {"peak_gflops": peak, "topk": topk, "dense": dense}
 
 
-def _nulls(sizes: dict[str, int]) -> dict[str, Any]:
+def _nulls(sizes: Sizes) -> dict[str, Any]:
     nulls = bench_nulls(sizes["n"], sizes["shuffles"], sizes["naive"])
     print(f"nulls: {sizes['n']} pairs (widths 512 and 768) x {sizes['shuffles']} shuffles")
     for metric, r in nulls.items():

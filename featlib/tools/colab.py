@@ -12,6 +12,7 @@ it there and run this again (the tests check that the notebooks and README's bad
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,9 +31,23 @@ OLD_END = '    os.chdir("/content/featuniv/notebooks")\n'  # the last line of th
 
 def repo_url() -> str:
     """The repository's address: pyproject.toml's ``[project.urls] Repository``, the one place it is written."""
-    import tomllib
+    return _toml_string((REPO / "pyproject.toml").read_text(), "project.urls", "Repository")
 
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+
+def _toml_string(text: str, table: str, key: str) -> str:
+    """The plain string ``key = "..."`` (or ``'...'``) of ``[table]`` in TOML ``text``: just what
+    :func:`repo_url` reads. Not a TOML parser: the standard library has one (``tomllib``) only from
+    Python 3.11, and featuniv runs on 3.10 too."""
+    in_table = False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            in_table = line.split("#", 1)[0].strip() == f"[{table}]"
+        elif in_table:
+            m = re.fullmatch(rf"""{re.escape(key)}\s*=\s*(?:"([^"\\]*)"|'([^']*)')\s*(?:#.*)?""", line)
+            if m:
+                return m[1] if m[1] is not None else m[2]
+    raise ValueError(f'pyproject.toml: no {key} = "..." in [{table}]')
 
 
 def badge(notebook: str, folder: str = "notebooks") -> str:
@@ -61,6 +76,7 @@ def setup(root: str = CLONE) -> None:
         proc = subprocess.Popen(
             ["bash", f"{root}/scripts/colab_install.sh"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:  # shown in the notebook (a subprocess's own output would not be)
             print(line, end="", flush=True)
         assert proc.wait() == 0, "featuniv's Colab install failed: see the output above"

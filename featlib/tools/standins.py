@@ -155,7 +155,7 @@ def write_pythia_models(hub: Path, scale: Scale) -> None:
             num_hidden_layers=size["layers"],
             num_attention_heads=size["heads"],
             intermediate_size=4 * size["d"],
-            rotary_pct=0.25,
+            rope_parameters={"partial_rotary_factor": 0.25},  # Pythia: rotary embeddings on a quarter of each head
             max_position_embeddings=scale.max_positions,
             use_parallel_residual=True,
             tie_word_embeddings=False,
