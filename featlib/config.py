@@ -231,7 +231,6 @@ class Atlas(_Section):
     seed: int = Field(42, description="UMAP and null seed")
 
 
-COMPARISON_KINDS = ("cross", "model_seed")  # kinds a profile lists; "seed" and "random_init" are derived (references)
 REFERENCE_KINDS = ("seed", "random_init")
 
 

@@ -132,3 +132,13 @@ def test_the_library_does_not_import_its_command_line_tools():
     found = [str(p.relative_to(REPO)) for p in REPO.glob("featlib/**/*.py")
              if "tools" not in p.relative_to(REPO).parts and pattern.search(p.read_text())]
     assert not found, found
+
+
+def test_every_kind_is_described():
+    """The kinds a profile may list and the references' kinds each have a line in the study's table of kinds."""
+    import typing
+
+    from featlib.study import COMPARISON_KINDS
+
+    listed = typing.get_args(config.ComparisonSpec.model_fields["kind"].annotation)
+    assert set(COMPARISON_KINDS) == set(listed) | set(config.REFERENCE_KINDS)
