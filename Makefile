@@ -106,14 +106,14 @@ check: $(STAMP)
 
 # `make check`, then two lanes, one thread each (two cores do about a third more as two single-threaded jobs
 # than as one job on both): the pytest tests in one session (unit tests and the chains; the hub stand-ins
-# are built once) beside nbval followed by the tests marked beside_nbval (the exercise solutions), so that
-# the lanes end together. A lane's output appears when it ends.
+# are built once) beside nbval followed by the tests marked beside_nbval (the exercise solutions, on nbval's
+# tiny artifacts), so that the lanes end together. A lane's output appears when it ends.
 ONE_THREAD := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 test: $(STAMP) check
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-pytest test-lane2
 
 test-lane2: test-nbval
-	$(OFFLINE) $(ONE_THREAD) $(PY) -m pytest tests -q -m beside_nbval -p no:cacheprovider --durations=5
+	$(OFFLINE) $(ONE_THREAD) FEATUNIV_EXERCISE_CACHE=$(NB_CACHE) $(PY) -m pytest tests -q -m beside_nbval -p no:cacheprovider --durations=5
 
 ## The fast lane (under a minute on 2 cores): every test not marked slow, outside tests/chain (docs/tests.md).
 test-fast: $(STAMP)

@@ -134,8 +134,14 @@ def test_the_track_is_linked_and_documented():
 
 @pytest.fixture(scope="module")
 def exercise_cache(tmp_path_factory):
-    """One cache for every solution notebook: the first computes the tiny study's artifacts, the others reuse them."""
-    return tmp_path_factory.mktemp("exercise-cache")
+    """One cache for every solution notebook: the first computes the tiny study's artifacts, the others reuse them.
+    ``make test`` runs them after nbval with ``FEATUNIV_EXERCISE_CACHE`` set to nbval's cache, whose tiny artifacts
+    (the same keys) they then reuse; unset, they start from an empty cache, as a student on Colab does."""
+    import os
+    from pathlib import Path
+
+    shared = os.environ.get("FEATUNIV_EXERCISE_CACHE")
+    return Path(shared) if shared else tmp_path_factory.mktemp("exercise-cache")
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ def standin_profile(root):
     p = standins.standin_profile(root, LABEL)
     p["data"].update(n_docs=0, seq_len=65, n_eval_tokens=8192, n_train_tokens=8192, batch_size=16)
     p["layers"] = {"A": [0, 1], "B": [0, 1, 2]}
-    p["matching"]["layer_pair"] = [1, 1]
+    p["comparisons"] = [{"a": "A", "b": "B", "layers": [1, 1], "kind": "cross"}]
     p["similarity"].update(n_shuffles=50, layerwise_shuffles=20)
     p["subspaces"].update(n_random_sets=10, min_features=2)
     p["universal"].update(expansion=2, k=8, batch_size=256, steps=100, warmup_steps=10, dead_steps=20)

@@ -26,7 +26,7 @@ def small_profile():
     p["subspaces"].update(n_random_sets=10, min_features=2)
     p["universal"].update(expansion=2, k=8, batch_size=256, steps=50, warmup_steps=10, dead_steps=20)
     p["atlas"].update(n_active=50, n_random=20)
-    p["comparisons"].update(layers="focus")  # the ceilings and the floor (random SmolLM2 and Gemma-3) at 14-8 only
+    p["references"].update(layers="focus")  # the ceilings and the floor (random SmolLM2 and Gemma-3) at 14-8 only
     p["calibration"].update(draws=5, grid_draws=3)
     p["transfer"].update(layers="focus", max_pairs=20, folds=2, n_rows=2, n_tokens=9, n_calibration=4, gallery=2, gallery_tokens=4)
     assert p["models"] == full["models"] and p["data"]["align"] == "token_end"
