@@ -124,7 +124,7 @@ class Study:
                         else Side(m, side.layer, random_init=True)
                     )
                     out.append(Comparison(k, own, other))
-        return list(dict.fromkeys(out))
+        return out  # a comparison's two sides are two models (config.build refuses a == b): no repeats
 
     def has_references(self, comparison: Comparison) -> bool:
         """Whether the cell ``comparison`` has a ceiling and a floor for each of its sides' models that

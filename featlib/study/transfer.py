@@ -28,7 +28,7 @@ from ..subspaces import group_features, resolve_groups
 from .codes import top_token_strings
 from .core import Comparison, Study
 from .pairs import match, matching_artifact
-from .usae import universal_sae, usae_artifact
+from .usae import reads, universal_sae, usae_artifact
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,9 +70,6 @@ class TransferParams:
             tuple(methods),
         )
 
-    def key(self) -> dict[str, Any]:
-        return asdict(self) | {"methods": list(self.methods)}
-
 
 def cells(study: Study) -> list[Comparison]:
     """The cells tested: the comparison ``transfer.comparison`` names, then (``transfer.layers: diagonal``) it at
@@ -88,9 +85,7 @@ def cells(study: Study) -> list[Comparison]:
 
 def methods(study: Study, comp: Comparison) -> list[str]:
     """The methods run at ``comp``: ``universal`` only where the universal SAE reads both of its sides' layers."""
-    layers = study.cfg.universal_layers
-    at = all(layers.get(s.model) == s.layer for s in (comp.a, comp.b))
-    return [m for m in transfer.METHODS if m != "universal" or at]
+    return [m for m in transfer.METHODS if m != "universal" or reads(study, comp)]
 
 
 def transfer_artifact(study: Study, comp: Comparison) -> step.Artifact:
@@ -120,7 +115,7 @@ def transfer_artifact(study: Study, comp: Comparison) -> step.Artifact:
 
     return step.run(
         "transfer",
-        params.key(),
+        asdict(params),  # methods a tuple: hashed as the JSON list it was
         inputs,
         produce,
         version=VERSION,

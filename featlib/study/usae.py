@@ -102,10 +102,15 @@ PER_MODEL = ("top_positions", "counterpart_cos", "counterpart", "random_cos")
 ARRAYS = ("r2", "fires", "cofire", "anyfire", "mean_code", "firing_entropy", "cofire_proportion", "energy")
 
 
-def read_comparisons(study: Study) -> list[Comparison]:
-    """The profile's comparisons whose two sides the universal SAE reads (same models, same layers)."""
+def reads(study: Study, comparison: Comparison) -> bool:
+    """Whether the universal SAE reads both sides of ``comparison`` (their models, at their layers)."""
     layers = study.cfg.universal_layers
-    return [c for c in study.listed if all(layers.get(s.model) == s.layer for s in (c.a, c.b))]
+    return all(layers.get(s.model) == s.layer for s in (comparison.a, comparison.b))
+
+
+def read_comparisons(study: Study) -> list[Comparison]:
+    """The profile's comparisons whose two sides the universal SAE reads."""
+    return [c for c in study.listed if reads(study, c)]
 
 
 @dataclass(frozen=True)
