@@ -57,3 +57,30 @@ def test_findings_of_several_comparisons_are_told_apart():
     # A2–B3 between A's and B's references (ceiling 0.80, floor 0.10); C2–B3 between B's only (0.70, 0.10)
     assert "For cross A2–B3, the median best r (0.50) is 57% of the way" in text
     assert "For cross C2–B3, the median best r (0.30) is 33% of the way" in text and "ceiling 0.70" in text
+
+
+def _group_rows(group, cross, ceilings, floors, p=0.01, pairs=12):
+    """A toy group table: one cross row, then one row per seed ceiling and per random-init floor (score, pairs)."""
+    rows = [{"comparison": "cross A1–B1", "kind": "cross", "group": group, "pairs": pairs, "scorable": True,
+             "rsa": cross, "rsa p (re-pair)": p}]
+    for kind, refs in (("seed", ceilings), ("random_init", floors)):
+        for side, (score, n) in zip("AB", refs):
+            name = f"{kind} {side}1–{side}1 ({'seed 1' if kind == 'seed' else 'random init'})"
+            rows.append({"comparison": name, "kind": kind, "group": group, "pairs": n, "scorable": score == score,
+                         "rsa": score, "rsa p (re-pair)": 0.01 if score == score else float("nan")})
+    return rows
+
+
+def test_a_group_is_above_the_floors_only_when_every_floor_is_scorable_and_beaten():
+    """Emotions on smollm-gemma: cross 0.60, floors 0.18 (5 pairs) and not scorable (1 pair). The max over the
+    floors skipped the NaN one and called the group above its floors; a not scorable floor is not beaten."""
+    nan = float("nan")
+    rows = (_group_rows("Emotions", 0.60, [(0.33, 26), (0.40, 18)], [(0.18, 5), (nan, 1)], pairs=9)
+            + _group_rows("Time", 0.21, [(0.31, 167), (0.32, 111)], [(0.18, 21), (0.07, 39)], pairs=122)
+            + _group_rows("Nature", 0.50, [(0.6, 20), (0.7, 20)], [(0.40, 20), (0.55, 20)]))  # beats one floor only
+    text = fs.group_findings(pd.DataFrame(rows), "rsa")
+    assert "3 of 3 concept groups have a scorable cross-model RSA; 1 of them are above" in text
+    assert text.split("\n\n")[0].endswith(": Time.")
+    emotions = next(line for line in text.splitlines() if line.startswith("- Emotions"))
+    assert "floor not scorable (B1, 1 pair)" in emotions and "above its null and every floor" not in emotions
+    assert "above its null and every floor" in next(line for line in text.splitlines() if line.startswith("- Time"))

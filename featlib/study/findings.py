@@ -211,40 +211,58 @@ def grid_findings(grid: pd.DataFrame, diagonal: list[tuple[int, int]]) -> str:
     )
 
 
+def _side(row: pd.Series) -> str:
+    """The side a ceiling's or floor's row starts from (``B8`` of ``random_init B8–B8 (random init)``)."""
+    return str(row.comparison).removeprefix(f"{row.kind} ").split("–")[0]
+
+
+def _floor_text(row: pd.Series, metric: str) -> str:
+    """One floor of a group: its score and side, or that it is not scorable, with its side and pairs."""
+    if np.isfinite(row[metric]):
+        return f"floor {row[metric]:.3f} ({_side(row)})"
+    n = int(row.pairs)
+    return f"floor not scorable ({_side(row)}, {n} pair{'' if n == 1 else 's'})"
+
+
 def group_findings(groups: pd.DataFrame, metric: str = "rsa", what: str = "concept groups") -> str:
-    """Concept groups whose cross-model ``metric`` beats its re-pairing null (p < 0.05) and every floor's
-    score of the same group (not scorable floors do not count as beaten), each with its place between the
-    floor and the ceiling where both are scored: (cross - best floor) / (mean ceiling - best floor)."""
+    """Concept groups whose cross-model ``metric`` beats its re-pairing null (p < 0.05) and the score of the same
+    group in *every* random-model floor (one per model in ``references.models``): a group with a floor that is not
+    scorable, or with no floor, is not above its floors — a floor that cannot be measured is not beaten. Each
+    group is listed with its floors (a not scorable one named by its side and pairs) and its mean ceiling, and
+    its place between the floor and the ceiling where both are scored: (cross - best floor) / (mean ceiling -
+    best floor)."""
     listed = ~groups.kind.isin(REFERENCE_KINDS)  # the comparison's own rows (cross or model_seed)
     cross = groups[listed & groups.scorable & np.isfinite(groups[metric])]
-    floors = groups[groups.kind == "random_init"].groupby("group")[metric].max()
+    floor_rows = groups[groups.kind == "random_init"]
     ceilings = groups[groups.kind == "seed"].groupby("group")[metric].mean()
     lines, above = [], []
     for _, r in cross.iterrows():
-        fl, ce = floors.get(r.group, np.nan), ceilings.get(r.group, np.nan)
-        ok = r[f"{metric} p (re-pair)"] < 0.05 and np.isfinite(fl) and r[metric] > fl
+        fls = floor_rows[floor_rows.group == r.group]
+        scored = np.isfinite(fls[metric].to_numpy(dtype=float))
+        all_scored = len(fls) > 0 and bool(scored.all())
+        fl, ce = (float(fls[metric].max()) if all_scored else np.nan), ceilings.get(r.group, np.nan)
+        ok = r[f"{metric} p (re-pair)"] < 0.05 and all_scored and r[metric] > fl
         above += [r.group] if ok else []
         place = (
             f", {(r[metric] - fl) / (ce - fl):.2f} of the way from floor to ceiling"
             if np.isfinite(fl) and ce > fl
             else ""
         )
+        floors = ", ".join(_floor_text(f, metric) for _, f in fls.iterrows()) if len(fls) else "no floor computed"
         lines.append(
             f"- {r.group} ({r.pairs} pairs): cross {r[metric]:.3f} ({format_p(r[f'{metric} p (re-pair)'])}), "
-            + (f"best floor {fl:.3f}" if np.isfinite(fl) else "floor not scorable")
+            + floors
             + ", "
             + (f"mean ceiling {ce:.3f}" if np.isfinite(ce) else "ceiling not scorable")
             + place
-            + (" — above the floor" if ok else "")
+            + (" — above its null and every floor" if ok else "")
         )
     name = METRIC_NAMES[metric]
     n_all = int(listed.sum())
     return (
         HEAD + f"{len(cross)} of {n_all} {what} have a scorable cross-model {name}; {len(above)} of them are above its "
-        f"re-pairing null (p < 0.05) and above the random-model floors' {name} of the same group"
-        + (f": {', '.join(above)}" if above else "")
-        + ".\n\n"
-        + "\n".join(lines)
+        f"re-pairing null (p < 0.05) and above every random-model floor's {name} of the same group (a floor that is "
+        f"not scorable is not beaten)" + (f": {', '.join(above)}" if above else "") + ".\n\n" + "\n".join(lines)
     )
 
 
