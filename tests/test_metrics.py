@@ -206,6 +206,67 @@ def test_mutual_knn_chunked_and_tie_break() -> None:
     assert knn._knn_sets(torch.from_numpy(T), 2, "T")[0].tolist() == [1, 2]
 
 
+def reference_knn_sets(C: np.ndarray, k: int) -> list[list[int]]:
+    """The k-NN sets by an explicit stable sort of the other items by (-similarity, index)."""
+    n = len(C)
+    return [sorted(sorted((j for j in range(n) if j != i), key=lambda j: (-C[i, j], j))[:k]) for i in range(n)]
+
+
+def reference_mutual_knn(Cx: np.ndarray, Cy: np.ndarray, k: int) -> float:
+    sx, sy = reference_knn_sets(Cx, k), reference_knn_sets(Cy, k)
+    return sum(len(set(a) & set(b)) for a, b in zip(sx, sy)) / (len(Cx) * k)  # shared places / (n k)
+
+
+def copies(n: int, d: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, d) rows that are positive multiples (1, 3, 0.7, 1000 or 0.1) of m random directions, and the
+    (n, n) cosines those rows have by construction: one value per pair of directions, so copies tie
+    exactly and, among other rows, the lower-index rule decides."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((m, d))
+    g = rng.integers(0, m, n)
+    scale = np.where(rng.random(n) < 0.4, 1.0, rng.choice([3.0, 0.7, 1e3, 0.1], n))
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    return scale[:, None] * base[g], (unit @ unit.T)[g][:, g]
+
+
+def test_mutual_knn_ties_between_copies_go_to_the_lower_index() -> None:
+    """Copies of one direction (identical rows, positive multiples) are exactly as similar to every row,
+    whatever the rounding of each copy's unit vector and of the matrix product: the lower index wins."""
+    t = np.deg2rad([0, 20, 20, 20, 45, 90])
+    X = np.stack([np.cos(t), np.sin(t)], axis=1) * np.array([1, 1, 3, 0.7, 1, 1])[:, None]
+    # k = 1: 0 -> {1, 2, 3} tied -> 1; 1 -> {2, 3} (same direction) -> 2; 2 -> 1; 3 -> 1; 4 -> {1, 2, 3} -> 1; 5 -> 4
+    assert knn._knn_sets(torch.from_numpy(X), 1, "X")[:, 0].tolist() == [1, 2, 1, 1, 1, 4]
+    # k = 2: 0 -> {1, 2}; 1 -> {2, 3}; 2 -> {1, 3}; 3 -> {1, 2}; 4 -> {1, 2} (of 1, 2, 3 at 25 degrees); 5 -> {4, 1}
+    assert knn._knn_sets(torch.from_numpy(X), 2, "X").tolist() == [[1, 2], [2, 3], [1, 3], [1, 2], [1, 2], [1, 4]]
+    # re-ordering copies of one direction changes nothing, nor does scaling every row
+    for Y in (X[[0, 3, 2, 1, 4, 5]], 3.0 * X, X[[0, 2, 1, 3, 4, 5]] * 0.1):
+        for k in (1, 2, 3):
+            assert sim.mutual_knn(X, Y, k=k) == 1.0
+    for seed, (n, d, m) in enumerate([(47, 64, 20), (127, 576, 60), (60, 3, 25)]):
+        (X, Cx), (Y, Cy) = copies(n, d, m, seed), copies(n, d + 5, m // 2, seed + 10)
+        for k in (1, 4, 10):
+            assert knn._knn_sets(torch.from_numpy(X), k, "X").tolist() == reference_knn_sets(Cx, k)
+            assert knn._knn_sets(torch.from_numpy(X), k, "X", chunk=7).tolist() == reference_knn_sets(Cx, k)
+            assert sim.mutual_knn(X, Y, k=k) == reference_mutual_knn(Cx, Cy, k)
+
+
+def test_mutual_knn_null_breaks_ties_by_the_re_paired_index() -> None:
+    """Every null value, on both lookup routes, is the reference score of X against the re-paired Y."""
+    (X, Cx), (Y, Cy) = copies(40, 8, 15, 3), copies(40, 6, 9, 4)
+    N, seed, k = 25, 7, 4
+    perms = sim.permutations(40, N, seed)
+    want = np.array([reference_mutual_knn(Cx, Cy[p][:, p], k) for p in perms])
+    assert np.ptp(want) > 0.05
+    np.testing.assert_array_equal(sim.mutual_knn_null(X, Y, N, seed, k=k, batch_size=6), want)
+    kx, ny = knn._knn_sets(torch.from_numpy(X), k, "X"), knn._neighbours(torch.from_numpy(Y), k, "Y")
+    assert ny.tied_rows.numel() > 0  # the test has ties to break
+    for dense in (False, True):
+        np.testing.assert_array_equal(knn._mutual_knn_null(kx, ny, perms, 4, dense=dense), want)
+    summary, nulls = sim.compare_with_nulls(X, Y, N, seed, metrics=("mutual_knn",), knn_k=k)
+    np.testing.assert_array_equal(nulls["mutual_knn"], want)
+    assert summary["mutual_knn"]["score"] == reference_mutual_knn(Cx, Cy, k) == sim.mutual_knn(X, Y, k=k)
+
+
 def test_mutual_knn_bad_input() -> None:
     X = decaying(6, 3, seed=15)
     for k in (0, 6, 2.5, True):
