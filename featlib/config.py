@@ -279,7 +279,7 @@ class Calibration(_Section):
         0.5, gt=0, le=1, description="every score at fraction x the fewest pairs of the cell, its ceilings and floors"
     )
     draws: PosInt = Field(50, description="subsamples per cell (04)")
-    grid_draws: PosInt = Field(20, description="per cell of the layer grid (05)")
+    grid_draws: PosInt = Field(20, description="per cell of the layer grid (05) and per concept group (06)")
     seed: int = Field(0, description="seed of the subsamples")
 
 

@@ -107,3 +107,141 @@ def test_random_init_is_seeded_and_apart():
     assert torch.equal(w["r1"], w["r2"]) and not torch.equal(w["r1"], w["r3"]) and not torch.equal(w["r1"], w["lm"])
     assert r1.fingerprint == r2.fingerprint != r3.fingerprint != lm.fingerprint
     assert r1.tokenizer is lm.tokenizer and r1.id == "A" and r1.model.cfg.n_layers == lm.model.cfg.n_layers
+
+
+# ---- concept groups on the calibrated scale (featlib.study.groups) ------------------------------------------
+
+
+def _related(n, d, noise, rng, base=None):
+    """``n`` pairs (X, Y): Y = X + noise (noise None: Y independent of X)."""
+    X = rng.standard_normal((n, d)) if base is None else base
+    Y = rng.standard_normal((n, d)) if noise is None else X + noise * rng.standard_normal((n, d))
+    return X, Y
+
+
+def test_a_group_is_calibrated_at_one_m_with_known_answers():
+    from featlib import similarity
+    from featlib.study.groups import calibrate_group
+
+    rng = np.random.default_rng(0)
+    ceiling, floor, cross = _related(12, 16, 0.3, rng), _related(12, 16, None, rng), _related(12, 16, 1.0, rng)
+    names = ["cross", "ceiling", "floor"]
+    kw = dict(fraction=1.0, draws=4, seed=0, variance=0.99)  # m = every pair: each draw is the whole set, reordered
+    same = calibrate_group(ceiling, [ceiling], [floor], names, **kw)["rsa"]  # the cross is the ceiling: 1
+    assert same.m == 12 and same.draws == 4 and same.calibrated.mean == pytest.approx(1, abs=1e-9)
+    assert same.calibrated.lo == pytest.approx(1, abs=1e-9) and same.calibrated.hi == pytest.approx(1, abs=1e-9)
+    on_floor = calibrate_group(floor, [ceiling], [floor], names, **kw)["cka_debiased"]  # the cross is the floor: 0
+    assert on_floor.calibrated.mean == pytest.approx(0, abs=1e-9) and on_floor.verdict == cal.NOT_ABOVE
+    s = {k: similarity.scores(*p, metrics=("rsa",))["rsa"] for k, p in (("x", cross), ("c", ceiling), ("f", floor))}
+    mid = calibrate_group(cross, [ceiling], [floor], names, **kw)["rsa"]
+    assert mid.calibrated.mean == pytest.approx((s["x"] - s["f"]) / (s["c"] - s["f"]), abs=1e-9)
+    assert 0 < mid.calibrated.mean < 1 and mid.cross.mean == pytest.approx(s["x"], abs=1e-9)
+    # half-samples of unequal groups: one m for all, a real interval, planted order kept
+    half = calibrate_group(_related(30, 16, 1.0, rng), [_related(40, 16, 0.3, rng)] * 2, [_related(20, 16, None, rng)] * 2,
+                           ["cross", "c1", "c2", "f1", "f2"], fraction=0.5, draws=20, seed=0, variance=0.99)
+    assert {c.m for c in half.values()} == {10} and half["rsa"].calibrated.lo < half["rsa"].calibrated.hi
+    assert half["rsa"].above_floor and half["cka_debiased"].above_floor
+    assert half["svcca"].verdict.startswith("not scorable: SVCCA is degenerate at m = 10 pairs")
+
+
+def test_a_group_with_a_floor_of_five_pairs_is_not_scorable_and_says_why():
+    from featlib.study.groups import calibrate_group
+
+    rng = np.random.default_rng(1)
+    cals = calibrate_group(_related(30, 8, 0.5, rng), [_related(30, 8, 0.1, rng)], [_related(5, 8, None, rng)],
+                           ["cross A1–B1", "seed A1–A1 (seed 1)", "random_init B1–B1 (random init)"],
+                           fraction=0.5, draws=20, seed=0, variance=0.99)
+    assert set(cals) == {"svcca", "rsa", "cka_debiased"}
+    for c in cals.values():
+        assert not c.scorable and np.isnan(c.calibrated.mean) and c.m == 2 and c.draws == 0
+        assert c.verdict == ("not scorable: random_init B1–B1 (random init) has 5 pairs of the group, so "
+                             "m = ⌊0.5 × 5⌋ = 2 pairs per draw (at least 3 needed)")
+    three = calibrate_group(_related(6, 8, 0.5, rng), [_related(30, 8, 0.1, rng)], [_related(30, 8, None, rng)],
+                            ["c", "s", "f"], fraction=0.5, draws=5, seed=0, variance=0.99)["rsa"]
+    assert three.m == 3 and three.verdict.startswith("not scorable: RSA is degenerate at m = 3 pairs")
+
+
+def _group_study(tmp_path, monkeypatch, overrides=None):
+    """A tiny-profile Study whose SAEs are seeded random decoders and whose matchings are planted: in every
+    comparison, features 0..n-1 of side A pair with 0..n-1 of side B; group "G" holds the first ``sizes[i]`` pairs
+    of comparison i, "H" the next ten."""
+    import zlib
+
+    from featlib import matching, step
+    from featlib.study import groups, pairs
+
+    monkeypatch.setenv("FEATUNIV_CACHE", str(tmp_path / "cache"))
+    cfg = config.build("tiny", {"references.layers": "focus", "calibration.grid_draws": 5} | (overrides or {}))
+    study = Study(cfg, {m: SimpleNamespace(n_layers=n) for m, n in zip("AB", (4, 6))}, {})
+    decoders = {}
+
+    def decoder_rows(side, idx):
+        if side not in decoders:
+            decoders[side] = np.random.default_rng(zlib.crc32(side.name.encode())).standard_normal((64, 16))
+        return decoders[side][np.asarray(idx)]
+
+    study.decoder_rows = decoder_rows
+    comps = [study.focus, *study.references(study.focus)]
+    n = 40
+    fakes = {c: pairs.Match(c, matching.Matches(np.arange(n), np.arange(n), np.full(n, 0.5)),
+                            matching.Matches(np.arange(n), np.arange(n), np.full(n, 0.5)), {},
+                            step.Artifact("matching", tmp_path / f"matching-{i}")) for i, c in enumerate(comps)}
+    monkeypatch.setattr(groups, "match", lambda s, c: fakes[c])
+    return study, fakes[study.focus], comps
+
+
+def test_group_calibration_is_a_cached_step_keyed_by_its_pairs_and_parameters(tmp_path, monkeypatch):
+    from featlib.study import groups
+
+    study, m, comps = _group_study(tmp_path, monkeypatch)
+    sizes = {c: 20 for c in comps} | {comps[-1]: 5}  # the last floor (B's) has 5 pairs of G
+
+    def membership(c, sizes=sizes):
+        mask = np.zeros(64, bool)
+        mask[: sizes[c]] = True
+        other = np.zeros(64, bool)
+        other[20:30] = True
+        return {"G": (mask, mask), "H": (other, other)}
+
+    assert [c.kind for c in comps] == ["cross", "seed", "seed", "random_init", "random_init"]
+    first = groups.group_calibration(study, m, membership, "tokens")
+    assert first["G"]["rsa"].verdict.startswith("not scorable: random_init B3–B3 (random init) has 5 pairs")
+    assert first["H"]["rsa"].m == 5 and first["H"]["rsa"].draws == 5
+    calls = []
+    real = groups.calibrate_group
+    monkeypatch.setattr(groups, "calibrate_group", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert groups.group_calibration(study, m, membership, "tokens") == first and not calls, "reused"
+    moved = sizes | {comps[1]: 19}  # one pair fewer in a ceiling: another key
+    groups.group_calibration(study, m, lambda c: membership(c, moved), "tokens")
+    assert len(calls) == 2, "both groups recomputed under the new key"
+    for over, recomputed in (({"calibration.grid_draws": 6}, True), ({"calibration.seed": 1}, True),
+                             ({"calibration.fraction": 0.6}, True), ({"similarity.variance": 0.9}, True),
+                             ({"subspaces.min_features": 7, "similarity.n_shuffles": 9}, False)):
+        calls.clear()
+        study2, m2, _ = _group_study(tmp_path, monkeypatch, over)
+        groups.group_calibration(study2, m2, membership, "tokens")
+        assert bool(calls) == recomputed, over
+    calls.clear()
+    assert groups.group_calibration(study, m, membership, "phrases") and calls, "phrase groups: their own key"
+    no_refs, *_ = _group_study(tmp_path, monkeypatch, {"references.run": []})
+    assert groups.group_calibration(no_refs, m, membership, "tokens") == {}
+
+
+def test_a_group_whose_ceiling_equals_its_floor_in_a_draw_has_no_interval(monkeypatch):
+    from dataclasses import replace
+
+    from featlib.study import groups
+
+    rng = np.random.default_rng(3)
+    args = (_related(20, 8, 0.5, rng), [_related(20, 8, 0.1, rng)], [_related(20, 8, None, rng)], ["c", "s", "f"])
+    kw = dict(fraction=0.5, draws=10, seed=0, variance=0.99)
+    before = groups.calibrate_group(*args, **kw)
+    fine = before["rsa"]
+    assert fine.scorable and np.isfinite(fine.calibrated.hi)
+    real = cal.calibrate_pairs
+    monkeypatch.setattr(cal, "calibrate_pairs", lambda *a, **k: {n: replace(c, calibrated=replace(c.calibrated, hi=np.nan))
+                                                                  if n == "rsa" else c for n, c in real(*a, **k).items()})
+    tied = groups.calibrate_group(*args, **kw)
+    assert tied["rsa"].verdict == ("not scorable: the seed ceiling equals the floor in some of the 10 draws of m = 10 "
+                                   "pairs (no ratio there)") and np.isnan(tied["rsa"].calibrated.mean)
+    assert tied["cka_debiased"] == before["cka_debiased"], "the other metrics as they were"

@@ -84,3 +84,47 @@ def test_a_group_is_above_the_floors_only_when_every_floor_is_scorable_and_beate
     emotions = next(line for line in text.splitlines() if line.startswith("- Emotions"))
     assert "floor not scorable (B1, 1 pair)" in emotions and "above its null and every floor" not in emotions
     assert "above its null and every floor" in next(line for line in text.splitlines() if line.startswith("- Time"))
+
+
+def test_group_findings_state_the_calibrated_score_with_its_interval_not_an_uncalibrated_ratio(tmp_path):
+    """A group's place between floor and ceiling is its calibrated score at one m with the interval over draws
+    (the group table's calibration columns), or why it is not scorable — never (cross - best floor) / (mean ceiling
+    - best floor) at unequal pair counts."""
+    import numpy as np
+
+    from featlib.calibration import ABOVE, NOT_ABOVE, Band, Calibration
+    from featlib.study.groups import calibration_columns
+
+    nan = float("nan")
+    rows = (_group_rows("Time", 0.21, [(0.31, 167), (0.32, 111)], [(0.18, 21), (0.07, 39)], pairs=122)
+            + _group_rows("Emotions", 0.60, [(0.33, 26), (0.40, 18)], [(0.18, 5), (nan, 1)], pairs=9)
+            + _group_rows("Calendar", 0.71, [(0.44, 10), (0.77, 8)], [(nan, 2), (nan, 1)], pairs=7))
+    table = pd.DataFrame(rows)
+    table = table.assign(cka_debiased=table.rsa, **{"cka_debiased p (re-pair)": table["rsa p (re-pair)"]})
+
+    def c(metric, value, lo, hi, verdict, m=10):
+        none = Band(nan, nan, nan)
+        return Calibration(metric, m, 20, none, none, none, none, Band(value, lo, hi), verdict)
+
+    gone = "not scorable: random_init B1–B1 (random init) has 1 pair of the group, so m = ⌊0.5 × 1⌋ = 0 pairs per draw (at least 3 needed)"
+    cals = {"Time": {"rsa": c("rsa", 0.25, -0.4, 0.9, NOT_ABOVE), "cka_debiased": c("cka_debiased", 0.6, 0.2, 1.1, ABOVE)},
+            "Emotions": {"rsa": c("rsa", nan, nan, nan, gone, m=0)}}
+    cross = calibration_columns(table[table.kind == "cross"], cals)
+    refs = calibration_columns(table[table.kind != "cross"], None)
+    full = pd.concat([cross, refs], ignore_index=True)
+    assert {"calibration m", "calibration draws", "rsa calibrated", "rsa calibrated lo", "rsa calibrated hi",
+            "rsa calibrated verdict", "svcca calibrated verdict"} <= set(full.columns)
+    assert list(full.columns[: len(table.columns)]) == list(table.columns), "the existing columns kept, in order"
+    assert cross.set_index("group").loc["Calendar", "rsa calibrated verdict"].startswith("not scorable: no ceiling and floor")
+    assert refs["rsa calibrated"].isna().all() and (refs["rsa calibrated verdict"] == "").all()
+    full.to_csv(tmp_path / "groups.csv", index=False)
+    for t in (full, pd.read_csv(tmp_path / "groups.csv")):  # the same words from the committed CSV
+        text = fs.group_findings(t, "rsa")
+        assert "of the way from floor to ceiling" not in text
+        line = {x.split(" (")[0][2:]: x for x in text.splitlines() if x.startswith("- ")}
+        assert line["Time"].endswith("; calibrated **0.25** [-0.40, 0.90] at m = 10 pairs per draw, not above the random-model floor")
+        assert line["Emotions"].endswith("; calibrated: " + gone)
+        assert "On the calibrated scale (0 = random-model floor, 1 = seed ceiling; the group's pairs of every comparison " \
+               "subsampled to one m), 1 of them are scorable, 0 above the floor." in text
+        assert "calibrated **0.60** [0.20, 1.10] at m = 10 pairs per draw, above the floor" in fs.group_findings(t, "cka_debiased")
+    assert "calibrated: not computed" in fs.group_findings(table, "rsa"), "a table without the columns says so"

@@ -202,7 +202,8 @@ def test_findings_place_groups_between_floor_and_ceiling_and_judge_interactions(
                      "rsa": score, "rsa p (re-pair)": 0.01})
     text = findings.group_findings(pd.DataFrame(rows), "rsa", "phrase groups")
     assert "1 of 1 phrase groups have a scorable cross-model RSA; 1 of them are above" in text
-    assert "0.50 of the way from floor to ceiling" in text
+    assert "floor 0.200 (A1), mean ceiling 0.800 — above its null and every floor" in text
+    assert "of the way from floor to ceiling" not in text  # only the calibrated scale places a group (test_findings)
     inter = pd.DataFrame([{"kind": "cross", "groups": 5, "agreement (r)": 0.7, "null mean": 0.2, "null 95th percentile": 0.5,
                            "p": 0.01, "not scorable": ""},
                           {"kind": "random_init", "groups": 0, "agreement (r)": np.nan, "null mean": np.nan,

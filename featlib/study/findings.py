@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..calibration import ABOVE
+from ..calibration import ABOVE, NOT_SCORABLE
 from ..config import REFERENCE_KINDS
 from ..plots import format_p
 from ..similarity import METRIC_NAMES
@@ -224,45 +224,77 @@ def _floor_text(row: pd.Series, metric: str) -> str:
     return f"floor not scorable ({_side(row)}, {n} pair{'' if n == 1 else 's'})"
 
 
+def _calibrated_text(row: pd.Series, metric: str) -> tuple[str, bool | None]:
+    """A group's place on the calibrated scale (:func:`featlib.study.groups.calibration_columns`): its calibrated
+    score with the interval and ``m``, or why it is not scorable; and whether it is above the floor there (None:
+    not scorable or not computed)."""
+    verdict = row.get(f"{metric} calibrated verdict")
+    if not isinstance(verdict, str) or not verdict:
+        return "calibrated: not computed", None
+    if verdict.startswith(NOT_SCORABLE):
+        return f"calibrated: {verdict}", None
+    c, lo, hi = (row[f"{metric} calibrated{x}"] for x in ("", " lo", " hi"))
+    return (
+        f"calibrated **{c:.2f}** [{lo:.2f}, {hi:.2f}] at m = {int(row['calibration m'])} pairs per draw, {verdict}",
+        verdict == ABOVE,
+    )
+
+
 def group_findings(groups: pd.DataFrame, metric: str = "rsa", what: str = "concept groups") -> str:
     """Concept groups whose cross-model ``metric`` beats its re-pairing null (p < 0.05) and the score of the same
     group in *every* random-model floor (one per model in ``references.models``): a group with a floor that is not
     scorable, or with no floor, is not above its floors — a floor that cannot be measured is not beaten. Each
-    group is listed with its floors (a not scorable one named by its side and pairs) and its mean ceiling, and
-    its place between the floor and the ceiling where both are scored: (cross - best floor) / (mean ceiling -
-    best floor)."""
+    group is listed with its floors (a not scorable one named by its side and pairs), its mean ceiling, and its
+    place on the calibrated scale where the table has it (:func:`featlib.study.groups.calibration_columns`: the
+    group's pairs in the cross comparison, ceilings and floors subsampled to one m; the calibrated score with its
+    2.5–97.5 % interval and verdict, or why it is not scorable)."""
     listed = ~groups.kind.isin(REFERENCE_KINDS)  # the comparison's own rows (cross or model_seed)
     cross = groups[listed & groups.scorable & np.isfinite(groups[metric])]
     floor_rows = groups[groups.kind == "random_init"]
     ceilings = groups[groups.kind == "seed"].groupby("group")[metric].mean()
-    lines, above = [], []
+    lines, above, on_scale, above_scale = [], [], [], []
     for _, r in cross.iterrows():
         fls = floor_rows[floor_rows.group == r.group]
         scored = np.isfinite(fls[metric].to_numpy(dtype=float))
         all_scored = len(fls) > 0 and bool(scored.all())
-        fl, ce = (float(fls[metric].max()) if all_scored else np.nan), ceilings.get(r.group, np.nan)
-        ok = r[f"{metric} p (re-pair)"] < 0.05 and all_scored and r[metric] > fl
+        ok = r[f"{metric} p (re-pair)"] < 0.05 and all_scored and r[metric] > float(fls[metric].max())
         above += [r.group] if ok else []
-        place = (
-            f", {(r[metric] - fl) / (ce - fl):.2f} of the way from floor to ceiling"
-            if np.isfinite(fl) and ce > fl
-            else ""
-        )
+        ce = ceilings.get(r.group, np.nan)
+        cal, cal_above = _calibrated_text(r, metric)
+        on_scale += [r.group] if cal_above is not None else []
+        above_scale += [r.group] if cal_above else []
         floors = ", ".join(_floor_text(f, metric) for _, f in fls.iterrows()) if len(fls) else "no floor computed"
         lines.append(
             f"- {r.group} ({r.pairs} pairs): cross {r[metric]:.3f} ({format_p(r[f'{metric} p (re-pair)'])}), "
             + floors
             + ", "
             + (f"mean ceiling {ce:.3f}" if np.isfinite(ce) else "ceiling not scorable")
-            + place
             + (" — above its null and every floor" if ok else "")
+            + f"; {cal}"
         )
     name = METRIC_NAMES[metric]
     n_all = int(listed.sum())
+    scale = (
+        f" On the calibrated scale (0 = random-model floor, 1 = seed ceiling; the group's pairs of every comparison "
+        f"subsampled to one m), {len(on_scale)} of them are scorable"
+        + (
+            f", {len(above_scale)} above the floor" + (f" ({', '.join(above_scale)})" if above_scale else "")
+            if on_scale
+            else ""
+        )
+        + "."
+        if "calibration m" in groups
+        else ""
+    )
     return (
         HEAD + f"{len(cross)} of {n_all} {what} have a scorable cross-model {name}; {len(above)} of them are above its "
         f"re-pairing null (p < 0.05) and above every random-model floor's {name} of the same group (a floor that is "
-        f"not scorable is not beaten)" + (f": {', '.join(above)}" if above else "") + ".\n\n" + "\n".join(lines)
+        f"not scorable is not beaten)"
+        + (f": {', '.join(above)}" if above else "")
+        + "."
+        + scale
+        + "\n\n"
+        + "\n".join(lines)
     )
 
 

@@ -8,26 +8,44 @@ the groups sit relative to each other in each SAE (:func:`phrase_interactions`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from .. import matching, phrases, sparse_rows
+from .. import calibration, matching, phrases, similarity, sparse_rows, step
+from ..calibration import NOT_SCORABLE, Band, Calibration, Pairs
+from ..config import REFERENCE_KINDS
 from ..phrases import Interaction, Members, UnitText
 from ..subspaces import GROUP_METRICS, group_features, resolve_groups, score_group
 from .codes import sae_codes, top_token_strings
-from .core import Side, Study
-from .pairs import Match
+from .core import Comparison, Side, Study
+from .pairs import Match, match
+from .scale import calibration_params
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
+Membership = dict[str, tuple[np.ndarray, np.ndarray]]  # group -> bool masks over side A's, side B's features
+
+
+def group_pairs(m: Match, min_r: float, membership: Membership) -> tuple[matching.Matches, dict[str, np.ndarray]]:
+    """The candidates of ``m`` (its many-to-one pairs with r above ``min_r``) and, per group, the rows of the
+    candidates whose two features are both members (``membership[group]``: bool masks (d_A,), (d_B,))."""
+    candidates = matching.threshold(m.many_to_one, min_r)
+    return candidates, {
+        g: np.flatnonzero(in_a[candidates.idx_a] & in_b[candidates.idx_b]) for g, (in_a, in_b) in membership.items()
+    }
+
+
 def _group_rows(
     study: Study,
     m: Match,
-    membership: dict[str, tuple[np.ndarray, np.ndarray]],
+    membership: Membership,
     extra: dict[str, dict[str, Any]],
     kind: str,
 ) -> pd.DataFrame:
@@ -37,12 +55,12 @@ def _group_rows(
 
     cfg = study.cfg
     a, b = m.comparison.a, m.comparison.b
-    candidates = matching.threshold(m.many_to_one, cfg.matching.min_r)
+    candidates, by_group = group_pairs(m, cfg.matching.min_r, membership)
     X_all, Y_all = study.decoder_rows(a, candidates.idx_a), study.decoder_rows(b, candidates.idx_b)
     sub, sim = cfg.subspaces, cfg.similarity
     rows = []
     for name, (in_a, in_b) in tqdm(membership.items(), desc=f"{kind} groups"):
-        members = np.flatnonzero(in_a[candidates.idx_a] & in_b[candidates.idx_b])
+        members = by_group[name]
         row: dict[str, Any] = {
             "comparison": m.comparison.name,
             "kind": m.comparison.kind,
@@ -83,7 +101,8 @@ def _group_rows(
 
 def subspace_scores(study: Study, m: Match) -> pd.DataFrame:
     """SVCCA, RSA and debiased CKA of every single-token concept group's pairs of one matching, with both nulls
-    (see :mod:`featlib.subspaces`).
+    (see :mod:`featlib.subspaces`), and, for a comparison the profile lists, each group on the calibrated scale
+    (:func:`with_calibration`).
 
     The candidates are the many-to-one pairs above the correlation threshold (every B feature with
     its best A partner; one-to-one would discard most of a small group). A pair belongs to a group
@@ -92,10 +111,184 @@ def subspace_scores(study: Study, m: Match) -> pd.DataFrame:
     ``max(3, subspaces.min_features)`` pairs, or whose pairs all share one feature on a side (no
     variance there), is not scorable: its scores are NaN.
     """
-    top_a, top_b = top_token_strings(study, m.comparison.a), top_token_strings(study, m.comparison.b)
     groups = resolve_groups(study.cfg.subspaces.groups)
-    membership = {g: (group_features(top_a, kw), group_features(top_b, kw)) for g, kw in groups.items()}
-    return _group_rows(study, m, membership, {g: {"keywords": len(kw)} for g, kw in groups.items()}, "tokens")
+    table = _group_rows(
+        study,
+        m,
+        token_membership(study, m.comparison),
+        {g: {"keywords": len(kw)} for g, kw in groups.items()},
+        "tokens",
+    )
+    return with_calibration(study, m, table, lambda c: token_membership(study, c), "tokens")
+
+
+def token_membership(study: Study, comparison: Comparison) -> Membership:
+    """Each single-token group's member features on both sides of ``comparison`` (a top token is a keyword)."""
+    top_a, top_b = top_token_strings(study, comparison.a), top_token_strings(study, comparison.b)
+    groups = resolve_groups(study.cfg.subspaces.groups)
+    return {g: (group_features(top_a, kw), group_features(top_b, kw)) for g, kw in groups.items()}
+
+
+# ---- concept groups on the calibrated scale ----------------------------------------------------------------------
+
+GROUP_CALIBRATION_VERSION = 1
+ROLE_COLUMNS = ("calibrated", "calibrated lo", "calibrated hi", "calibrated verdict")
+NO_REFERENCES = (
+    f"{NOT_SCORABLE}: no ceiling and floor for this cell (references.run, references.models, references.layers)"
+)
+
+
+def calibrate_group(
+    cross: Pairs,
+    ceilings: list[Pairs],
+    floors: list[Pairs],
+    names: list[str],
+    *,
+    fraction: float,
+    draws: int,
+    seed: int,
+    variance: float,
+    metrics: tuple[str, ...] = GROUP_METRICS,
+) -> dict[str, Calibration]:
+    """One concept group on the calibrated scale: :func:`featlib.calibration.calibrate_pairs` of its pairs in the
+    cross comparison, in each ceiling and in each floor (``names``: theirs, in that order) at one ``m = ⌊fraction ·
+    fewest pairs⌋`` — or, when ``m < 3`` (too few pairs for any metric), every metric not scorable, naming the
+    comparison with the fewest pairs (no draws). A metric whose ceiling equals its floor in some draw (its per-draw
+    ratio, hence the interval, undefined: at a few pairs RSA takes few values) is not scorable either."""
+    ns = [len(x) for x, _ in (cross, *ceilings, *floors)]
+    m = calibration.subsample_size(ns, fraction)
+    if m < 3:
+        i = int(np.argmin(ns))
+        why = (
+            f"{NOT_SCORABLE}: {names[i]} has {ns[i]} pair{'' if ns[i] == 1 else 's'} of the group, so "
+            f"m = ⌊{fraction:g} × {ns[i]}⌋ = {m} pairs per draw (at least 3 needed)"
+        )
+        none = Band(np.nan, np.nan, np.nan)
+        return {k: Calibration(k, m, 0, none, none, none, none, none, verdict=why) for k in metrics}
+    cals = calibration.calibrate_pairs(
+        cross, ceilings, floors, fraction=fraction, draws=draws, seed=seed, variance=variance, metrics=metrics
+    )
+    for k, c in cals.items():  # a draw whose ceiling equals its floor (few pairs: RSA takes few values) has no ratio
+        if c.scorable and not (np.isfinite(c.calibrated.lo) and np.isfinite(c.calibrated.hi)):
+            why = (
+                f"the seed ceiling equals the floor in some of the {c.draws} draws of m = {c.m} pairs (no ratio there)"
+            )
+            cals[k] = replace(c, calibrated=Band(np.nan, np.nan, np.nan), verdict=f"{NOT_SCORABLE}: {why}")
+    return cals
+
+
+def group_calibration(
+    study: Study, m: Match, membership_of: Callable[[Comparison], Membership], kind: str
+) -> dict[str, dict[str, Calibration]]:
+    """{group: {metric: Calibration}} of every group of the listed comparison ``m`` (:func:`calibrate_group` of
+    :data:`featlib.subspaces.GROUP_METRICS`, with ``calibration.fraction``, ``calibration.grid_draws`` draws and
+    ``calibration.seed``): the group's pairs (:func:`group_pairs` of ``membership_of(comparison)``) in ``m``, in
+    each of its ceilings and in each of its floors. {} when the cell has no ceiling and floor for its models
+    (:meth:`Study.has_references`).
+
+    A cached step, ``group_calibration``: its inputs are the matchings of the cell, its ceilings and its floors
+    (their SAEs, codes and top units); its parameters those of the ``calibration`` step for these metrics
+    (:class:`featlib.study.scale.CalibrationParams`), how many of the comparisons are ceilings, ``kind``, and
+    the hash of each group's pairs (their two features' indices) in every comparison — so another membership
+    (keywords, phrase settings, ``matching.min_r``) gives another key."""
+    cell = m.comparison
+    if not study.has_references(cell):
+        return {}
+    refs = study.references(cell)
+    ceilings, floors = [c for c in refs if c.kind == "seed"], [c for c in refs if c.kind == "random_init"]
+    comps, nc = [cell, *ceilings, *floors], len(ceilings)
+    matches = [m, *(match(study, c) for c in comps[1:])]
+    chosen = []  # per comparison: {group: (feature indices of side A, of side B) of its pairs}
+    for mm in matches:
+        cand, rows = group_pairs(mm, study.cfg.matching.min_r, membership_of(mm.comparison))
+        chosen.append({g: (cand.idx_a[r], cand.idx_b[r]) for g, r in rows.items()})
+    params = replace(
+        calibration_params(study, study.cfg.calibration.grid_draws), metrics=similarity.metric_versions(GROUP_METRICS)
+    )
+    pairs_hash = step.stable_hash([{g: [a.tolist(), b.tolist()] for g, (a, b) in ch.items()} for ch in chosen])
+
+    def produce(tmp: Path) -> None:
+        out = {}
+        for g in tqdm(chosen[0], desc=f"{kind} groups on the calibrated scale"):
+            rows = [
+                (study.decoder_rows(c.a, ch[g][0]), study.decoder_rows(c.b, ch[g][1])) for c, ch in zip(comps, chosen)
+            ]
+            cals = calibrate_group(
+                rows[0],
+                rows[1 : 1 + nc],
+                rows[1 + nc :],
+                [c.name for c in comps],
+                fraction=params.fraction,
+                draws=params.draws,
+                seed=params.seed,
+                variance=params.variance,
+                metrics=tuple(params.metrics),
+            )
+            out[g] = {k: asdict(c) for k, c in cals.items()}
+        step.write_json(tmp / "groups.json", out)
+
+    art = step.run(
+        "group_calibration",
+        asdict(params) | {"ceilings": nc, "members": kind, "pairs": pairs_hash},
+        {f"matching_{i}": mm.artifact for i, mm in enumerate(matches)},
+        produce,
+        version=GROUP_CALIBRATION_VERSION,
+        meta={"comparisons": [c.name for c in comps], "groups": list(chosen[0])},
+    )
+    return {
+        g: {k: _calibration_of(d) for k, d in by_metric.items()} for g, by_metric in art.json("groups.json").items()
+    }
+
+
+def _calibration_of(d: dict[str, Any]) -> Calibration:
+    """A :class:`Calibration` from its stored ``asdict`` (NaN may be stored as null)."""
+    bands = {
+        k: Band(*(np.nan if d[k][x] is None else d[k][x] for x in ("mean", "lo", "hi")))
+        for k in ("cross", "ceiling", "floor", "null", "calibrated")
+    }
+    return Calibration(d["metric"], d["m"], d["draws"], **bands, verdict=d["verdict"])
+
+
+def calibration_columns(
+    table: pd.DataFrame, cals: dict[str, dict[str, Calibration]] | None, reason: str = NO_REFERENCES
+) -> pd.DataFrame:
+    """``table`` (one comparison's group rows) with the calibrated-scale columns: ``calibration m`` (pairs per
+    draw), ``calibration draws``, and per metric of :data:`GROUP_METRICS` ``<metric> calibrated``, ``... lo``,
+    ``... hi`` (the 2.5–97.5 % interval of the per-draw ratios) and ``... verdict`` (above the floor, not above
+    the random-model floor, or not scorable: the reason). ``cals`` None: a ceiling or floor's own rows (no
+    values, empty verdicts); {}: a listed comparison without ceiling and floor (``reason``)."""
+    import pandas as pd
+
+    out = table.copy()
+    m, draws = [], []
+    cols: dict[str, list[Any]] = {f"{k} {c}": [] for k in GROUP_METRICS for c in ROLE_COLUMNS}
+    for g in out.group:
+        by_metric = (cals or {}).get(g, {})
+        first = next(iter(by_metric.values()), None)
+        m.append(first.m if first else None)
+        draws.append(first.draws if first else None)
+        for k in GROUP_METRICS:
+            c = by_metric.get(k)
+            band = c.calibrated if c else Band(np.nan, np.nan, np.nan)
+            cols[f"{k} calibrated"].append(band.mean)
+            cols[f"{k} calibrated lo"].append(band.lo)
+            cols[f"{k} calibrated hi"].append(band.hi)
+            cols[f"{k} calibrated verdict"].append(c.verdict if c else ("" if cals is None else reason))
+    out["calibration m"] = pd.array(m, dtype="Int64")  # <NA>: not calibrated (a reference's rows, no references)
+    out["calibration draws"] = pd.array(draws, dtype="Int64")
+    for name, values in cols.items():
+        out[name] = values
+    return out
+
+
+def with_calibration(
+    study: Study, m: Match, table: pd.DataFrame, membership_of: Callable[[Comparison], Membership], kind: str
+) -> pd.DataFrame:
+    """:func:`calibration_columns` of ``m``'s group table: each group on the calibrated scale
+    (:func:`group_calibration`) for a comparison the profile lists, empty for a ceiling's or floor's own rows."""
+    if m.comparison.kind in REFERENCE_KINDS:
+        return calibration_columns(table, None)
+    return calibration_columns(table, group_calibration(study, m, membership_of, kind))
 
 
 # ---- phrase groups ---------------------------------------------------------------------------------------------
@@ -143,19 +336,29 @@ def phrase_scores(study: Study, m: Match) -> pd.DataFrame:
     """:func:`subspace_scores` for the phrase groups (``subspaces.phrases``): a feature belongs to a group when
     it is one of the group's most selective features for its phrases in context (:mod:`featlib.phrases`)."""
     p = study.cfg.subspaces.phrases
-    mem = {s: phrase_members(study, s) for s in (m.comparison.a, m.comparison.b)}
-    d = {s: int(study.sae(s).W_dec.shape[0]) for s in mem}
-    membership, extra = {}, {}
-    for g, ph in phrases.resolve_groups(p.groups).items():
+    first = phrase_members(study, m.comparison.a)
+    extra = {
+        g: {"phrases": len(ph), "phrases found": first[g].phrases_found, "occurrences": first[g].occurrences}
+        for g, ph in phrases.resolve_groups(p.groups).items()
+    }
+    table = _group_rows(study, m, phrase_membership(study, m.comparison), extra, "phrases")
+    return with_calibration(study, m, table, lambda c: phrase_membership(study, c), "phrases")
+
+
+def phrase_membership(study: Study, comparison: Comparison) -> Membership:
+    """Each phrase group's member features on both sides of ``comparison`` (:func:`phrase_members`), as masks."""
+    sides = (comparison.a, comparison.b)
+    mem = {s: phrase_members(study, s) for s in sides}
+    d = {s: int(study.sae(s).W_dec.shape[0]) for s in sides}
+    membership = {}
+    for g in phrases.resolve_groups(study.cfg.subspaces.phrases.groups):
         masks = []
-        for s in mem:
+        for s in sides:
             mask = np.zeros(d[s], dtype=bool)
             mask[mem[s][g].features] = True
             masks.append(mask)
         membership[g] = (masks[0], masks[1])
-        first = mem[m.comparison.a][g]
-        extra[g] = {"phrases": len(ph), "phrases found": first.phrases_found, "occurrences": first.occurrences}
-    return _group_rows(study, m, membership, extra, "phrases")
+    return membership
 
 
 def phrase_interactions(study: Study, m: Match) -> Interaction:
