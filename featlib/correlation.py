@@ -10,10 +10,12 @@ holds more than one chunk of tokens:
 * **sparse path** (TopK codes, a few non-zeros per token): each chunk is turned into (index, value)
   pairs and only the co-active products are added (``n * k_a * k_b`` scatter-adds per chunk instead
   of ``n * d_a * d_b`` multiply-adds);
-* **dense path** (e.g. ReLU pre-activations): values are shifted by the first chunk's mean (so the
-  final ``E[ab] - E[a]E[b]`` does not cancel catastrophically), multiplied in float32 by BLAS in place
-  into a buffer, and the buffer is added to the float64 accumulator every 8,192 tokens; per-feature
-  sums are float32 cascade sums within a chunk, added in float64;
+* **dense path** (e.g. ReLU pre-activations): each chunk is centred on its own mean, its centred
+  values are multiplied in float32 by BLAS in place into a buffer (added to the float64 accumulator
+  every 8,192 tokens), and the chunks' centred sums are merged in float64 with the pairwise update of
+  Chan, Golub & LeVeque (1979), ``C += C_j + n n_j / (n + n_j) (m_j - m)(m'_j - m')^T``, so no
+  ``E[ab] - E[a]E[b]`` cancels whatever the chunk sizes and offsets (a first chunk of one token
+  included); per-feature sums are float32 cascade sums within a chunk, merged the same way;
 * **bounded memory**: the cross-product accumulator is ``d_a × block`` float64 with ``block`` chosen
   so it fits ``max_bytes``; if B does not fit in one block the token stream is read once per block
   (``chunks`` is a callable returning a fresh iterator), and each block's correlations are reduced
@@ -98,43 +100,70 @@ class CorrelationResult:
         return Matches(self.best_a[idx_b], idx_b.astype(np.int64), self.best_r[idx_b])
 
 
-class _FeatureStats:
-    """Count, shifted sum and sum of squares, min and max per feature (float64)."""
+def _merge_weights(n: int, n_j: int) -> tuple[float, float]:
+    """``(n_j / (n + n_j), n n_j / (n + n_j))``: the weights of Chan et al.'s update of a mean and of a
+    centred sum when a chunk of ``n_j`` tokens joins ``n``."""
+    total = n + n_j
+    return n_j / total, n * n_j / total
 
-    def __init__(self, d: int, shift: torch.Tensor) -> None:
+
+def _chunk_moments(centred: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's mean ``(d,)`` float64 and its sums ``(d,)`` of ``x - ref`` (``centred``, float32
+    cascade sums added in float64)."""
+    s = centred.sum(0).to(F64)
+    return ref.to(F64) + s / len(centred), s
+
+
+class _FeatureStats:
+    """Count, min and max per feature, and its moments (float64): for dense chunks the mean and the
+    centred sum of squares, merged chunk by chunk; for sparse chunks the sum and the sum of squares."""
+
+    def __init__(self, d: int) -> None:
         self.n = 0
-        self.shift = shift  # (d,) float32, subtracted from dense chunks before anything else
-        self.sum = torch.zeros(d, dtype=F64)
-        self.sumsq = torch.zeros(d, dtype=F64)
+        self.dense = False
+        self.sum = torch.zeros(d, dtype=F64)  # sparse: sum; dense: mean
+        self.sumsq = torch.zeros(d, dtype=F64)  # sparse: sum of squares; dense: centred sum of squares
         self.min = torch.full((d,), np.inf, dtype=F64)
         self.max = torch.full((d,), -np.inf, dtype=F64)
 
-    def update(self, x: Chunk) -> None:
+    def update_dense(self, x: torch.Tensor, centred: torch.Tensor, ref: torch.Tensor) -> None:
+        """Add a dense chunk ``x`` ``(n_j, d)`` float32, given ``centred = x - ref`` (``ref`` ``(d,)``)."""
+        self.dense = True
+        if not len(x):
+            return
+        mean_j, s = _chunk_moments(centred, ref)
+        m2_j = (centred.square().sum(0).to(F64) - s * s / len(x)).clamp_min(0)
+        w_mean, w_m2 = _merge_weights(self.n, len(x))
+        delta = mean_j - self.sum
+        self.sumsq += m2_j + w_m2 * delta * delta
+        self.sum += w_mean * delta
+        self.min = torch.minimum(self.min, x.amin(0).to(F64))  # amin/amax: ~7x faster than aminmax
+        self.max = torch.maximum(self.max, x.amax(0).to(F64))
+        self.n += len(x)
+
+    def update(self, x: SparseCodes) -> None:
+        """Add a chunk of sparse codes."""
         n = len(x)
-        if isinstance(x, SparseCodes):  # shift is 0 on the sparse path
-            idx, val = x.idx.reshape(-1), x.val.reshape(-1).to(F64)
-            self.sum.index_add_(0, idx, val)
-            self.sumsq.index_add_(0, idx, val * val)
-            nz = val != 0
-            self.max.scatter_reduce_(0, idx[nz], val[nz], "amax")
-            self.min.scatter_reduce_(0, idx[nz], val[nz], "amin")
-            fires = torch.zeros_like(self.sum).index_add_(0, idx[nz], torch.ones_like(val[nz]))
-            silent = fires < n  # some token has 0 for this feature
-            self.max = torch.where(silent, self.max.clamp_min(0), self.max)
-            self.min = torch.where(silent, self.min.clamp_max(0), self.min)
-        else:  # x is already shifted (float32): cascade-summed in float32 per chunk, totals in float64
-            self.sum += x.sum(0).to(F64)
-            self.sumsq += x.square().sum(0).to(F64)
-            self.min = torch.minimum(self.min, x.amin(0).to(F64))  # amin/amax: ~7x faster than aminmax
-            self.max = torch.maximum(self.max, x.amax(0).to(F64))
+        idx, val = x.idx.reshape(-1), x.val.reshape(-1).to(F64)
+        self.sum.index_add_(0, idx, val)
+        self.sumsq.index_add_(0, idx, val * val)
+        nz = val != 0
+        self.max.scatter_reduce_(0, idx[nz], val[nz], "amax")
+        self.min.scatter_reduce_(0, idx[nz], val[nz], "amin")
+        fires = torch.zeros_like(self.sum).index_add_(0, idx[nz], torch.ones_like(val[nz]))
+        silent = fires < n  # some token has 0 for this feature
+        self.max = torch.where(silent, self.max.clamp_min(0), self.max)
+        self.min = torch.where(silent, self.min.clamp_max(0), self.min)
         self.n += n
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.sum / self.n
+        return self.sum if self.dense else self.sum / self.n
 
     @property
     def std(self) -> torch.Tensor:
+        if self.dense:
+            return (self.sumsq / self.n).sqrt()
         return (self.sumsq / self.n - self.mean**2).clamp_min(0).sqrt()
 
     @property
@@ -168,12 +197,18 @@ def _as(x: Chunk, method: str) -> Chunk:
 FLUSH_TOKENS = 8192
 
 
-class _Cross:
-    """The cross-products of one block of B features, (d_a, hi - lo), accumulated in float64.
+#: Most pending rank-one corrections of the dense path before they are added to the float64 total.
+_MAX_PENDING = 64
 
-    Sparse chunks scatter-add their co-active products; dense chunks go through one in-place
-    float32 BLAS product per chunk (``addmm_``) into a buffer that is added to the float64 total
-    every ``FLUSH_TOKENS`` tokens.
+
+class _Cross:
+    """The centred cross-products of one block of B features, (d_a, hi - lo), accumulated in float64.
+
+    Sparse chunks scatter-add their co-active (uncentred) products. A dense chunk, centred on its own
+    mean, goes through one in-place float32 BLAS product (``addmm_``) into a buffer that is added to the
+    float64 total every ``FLUSH_TOKENS`` tokens; its mean joins the running means by Chan et al.'s
+    update, whose rank-one terms are added to the total in float64 (one product for up to
+    ``_MAX_PENDING`` of them). The dense total is then ``sum_t (a_t - mean_a)(b_t - mean_b)^T``.
     """
 
     def __init__(self, d_a: int, lo: int, hi: int) -> None:
@@ -181,6 +216,12 @@ class _Cross:
         self.total = torch.zeros(d_a, hi - lo, dtype=F64)
         self.buf: torch.Tensor | None = None
         self.pending = 0
+        self.centred = False  # dense chunks: the total is centred
+        self.n = 0
+        self.mean_a = torch.zeros(d_a, dtype=F64)
+        self.mean_b = torch.zeros(hi - lo, dtype=F64)
+        self.u: list[torch.Tensor] = []  # pending rank-one terms u v^T
+        self.v: list[torch.Tensor] = []
 
     def add_sparse(self, a: SparseCodes, b: SparseCodes) -> None:
         width = self.hi - self.lo
@@ -190,19 +231,39 @@ class _Cross:
         flat = (a.idx[:, :, None] * width + bi[:, None, :]).reshape(-1)
         self.total.view(-1).index_add_(0, flat, (a.val.to(F64)[:, :, None] * bv[:, None, :]).reshape(-1))
 
-    def add_dense(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
+    def add_dense(self, xa: torch.Tensor, ra: torch.Tensor, xb: torch.Tensor, rb: torch.Tensor) -> None:
+        """Add a dense chunk given centred ``xa = a - ra`` ``(n_j, d_a)`` and ``xb = b - rb`` ``(n_j, d_b)``."""
+        self.centred = True
+        n_j = len(xa)
+        if not n_j:
+            return
         if self.buf is None:
             self.buf = torch.zeros(self.total.shape, dtype=torch.float32)
-        for i in range(0, len(xa), FLUSH_TOKENS):  # a long chunk is split: float32 sums stay short
-            self.buf.addmm_(xa[i : i + FLUSH_TOKENS].T, xb[i : i + FLUSH_TOKENS, self.lo : self.hi])
-            self.pending += min(FLUSH_TOKENS, len(xa) - i)
+        xb = xb[:, self.lo : self.hi]
+        (mean_a, sa), (mean_b, sb) = _chunk_moments(xa, ra), _chunk_moments(xb, rb[self.lo : self.hi])
+        w_mean, w_cross = _merge_weights(self.n, n_j)
+        da, db = mean_a - self.mean_a, mean_b - self.mean_b
+        # sum_t (a_t - mean_j)(b_t - mean_j)^T = xa^T xb - sa sb^T / n_j, and the merge adds w da db^T
+        self.u += [sa / -n_j, w_cross * da]
+        self.v += [sb, db]
+        self.mean_a += w_mean * da
+        self.mean_b += w_mean * db
+        self.n += n_j
+        for i in range(0, n_j, FLUSH_TOKENS):  # a long chunk is split: float32 sums stay short
+            self.buf.addmm_(xa[i : i + FLUSH_TOKENS].T, xb[i : i + FLUSH_TOKENS])
+            self.pending += min(FLUSH_TOKENS, n_j - i)
             if self.pending >= FLUSH_TOKENS:
                 self._flush()
+        if len(self.u) >= _MAX_PENDING:
+            self._flush()
 
     def _flush(self) -> None:
         if self.buf is not None and self.pending:
             self.total += self.buf
             self.buf.zero_()
+        if self.u:
+            self.total.addmm_(torch.stack(self.u, 1), torch.stack(self.v, 0))
+            self.u, self.v = [], []
         self.pending = 0
 
     def result(self) -> torch.Tensor:
@@ -252,25 +313,29 @@ def correlate(
             if chosen == "auto":
                 chosen = _choose_method(a, b, d_a, block)
             a, b = _as(a, chosen), _as(b, chosen)  # both dense tensors or both SparseCodes
-            if stats_a is None or stats_b is None:  # dense chunks are shifted by the first chunk's mean
-                stats_a = _FeatureStats(d_a, a.mean(0) if isinstance(a, torch.Tensor) else torch.zeros(d_a))
-                stats_b = _FeatureStats(d_b, b.mean(0) if isinstance(b, torch.Tensor) else torch.zeros(d_b))
+            if stats_a is None or stats_b is None:
+                stats_a, stats_b = _FeatureStats(d_a), _FeatureStats(d_b)
             if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-                a, b = a - stats_a.shift, b - stats_b.shift
-            if first_pass:
-                stats_a.update(a)
-                stats_b.update(b)
-            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-                acc.add_dense(a, b)
+                ra, rb = (a.mean(0), b.mean(0)) if len(a) else (a.new_zeros(d_a), b.new_zeros(d_b))
+                xa, xb = a - ra, b - rb  # each chunk centred on its own mean
+                if first_pass:
+                    stats_a.update_dense(a, xa, ra)
+                    stats_b.update_dense(b, xb, rb)
+                acc.add_dense(xa, ra, xb, rb)
             elif isinstance(a, SparseCodes) and isinstance(b, SparseCodes):
+                if first_pass:
+                    stats_a.update(a)
+                    stats_b.update(b)
                 acc.add_sparse(a, b)
         if stats_a is None or stats_b is None or stats_a.n == 0:
             raise ValueError("no tokens: the chunk stream was empty. Fix: check the activations and token counts.")
-        cross = acc.result()
+        cross, centred = acc.result(), acc.centred
         del acc
         act_a, act_b = stats_a.active, stats_b.active[lo:hi]
         # in place, so the peak stays at the float64 block plus one float32 copy
-        cross.mul_(1 / stats_a.n).addr_(stats_a.mean, stats_b.mean[lo:hi], alpha=-1)
+        cross.mul_(1 / stats_a.n)
+        if not centred:  # sparse: E[ab] - E[a]E[b]
+            cross.addr_(stats_a.mean, stats_b.mean[lo:hi], alpha=-1)
         cross.div_(torch.where(act_a, stats_a.std, 1)[:, None]).div_(torch.where(act_b, stats_b.std[lo:hi], 1)[None, :])
         cross[~act_a] = 0
         cross[:, ~act_b] = 0
