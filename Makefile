@@ -28,8 +28,9 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 	touch $(STAMP)
 
 ## Run notebooks 01-09 on PROFILE (default tiny; pythia and gemma need the hub); executed copies go to build/PROFILE/.
+## On tiny with the pinned CPU arithmetic of `make notebooks` (ARITH=native: this machine's own kernels and threads).
 figures: $(STAMP)
-	$(PY) -m featlib.tools.chain --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)') --jobs $(JOBS)
+	$(FIGURES_ENV) $(PY) -m featlib.tools.chain --profile $(PROFILE) $(foreach s,$(SET),--set '$(s)') --jobs $(JOBS)
 
 ## Keep PROFILE's executed notebooks (build/PROFILE/, from make figures) in notebooks/PROFILE/, to commit them
 ## (the smollm-gemma run is committed so that its results can be read without a 50-minute run).
@@ -72,11 +73,21 @@ NB_CACHE := $(CURDIR)/build/notebook-cache
 # changes (tests/nbval_sanitize.cfg); tests/test_reproducible.py checks the pin.
 PINNED_CPU := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 OPENBLAS_CORETYPE=Haswell
 
+# make figures: tiny's chain with the same arithmetic as the committed notebooks, so that on a CPU of the same
+# vendor it writes the committed tables byte for byte (one thread per process, every core kept busy with
+# single-threaded SAE workers and two kernels at once: FEATUNIV_CPUS); other profiles, or ARITH=native, with
+# this machine's own kernels and threads.
+ARITH ?= $(if $(filter tiny,$(PROFILE)),pinned,native)
+ifeq ($(filter $(ARITH),pinned native),)
+$(error ARITH=$(ARITH) is not pinned or native. Fix: make figures ARITH=pinned (the committed notebooks' arithmetic) or ARITH=native)
+endif
+FIGURES_ENV := $(if $(filter pinned,$(ARITH)),$(PINNED_CPU) FEATUNIV_CPUS=$$(nproc))
+
 ## Re-execute the committed notebooks in place with their defaults (the tiny profile).
 # Every kernel is single-threaded here, so 04-09 two at a time give the same notebooks as one after the other.
 notebooks: $(STAMP)
 	rm -rf $(NB_CACHE)
-	$(OFFLINE) $(PINNED_CPU) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m featlib.tools.chain --profile tiny --in-place --jobs 2
+	$(OFFLINE) $(PINNED_CPU) FEATUNIV_CPUS=$$(nproc) FEATUNIV_CACHE=$(NB_CACHE) $(PY) -m featlib.tools.chain --profile tiny --in-place --jobs 2
 
 # The pythia profile at its real sizes (6 + 12 layers, 32,768-latent TopK SAEs, 30,000 tokens, 1,000 and 200
 # re-pairings) on offline stand-ins in the hub's formats, built once (an estimated 45 minutes idle, 3.5 GB): the paper's

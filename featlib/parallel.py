@@ -57,10 +57,34 @@ def available_memory() -> float:
     return free
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor as /proc/cpuinfo names it (``GenuineIntel``, ``AuthenticAMD``; ``unknown`` elsewhere): the
+    pinned arithmetic gives the same bytes on CPUs of one vendor (MKL takes other code paths on others)."""
+    text = _read("/proc/cpuinfo") or ""
+    return next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), "unknown"
+    )
+
+
+def _env_cpus() -> int | None:
+    """``$FEATUNIV_CPUS`` as a positive number (None where unset or empty)."""
+    value = os.environ.get("FEATUNIV_CPUS", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"FEATUNIV_CPUS={value!r} is not a positive whole number. Fix: set it to the number of cores "
+            "to keep busy (e.g. FEATUNIV_CPUS=2), or unset it to follow torch's thread count."
+        )
+    return int(value)
+
+
 def usable_cpus() -> int:
-    """The CPUs this process may keep busy: torch's thread count, its affinity set, a container's quota."""
+    """The CPUs this process may keep busy: torch's thread count (or ``$FEATUNIV_CPUS`` where set: the pinned
+    arithmetic of ``make figures`` gives each process one thread and may still keep every core busy with
+    single-threaded workers and kernels), its affinity set, a container's quota."""
     cpus = min(
-        torch.get_num_threads(),
+        _env_cpus() or torch.get_num_threads(),
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
         cpu_quota(),
     )

@@ -4,6 +4,7 @@ model's forward pass and a short SAE training under that environment give the ha
 the notebooks were executed. Unpinned, an AVX-512 Intel machine trains another SAE (its own MKL path),
 and so does two threads instead of one there; MKL's other code paths (MKL_CBWR=COMPATIBLE) do too."""
 
+import json
 import os
 import platform
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from featlib.config import REPO
+from featlib.parallel import cpu_vendor
 
 SCRIPT = """
 import hashlib
@@ -42,11 +44,6 @@ print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
 EXPECTED = {"AuthenticAMD": "AVX2 1 19a7d827fdb299aa e37959c4be9603d2"}
 
 
-def cpu_vendor() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("vendor_id")), "unknown")
-
-
 def pinned_env() -> dict[str, str]:
     line = next(l for l in (REPO / "Makefile").read_text().splitlines() if l.startswith("PINNED_CPU :="))
     return dict(re.findall(r"(\w+)=(\S+)", line.split(":=", 1)[1]))
@@ -72,3 +69,43 @@ def test_pinned_cpu_arithmetic_gives_the_committed_numbers():
     assert got == EXPECTED[cpu_vendor()], (
         f"pinned CPU arithmetic gave {got}, the committed notebooks were executed with {EXPECTED[cpu_vendor()]}: "
         "`make notebooks` outputs will not reproduce here")
+
+
+def make_dry_run(*args: str) -> str:
+    """The command lines ``make -n`` prints for ``args`` (the venv taken as installed)."""
+    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_make_figures_uses_the_committed_notebooks_arithmetic_on_tiny():
+    """`make figures` on tiny runs the chain under PINNED_CPU, as `make notebooks` (and nbval) do; ARITH=native and
+    other profiles do not pin; a wrong ARITH stops make with the fix."""
+    pins = " ".join(f"{k}={v}" for k, v in pinned_env().items())
+    chain = [l for l in make_dry_run("figures").splitlines() if "featlib.tools.chain" in l]
+    assert len(chain) == 1 and pins in chain[0] and "FEATUNIV_CPUS=" in chain[0], chain
+    assert pins in next(l for l in make_dry_run("notebooks").splitlines() if "featlib.tools.chain" in l)
+    for args in (("figures", "ARITH=native"), ("figures", "PROFILE=smollm-gemma")):
+        line = next(l for l in make_dry_run(*args).splitlines() if "featlib.tools.chain" in l)
+        assert not any(k in line for k in pinned_env()), (args, line)
+    bad = subprocess.run(["make", "-n", "figures", "ARITH=fast"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "ARITH=fast is not pinned or native. Fix:" in bad.stderr
+
+
+@pytest.mark.beside_nbval
+def test_a_pinned_run_writes_the_committed_tables_byte_for_byte():
+    """nbval has just re-executed the committed notebooks with the pinned arithmetic (`make test`'s second lane),
+    rewriting results/tiny/: on a CPU of the vendor that executed them (figures/tiny/manifest.json), every table is
+    the committed one, byte for byte, as `make figures` on tiny gives them. On another vendor the reproduction
+    report is the check (MKL computes differently there)."""
+    manifest = json.loads((REPO / "figures" / "tiny" / "manifest.json").read_text())
+    made = manifest.get("arithmetic", {})
+    assert {k: made.get(k) for k in pinned_env()} == pinned_env(), "the committed notebooks were not executed pinned"
+    if made.get("cpu_vendor") != cpu_vendor():
+        pytest.skip(f"the committed tables come from a {made.get('cpu_vendor')} CPU, this is {cpu_vendor()}")
+    out = subprocess.run(["git", "status", "--porcelain", "--", "results/tiny"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert out.stdout == "", f"a pinned run changed committed tables:\n{out.stdout}"

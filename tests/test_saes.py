@@ -98,6 +98,26 @@ def test_worker_count_respects_threads_cpus_quota_and_memory(monkeypatch):
     assert parallel.worker_count(26, 1e9) == 1  # never none
 
 
+def test_featuniv_cpus_replaces_the_thread_count_and_refuses_junk(monkeypatch):
+    """The pinned arithmetic runs one thread per process; FEATUNIV_CPUS still lets it keep every core busy."""
+    from featlib import parallel
+
+    monkeypatch.setattr(parallel, "available_memory", lambda: math.inf)
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: math.inf)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.delenv("FEATUNIV_CPUS", raising=False)
+    assert parallel.worker_count(26, 1e9) == 1
+    monkeypatch.setenv("FEATUNIV_CPUS", "3")
+    assert parallel.worker_count(26, 1e9) == 3
+    monkeypatch.setenv("FEATUNIV_CPUS", "64")
+    assert parallel.worker_count(26, 1e9) == 8  # still no more than the affinity set
+    for junk in ("0", "two", "-1"):
+        monkeypatch.setenv("FEATUNIV_CPUS", junk)
+        with pytest.raises(ValueError, match=f"FEATUNIV_CPUS='{junk}' is not a positive whole number. Fix:"):
+            parallel.usable_cpus()
+
+
 @pytest.mark.slow
 def test_sae_trainings_in_worker_processes_equal_single_threaded_ones(tmp_path, monkeypatch):
     """saes.train_all: two SAEs trained by two single-threaded worker processes land in the cache under

@@ -66,6 +66,15 @@ SHARED_STAGES = "03"
 NEEDS = {"09": ("07",)}
 # what one kernel of a later notebook holds besides the correlation's accumulator (``--jobs auto``)
 KERNEL_BYTES = 2**30
+# what sets the CPU arithmetic (the Makefile's PINNED_CPU pins them), recorded in the manifest
+ARITHMETIC_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "OPENBLAS_CORETYPE",
+)
 
 
 class IdleShutdownKernelManager(AsyncKernelManager):
@@ -168,7 +177,8 @@ def auto_jobs(cfg: Config) -> int:
     return worker_count(2, cfg.matching.max_bytes + KERNEL_BYTES)
 
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+# the kernels' thread counts, and the cores each may keep busy with single-threaded workers (featlib.parallel)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "FEATUNIV_CPUS")
 
 
 @contextmanager
@@ -270,6 +280,8 @@ def run(
     earlier = {k: v for k, v in before.items() if k not in timings} if only else {}
     timings = {k: timings[k] for k in order if k in timings}
     figures = sorted(fig_dir.glob("*.png"))
+    from ..parallel import cpu_vendor
+
     manifest = {
         "label": label,
         "profile": cfg.profile,
@@ -277,6 +289,8 @@ def run(
         "params_hash": cfg.params_hash,
         "source": cfg.source,
         "resolved": cfg.as_dict(),
+        # where the tables came from: the same arithmetic on a CPU of the same vendor gives the same bytes
+        "arithmetic": {"cpu_vendor": cpu_vendor(), **{k: os.environ.get(k) for k in ARITHMETIC_VARIABLES}},
         "seconds": timings,
         "seconds in earlier runs": {k: earlier[k] for k in order if k in earlier},
         "figures": [
