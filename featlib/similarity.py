@@ -238,7 +238,7 @@ def compare(
     ``svcca_heldout``: ``n_splits``, ``n_train``, ``n_test``, ``splits_scored``, ``k_x``,
     ``k_y`` (medians over the scored splits); ``mutual_knn``: ``k``; ``rsa``, ``cka``,
     ``cka_debiased``, ``procrustes``: none. Held-out CCA's ``p`` is :func:`heldout_p_value`
-    (twice the mean per-split p-value); its ``null_mean`` and ``null_std`` describe the
+    (Simes' combination of the per-split p-values); its ``null_mean`` and ``null_std`` describe the
     mean over splits of the test-half re-pairings (a null too narrow to read p off).
     A not-scorable entry has ``None`` for the four numbers, a ``reason`` and the extras
     known (``svcca``: ``k_x``, ``k_y`` when ``n >= 3``; ``svcca_heldout``: ``n_splits``,
