@@ -9,16 +9,22 @@ through the same chain (SAE training, codes, matching, filters) at the same laye
   its SAE trained identically (what token identity and architecture give without any learning).
 
 Their final pairs differ in number and every metric's level depends on the number of pairs (SVCCA's
-chance level grows with k / n), so all are scored at one size. **Method (subsampling without
-replacement):** ``m = ⌊fraction · n_min⌋`` pairs, ``n_min`` the fewest final pairs of the
-comparisons involved, are drawn without replacement ``draws`` times from each comparison's pairs
-(seeded). With ``fraction = 1/2`` these are half-samples, whose spread approximates the sampling spread
-of a whole sample of ``n_min`` pairs. Per draw ``b``: ``cross_b``, ``ceiling_b`` (the mean over the
-ceilings: both models when both are measured), ``floor_b`` (likewise) and ``null_b`` (the cross draw
-with its rows of side B re-paired at random: the re-pairing null at the same ``m``). A score is the
-mean over draws, its interval the 2.5 and 97.5 % points of the draws. The **calibrated score** is
-``(cross − floor) / (ceiling − floor)`` of the means (0 = the random-model floor, 1 = the seed
-ceiling); its interval the 2.5 and 97.5 % points of the per-draw ratios.
+chance level grows with k / n), so all are scored at one size, ``m = ⌊fraction · n_min⌋`` pairs, ``n_min``
+the fewest final pairs of the comparisons involved. A comparison's score is its **expected score at m
+pairs**: the mean over m-subsets of its pairs. **Interval (half-sampling):** ``draws`` replicates; replicate
+``b`` keeps a random half of each comparison's pairs (without replacement, seeded) and scores it as the mean
+over ``inner`` subsets of m pairs of that half (one where the half is only m pairs). The spread of a statistic
+over random halves of a sample approximates its sampling spread over whole samples, so the replicates carry
+the uncertainty of each comparison's own pairs: a comparison with many pairs (the cross, the ceilings) is
+known better than one with few (a random-model floor), which an interval made of single subsets of m pairs
+(the method before) did not see — it gave every comparison the spread of a sample of ``n_min`` pairs.
+Per replicate ``b``: ``cross_b``, ``ceiling_b`` (the mean over the ceilings: both models when both are
+measured), ``floor_b`` (likewise) and ``null_b`` (the cross replicate with its rows of side B re-paired at
+random within each subset: the re-pairing null at the same ``m``). A score is the mean over replicates, its
+interval their 2.5 and 97.5 % points. The **calibrated score** is ``(cross − floor) / (ceiling − floor)`` of
+the means (0 = the random-model floor, 1 = the seed ceiling); its interval the 2.5 and 97.5 % points of the
+per-replicate ratios. ``fraction`` is at most 1/2 in a profile (a half must hold m pairs); ``fraction = 1``
+scores every comparison on all its pairs in every replicate (no interval: for known answers).
 
 Verdicts: *not scorable* (the metric is degenerate at ``m`` pairs in some draw, see
 :func:`featlib.similarity.not_scorable`, or the ceiling is not above the floor), *not above the
@@ -99,29 +105,47 @@ def draw_scores(
     draws: int,
     seed: int | Sequence[int],
     *,
+    inner: int = 1,
     repair: bool = False,
     variance: float = 0.99,
     knn_k: int = similarity.KNN_K,
     heldout_splits: int = similarity.HELDOUT_SPLITS,
     metrics: Sequence[str] = similarity.METRICS,
 ) -> np.ndarray:
-    """``(draws, len(metrics))`` scores of ``draws`` subsets of ``m`` of the pairs ``X`` ``(n, d_x)``,
-    ``Y`` ``(n, d_y)`` drawn without replacement (``numpy.random.default_rng(seed)``; with ``repair``
-    the subset's Y rows are also permuted: the re-pairing null). NaN where a metric is not scorable."""
+    """``(draws, len(metrics))`` replicate scores of the pairs ``X`` ``(n, d_x)``, ``Y`` ``(n, d_y)``: replicate
+    ``b`` keeps a random half of the pairs (``max(n // 2, m)`` of them, without replacement) and averages the
+    scores of ``inner`` subsets of ``m`` pairs of it (one subset where the half holds only ``m``), with
+    ``numpy.random.default_rng(seed)``; with ``repair`` each subset's Y rows are also permuted (the re-pairing
+    null). Held-out CCA's splits of subset ``i`` of replicate ``b`` are seeded with ``b · inner + i``. NaN where a
+    metric is not scorable in some subset."""
     n = len(X)
     if not 0 <= m <= n:
         raise ValueError(f"cannot draw m = {m} of {n} pairs")
+    if inner < 1:
+        raise ValueError(f"calibration.inner_draws must be at least 1, got {inner}")
     out = np.full((draws, len(metrics)), np.nan)
     if m < 3:  # too few pairs for any metric
         return out
     rng = np.random.default_rng(seed)
+    half = max(n // 2, m)
+    subsets = inner if half > m else 1
     for b in range(draws):
-        idx = rng.choice(n, size=m, replace=False)
-        idy = idx[rng.permutation(m)] if repair else idx
-        s = similarity.scores(
-            X[idx], Y[idy], variance=variance, knn_k=knn_k, metrics=metrics, heldout_splits=heldout_splits, seed=b
-        )
-        out[b] = [s[k] for k in metrics]
+        keep = rng.choice(n, size=half, replace=False)
+        acc = np.empty((subsets, len(metrics)))
+        for i in range(subsets):
+            idx = keep[rng.choice(half, size=m, replace=False)]
+            idy = idx[rng.permutation(m)] if repair else idx
+            s = similarity.scores(
+                X[idx],
+                Y[idy],
+                variance=variance,
+                knn_k=knn_k,
+                metrics=metrics,
+                heldout_splits=heldout_splits,
+                seed=b * inner + i,
+            )
+            acc[i] = [s[k] for k in metrics]
+        out[b] = acc.mean(axis=0)
     return out
 
 
@@ -158,6 +182,7 @@ def calibrate_pairs(
     *,
     fraction: float = 0.5,
     draws: int = 50,
+    inner: int = 1,
     seed: int = 0,
     variance: float = 0.99,
     knn_k: int = similarity.KNN_K,
@@ -165,13 +190,16 @@ def calibrate_pairs(
     metrics: Sequence[str] = similarity.METRICS,
 ) -> dict[str, Calibration]:
     """{metric: :class:`Calibration`} of the ``cross`` pairs between ``ceilings`` and ``floors`` (each a
-    list of (X, Y) pair arrays; see the module doc for the method). Comparison ``i`` (cross 0, then the
-    ceilings, then the floors) draws with ``default_rng([seed, i])``, the null with ``[seed, -1]``."""
+    list of (X, Y) pair arrays; see the module doc for the method: ``draws`` replicates, each the mean of ``inner``
+    subsets of a random half). Comparison ``i`` (cross 0, then the ceilings, then the floors) draws with
+    ``default_rng([seed, i])``, the null with ``[seed, 2**31 - 1]``."""
     if not ceilings or not floors:
         raise ValueError("calibration needs at least one ceiling and one floor comparison")
     groups = [cross, *ceilings, *floors]
     m = subsample_size([len(x) for x, _ in groups], fraction)
-    kw: dict[str, Any] = dict(variance=variance, knn_k=knn_k, heldout_splits=heldout_splits, metrics=metrics)
+    kw: dict[str, Any] = dict(
+        inner=inner, variance=variance, knn_k=knn_k, heldout_splits=heldout_splits, metrics=metrics
+    )
     scores = [draw_scores(x, y, m, draws, [seed, i], **kw) for i, (x, y) in enumerate(groups)]
     null = draw_scores(*cross, m, draws, [seed, 2**31 - 1], repair=True, **kw)
     nc = len(ceilings)

@@ -273,14 +273,20 @@ class References(_Section):
 
 
 class Calibration(_Section):
-    """Calibrated scores (featlib.calibration): ``draws`` subsamples of ``fraction`` of the fewest pairs."""
+    """Calibrated scores (featlib.calibration): every comparison scored at ``fraction`` of the fewest pairs, its
+    interval from ``draws`` replicates, each a random half of its pairs scored by ``inner_draws`` subsets."""
 
     fraction: float = Field(
-        0.5, gt=0, le=1, description="every score at fraction x the fewest pairs of the cell, its ceilings and floors"
+        0.5,
+        gt=0,
+        le=0.5,
+        description="every score at fraction x the fewest pairs of the cell, its ceilings and floors (at most 1/2: "
+        "each replicate draws from a random half of the pairs)",
     )
-    draws: PosInt = Field(50, description="subsamples per cell (04)")
+    draws: PosInt = Field(50, description="half-sample replicates per cell (04)")
     grid_draws: PosInt = Field(20, description="per cell of the layer grid (05) and per concept group (06)")
-    seed: int = Field(0, description="seed of the subsamples")
+    inner_draws: PosInt = Field(4, description="subsets of fraction x the fewest pairs averaged per replicate")
+    seed: int = Field(0, description="seed of the replicates")
 
 
 class Transfer(_Section):

@@ -106,7 +106,8 @@ class PlantedParams:
     min_r: float = 0.0  # matching threshold (r > min_r), see the module doc
     chunk_tokens: int = 4096  # units per chunk of the streamed correlation
     fraction: float = 0.5  # calibration: pairs per draw = fraction * the fewest final pairs
-    draws: int = 50
+    draws: int = 50  # half-sample replicates
+    inner: int = 4  # subsets of m pairs averaged per replicate (calibration.inner_draws)
     variance: float = 0.99
     knn_k: int = 10
     heldout_splits: int = 10
@@ -373,6 +374,7 @@ def _run(p: PlantedParams, progress: bool) -> PlantedResult:
     kw: dict[str, Any] = dict(
         fraction=p.fraction,
         draws=p.draws,
+        inner=p.inner,
         seed=p.seed,
         variance=p.variance,
         knn_k=p.knn_k,

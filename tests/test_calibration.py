@@ -215,7 +215,7 @@ def test_group_calibration_is_a_cached_step_keyed_by_its_pairs_and_parameters(tm
     groups.group_calibration(study, m, lambda c: membership(c, moved), "tokens")
     assert len(calls) == 2, "both groups recomputed under the new key"
     for over, recomputed in (({"calibration.grid_draws": 6}, True), ({"calibration.seed": 1}, True),
-                             ({"calibration.fraction": 0.6}, True), ({"similarity.variance": 0.9}, True),
+                             ({"calibration.fraction": 0.4}, True), ({"calibration.inner_draws": 2}, True), ({"similarity.variance": 0.9}, True),
                              ({"subspaces.min_features": 7, "similarity.n_shuffles": 9}, False)):
         calls.clear()
         study2, m2, _ = _group_study(tmp_path, monkeypatch, over)
@@ -245,3 +245,31 @@ def test_a_group_whose_ceiling_equals_its_floor_in_a_draw_has_no_interval(monkey
     assert tied["rsa"].verdict == ("not scorable: the seed ceiling equals the floor in some of the 10 draws of m = 10 "
                                    "pairs (no ratio there)") and np.isnan(tied["rsa"].calibrated.mean)
     assert tied["cka_debiased"] == before["cka_debiased"], "the other metrics as they were"
+
+
+def test_half_sample_replicates_carry_each_comparisons_own_sampling_spread():
+    """A comparison's interval is the sampling spread of its score at m pairs given its own n pairs. Against the
+    spread of the estimate (the mean of the replicates) over 40 fresh samples of n pairs of one planted relation,
+    the replicates of one sample of n pairs are within 0.8-2x (conservative: half-samples do not average over
+    subsets as the whole sample does) for a floor-sized n = 2m and a cross-sized n = 8m, and the larger sample
+    gets the narrower interval. One subset of m pairs per replicate (inner = 1, what every draw was before)
+    gives the 8m-pair comparison the spread of a 2m-pair one: more than 2x its real spread."""
+    d, m = 16, 20
+    rotation = np.linalg.qr(np.random.default_rng(99).standard_normal((d, d)))[0]
+
+    def sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        r = np.random.default_rng(seed)
+        X = r.standard_normal((n, d))
+        return X, X @ rotation + 2.0 * r.standard_normal((n, d))
+
+    def spreads(n: int, inner: int) -> tuple[float, float]:
+        est = [cal.draw_scores(*sample(n, s), m, 10, [s], inner=inner, metrics=("rsa",))[:, 0].mean() for s in range(40)]
+        reps = cal.draw_scores(*sample(n, 1000), m, 200, [7], inner=inner, metrics=("rsa",))[:, 0]
+        return float(np.std(est)), float(np.std(reps))
+
+    truth_floor, floor = spreads(2 * m, 4)
+    truth_cross, cross = spreads(8 * m, 4)
+    assert 0.8 < floor / truth_floor < 2 and 0.8 < cross / truth_cross < 2, (floor, truth_floor, cross, truth_cross)
+    assert cross < 0.75 * floor
+    truth_single, single = spreads(8 * m, 1)
+    assert single / truth_single > 2 and single > 0.85 * floor

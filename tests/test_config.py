@@ -25,7 +25,7 @@ def test_defaults_fill_every_key():
     assert cfg.comparisons == [config.ComparisonSpec(a="A", b="B", layers=[2, 5], kind="cross")]
     assert cfg.references.model_dump() == {"run": [], "models": ["A", "B"], "second_seed": 1, "init_seed": 0,
                                            "layers": "diagonal"}
-    assert cfg.calibration.model_dump() == {"fraction": 0.5, "draws": 50, "grid_draws": 20, "seed": 0}
+    assert cfg.calibration.model_dump() == {"fraction": 0.5, "draws": 50, "grid_draws": 20, "inner_draws": 4, "seed": 0}
     tiny = config.build("tiny")
     assert tiny.references.model_dump() == {"run": ["seed", "random_init"], "models": ["A", "B"], "second_seed": 1,
                                             "init_seed": 0, "layers": "diagonal"}
@@ -99,7 +99,7 @@ BAD = [
     ("references.models", ["C"], f"references.models = ['C'] {NA} distinct model ids among those the comparisons name: 'A', 'B'."),
     ("references.models", ["A", "A"], f"references.models = ['A', 'A'] {NA} distinct model ids among those the comparisons name"),
     ("references.layers", "grid", f"references.layers = 'grid' {NA} 'focus', 'diagonal', 'all'."),
-    ("calibration.fraction", 0, f"calibration.fraction = 0 {NA} a number, 0 < fraction <= 1."),
+    ("calibration.fraction", 0, f"calibration.fraction = 0 {NA} a number, 0 < fraction <= 0.5."),
     ("calibration.draws", 0, f"calibration.draws = 0 {NA} an integer >= 1."),
     ("references.second_seed", 0, "references.second_seed = 0 equals sae.seed; allowed: any integer but sae.seed (0)."),
 ]

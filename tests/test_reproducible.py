@@ -99,6 +99,8 @@ def test_a_pinned_run_writes_the_committed_tables_byte_for_byte():
     rewriting results/tiny/: on a CPU of the vendor that executed them (figures/tiny/manifest.json), every table is
     the committed one, byte for byte, as `make figures` on tiny gives them. On another vendor the reproduction
     report is the check (MKL computes differently there)."""
+    if not os.environ.get("FEATUNIV_EXERCISE_CACHE"):
+        pytest.skip("checks the tables nbval has just written: run by make test-lane2, after nbval")
     manifest = json.loads((REPO / "figures" / "tiny" / "manifest.json").read_text())
     made = manifest.get("arithmetic", {})
     assert {k: made.get(k) for k in pinned_env()} == pinned_env(), "the committed notebooks were not executed pinned"

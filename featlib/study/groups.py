@@ -131,7 +131,7 @@ def token_membership(study: Study, comparison: Comparison) -> Membership:
 
 # ---- concept groups on the calibrated scale ----------------------------------------------------------------------
 
-GROUP_CALIBRATION_VERSION = 1
+GROUP_CALIBRATION_VERSION = 2  # 2: half-sample replicates (featlib.calibration)
 ROLE_COLUMNS = ("calibrated", "calibrated lo", "calibrated hi", "calibrated verdict")
 NO_REFERENCES = (
     f"{NOT_SCORABLE}: no ceiling and floor for this cell (references.run, references.models, references.layers)"
@@ -149,6 +149,7 @@ def calibrate_group(
     seed: int,
     variance: float,
     metrics: tuple[str, ...] = GROUP_METRICS,
+    inner: int = 1,
 ) -> dict[str, Calibration]:
     """One concept group on the calibrated scale: :func:`featlib.calibration.calibrate_pairs` of its pairs in the
     cross comparison, in each ceiling and in each floor (``names``: theirs, in that order) at one ``m = ⌊fraction ·
@@ -166,7 +167,15 @@ def calibrate_group(
         none = Band(np.nan, np.nan, np.nan)
         return {k: Calibration(k, m, 0, none, none, none, none, none, verdict=why) for k in metrics}
     cals = calibration.calibrate_pairs(
-        cross, ceilings, floors, fraction=fraction, draws=draws, seed=seed, variance=variance, metrics=metrics
+        cross,
+        ceilings,
+        floors,
+        fraction=fraction,
+        draws=draws,
+        inner=inner,
+        seed=seed,
+        variance=variance,
+        metrics=metrics,
     )
     for k, c in cals.items():  # a draw whose ceiling equals its floor (few pairs: RSA takes few values) has no ratio
         if c.scorable and not (np.isfinite(c.calibrated.lo) and np.isfinite(c.calibrated.hi)):
@@ -220,6 +229,7 @@ def group_calibration(
                 [c.name for c in comps],
                 fraction=params.fraction,
                 draws=params.draws,
+                inner=params.inner,
                 seed=params.seed,
                 variance=params.variance,
                 metrics=tuple(params.metrics),

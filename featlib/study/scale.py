@@ -1,6 +1,6 @@
 """Notebooks 03–06: the calibrated scale — every cross-model score between its random-model floor and its
 seed ceiling, measured through the same chain at the same layers (see :mod:`featlib.calibration` for
-the method: subsampling of pairs without replacement at one size, interval = 2.5–97.5 % of the draws)."""
+the method: every comparison's expected score at one number of pairs, interval from half-sample replicates)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .pairs import match, matching_artifact
 if TYPE_CHECKING:
     import pandas as pd
 
-VERSION = 1
+VERSION = 2  # 2: half-sample replicates, each the mean of inner subsets
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,9 @@ class CalibrationParams:
     settings."""
 
     fraction: float  # of the fewest pairs, per draw
-    draws: int
-    seed: int  # of the draws (calibration.seed); draw b seeds held-out CCA's splits with b
+    draws: int  # half-sample replicates
+    inner: int  # subsets of m pairs averaged per replicate (calibration.inner_draws)
+    seed: int  # of the replicates (calibration.seed); subset i of replicate b seeds held-out CCA's splits
     variance: float  # SVCCA's explained-variance rule (similarity.variance)
     knn_k: int = similarity.KNN_K  # mutual k-NN's neighbours
     heldout_splits: int = similarity.HELDOUT_SPLITS  # held-out CCA's random half splits
@@ -40,7 +41,9 @@ class CalibrationParams:
 def calibration_params(study: Study, draws: int) -> CalibrationParams:
     """The :class:`CalibrationParams` of ``study`` with ``draws`` draws."""
     cal = study.cfg.calibration
-    return CalibrationParams(fraction=cal.fraction, draws=draws, seed=cal.seed, variance=study.cfg.similarity.variance)
+    return CalibrationParams(
+        fraction=cal.fraction, draws=draws, inner=cal.inner_draws, seed=cal.seed, variance=study.cfg.similarity.variance
+    )
 
 
 def calibration_artifact(study: Study, cell: Comparison, draws: int) -> step.Artifact | None:
@@ -67,6 +70,7 @@ def calibration_artifact(study: Study, cell: Comparison, draws: int) -> step.Art
             rows[1 + len(ceilings) :],
             fraction=params.fraction,
             draws=params.draws,
+            inner=params.inner,
             seed=params.seed,
             variance=params.variance,
             knn_k=params.knn_k,
