@@ -145,17 +145,15 @@ def calibrate_group(
     names: list[str],
     *,
     fraction: float,
-    draws: int,
-    seed: int,
-    variance: float,
     metrics: tuple[str, ...] = GROUP_METRICS,
-    inner: int = 1,
+    **settings: Any,
 ) -> dict[str, Calibration]:
     """One concept group on the calibrated scale: :func:`featlib.calibration.calibrate_pairs` of its pairs in the
     cross comparison, in each ceiling and in each floor (``names``: theirs, in that order) at one ``m = ⌊fraction ·
     fewest pairs⌋`` — or, when ``m < 3`` (too few pairs for any metric), every metric not scorable, naming the
     comparison with the fewest pairs (no draws). A metric whose ceiling equals its floor in some draw (its per-draw
-    ratio, hence the interval, undefined: at a few pairs RSA takes few values) is not scorable either."""
+    ratio, hence the interval, undefined: at a few pairs RSA takes few values) is not scorable either. ``settings``:
+    the other keyword arguments of ``calibrate_pairs`` (``draws``, ``seed``, ``variance``, ...)."""
     ns = [len(x) for x, _ in (cross, *ceilings, *floors)]
     m = calibration.subsample_size(ns, fraction)
     if m < 3:
@@ -166,17 +164,7 @@ def calibrate_group(
         )
         none = Band(np.nan, np.nan, np.nan)
         return {k: Calibration(k, m, 0, none, none, none, none, none, verdict=why) for k in metrics}
-    cals = calibration.calibrate_pairs(
-        cross,
-        ceilings,
-        floors,
-        fraction=fraction,
-        draws=draws,
-        inner=inner,
-        seed=seed,
-        variance=variance,
-        metrics=metrics,
-    )
+    cals = calibration.calibrate_pairs(cross, ceilings, floors, fraction=fraction, metrics=metrics, **settings)
     for k, c in cals.items():  # a draw whose ceiling equals its floor (few pairs: RSA takes few values) has no ratio
         if c.scorable and not (np.isfinite(c.calibrated.lo) and np.isfinite(c.calibrated.hi)):
             why = (
@@ -223,16 +211,7 @@ def group_calibration(
                 (study.decoder_rows(c.a, ch[g][0]), study.decoder_rows(c.b, ch[g][1])) for c, ch in zip(comps, chosen)
             ]
             cals = calibrate_group(
-                rows[0],
-                rows[1 : 1 + nc],
-                rows[1 + nc :],
-                [c.name for c in comps],
-                fraction=params.fraction,
-                draws=params.draws,
-                inner=params.inner,
-                seed=params.seed,
-                variance=params.variance,
-                metrics=tuple(params.metrics),
+                rows[0], rows[1 : 1 + nc], rows[1 + nc :], [c.name for c in comps], **params.settings()
             )
             out[g] = {k: asdict(c) for k, c in cals.items()}
         step.write_json(tmp / "groups.json", out)

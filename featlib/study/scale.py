@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -37,6 +37,10 @@ class CalibrationParams:
     heldout_splits: int = similarity.HELDOUT_SPLITS  # held-out CCA's random half splits
     metrics: dict[str, int] = field(default_factory=similarity.metric_versions, hash=False)  # {name: version}
 
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`featlib.calibration.calibrate_pairs` these parameters stand for."""
+        return asdict(self) | {"metrics": tuple(self.metrics)}
+
 
 def calibration_params(study: Study, draws: int) -> CalibrationParams:
     """The :class:`CalibrationParams` of ``study`` with ``draws`` draws."""
@@ -64,19 +68,8 @@ def calibration_artifact(study: Study, cell: Comparison, draws: int) -> step.Art
             (study.decoder_rows(m.comparison.a, m.pairs.idx_a), study.decoder_rows(m.comparison.b, m.pairs.idx_b))
             for m in matches
         ]
-        cals = calibration.calibrate_pairs(
-            rows[0],
-            rows[1 : 1 + len(ceilings)],
-            rows[1 + len(ceilings) :],
-            fraction=params.fraction,
-            draws=params.draws,
-            inner=params.inner,
-            seed=params.seed,
-            variance=params.variance,
-            knn_k=params.knn_k,
-            heldout_splits=params.heldout_splits,
-            metrics=tuple(params.metrics),
-        )
+        nc = len(ceilings)
+        cals = calibration.calibrate_pairs(rows[0], rows[1 : 1 + nc], rows[1 + nc :], **params.settings())
         step.write_json(tmp / "calibration.json", {k: asdict(c) for k, c in cals.items()})
 
     inputs = {f"matching_{i}": matching_artifact(study, c) for i, c in enumerate(comps)}
